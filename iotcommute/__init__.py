@@ -1,0 +1,56 @@
+"""iotcommute: fast, dependable client for the IOT commute device-messaging service.
+
+    from iotcommute import WebSocket
+    iws = WebSocket(device_key, device_id, "device")
+    iws.on_tick = lambda tick, ws: print(tick)
+    iws.connect()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import exceptions
+from .exceptions import *  # noqa: F403 - the hierarchy is part of the public API
+
+__version__ = "0.1.0"
+
+logging.getLogger("iotcommute").addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from .aio import AsyncWebSocket
+    from .client import WebSocket
+    from .rest import Commute
+
+# Heavy modules load on first use so `import iotcommute` stays cheap and partial
+# installs (no uvloop) still import.
+_LAZY = {
+    "WebSocket": ("client", "WebSocket"),
+    "AsyncWebSocket": ("aio", "AsyncWebSocket"),
+    "Commute": ("rest", "Commute"),
+    "SPEEDUPS": ("frames", "SPEEDUPS"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        mod_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'iotcommute' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod_name}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
+__all__ = [  # noqa: PLE0604
+    "SPEEDUPS",
+    "AsyncWebSocket",
+    "Commute",
+    "WebSocket",
+    "__version__",
+    "exceptions",
+    *exceptions.__all__,
+]

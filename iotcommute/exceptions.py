@@ -1,0 +1,277 @@
+"""One exception hierarchy for the whole package (REST and WebSocket alike).
+
+    IotCommuteError                      .code .message .status .request_id .headers
+    ├── TokenError                       bad key / token / checksum (HTTP 401); fatal
+    │   └── SessionExpiredError          the access token's session ended
+    ├── PermissionError_                 authenticated but not allowed (HTTP 403); fatal
+    ├── InputError                       the request was malformed (HTTP 400/422)
+    ├── NotFoundError                    no such device / route (HTTP 404)
+    ├── DataError                        the server returned data we cannot use
+    ├── ServerError                      the server failed (HTTP 5xx)
+    ├── NetworkError                     connect/read failures, DNS, TLS
+    │   └── TimeoutError_                an operation took longer than allowed
+    ├── HandshakeError                   the WebSocket upgrade failed
+    │   ├── InvalidStatus                non-101 response (carries status, headers)
+    │   │   └── RedirectError            3xx response (carries .location)
+    │   ├── InvalidHandshake             malformed 101 (Accept, Upgrade, extensions)
+    │   └── VersionError                 protocol version refused by the server; fatal
+    ├── ProtocolError                    RFC 6455 violation by the peer (.close_code 1002)
+    │   ├── InvalidUTF8Error             text not valid UTF-8 (1007)
+    │   ├── MessageTooBigError           message over max_size or max_fragments (1009)
+    │   └── PolicyError                  policy violation (1008)
+    ├── ConnectionClosed                 the connection is closed (.code, .reason)
+    │   ├── ConnectionClosedOK           ... cleanly (1000/1001)
+    │   └── ConnectionClosedError        ... with an error or abnormally
+    ├── DecodeError                      a payload could not be decoded (.position)
+    ├── CommandError                     a command was refused or timed out by the device
+    └── NotConnectedError                an operation needs a connection (publish policy)
+
+Messages never contain keys, secrets or tokens: the constructors take only what is
+safe to show, and `redact()` scrubs anything passed through from the outside.
+
+`PermissionError_` and `TimeoutError_` carry a trailing underscore only to avoid shadowing
+builtins; they are exported as `PermissionDenied` and `OperationTimeout` too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "CommandError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "DataError",
+    "DecodeError",
+    "HandshakeError",
+    "InputError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "InvalidUTF8Error",
+    "IotCommuteError",
+    "MessageTooBigError",
+    "NetworkError",
+    "NotConnectedError",
+    "NotFoundError",
+    "OperationTimeout",
+    "PermissionDenied",
+    "PermissionError_",
+    "PolicyError",
+    "ProtocolError",
+    "RedirectError",
+    "ServerError",
+    "SessionExpiredError",
+    "TimeoutError_",
+    "TokenError",
+    "VersionError",
+    "redact",
+]
+
+# Header names whose values must never be shown.
+SENSITIVE_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-device-key",
+        "x-api-key",
+        "x-api-secret",
+    }
+)
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(token|key|secret|password|checksum|authorization)([\"'=:\s]+)([^\s&\"',;]+)"),
+]
+
+
+def redact(text: str) -> str:
+    """Scrub `name=value` style secrets from a string coming from outside."""
+    for pat in _SECRET_PATTERNS:
+        text = pat.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return text
+
+
+def safe_headers(headers: Mapping[str, str] | list[tuple[str, str]] | None) -> dict[str, str]:
+    """A copy of headers with sensitive values replaced."""
+    if headers is None:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out: dict[str, str] = {}
+    for k, v in items:
+        if isinstance(k, bytes):
+            k = k.decode("latin-1")
+        if isinstance(v, bytes):
+            v = v.decode("latin-1")
+        out[k.lower()] = "***" if k.lower() in SENSITIVE_HEADERS else v
+    return out
+
+
+class IotCommuteError(Exception):
+    """Base class of every error raised by iotcommute."""
+
+    #: Fatal errors are not retried by the reconnecting client.
+    fatal: bool = False
+    default_code: str = "error"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | int | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.code: str | int = code if code is not None else self.default_code
+        self.status = status
+        self.request_id = request_id
+        self.headers = safe_headers(headers)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        parts = [self.message or type(self).__name__]
+        if self.status is not None:
+            parts.append(f"(HTTP {self.status})")
+        if self.request_id:
+            parts.append(f"[request {self.request_id}]")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
+
+
+class TokenError(IotCommuteError):
+    fatal = True
+    default_code = "token"
+
+
+class SessionExpiredError(TokenError):
+    default_code = "session_expired"
+
+
+class PermissionError_(IotCommuteError):  # noqa: N801 - avoids shadowing the builtin
+    fatal = True
+    default_code = "permission"
+
+
+PermissionDenied = PermissionError_
+
+
+class InputError(IotCommuteError):
+    default_code = "input"
+
+
+class NotFoundError(IotCommuteError):
+    default_code = "not_found"
+
+
+class DataError(IotCommuteError):
+    default_code = "data"
+
+
+class ServerError(IotCommuteError):
+    default_code = "server"
+
+
+class NetworkError(IotCommuteError):
+    default_code = "network"
+
+
+class TimeoutError_(NetworkError):  # noqa: N801
+    default_code = "timeout"
+
+
+OperationTimeout = TimeoutError_
+
+
+class HandshakeError(IotCommuteError):
+    default_code = "handshake"
+
+
+class InvalidStatus(HandshakeError):
+    """The server answered the upgrade with something other than 101."""
+
+
+class RedirectError(InvalidStatus):
+    """The server redirected the upgrade; `.location` says where."""
+
+    def __init__(self, message: str = "", *, location: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.location = location
+
+
+class InvalidHandshake(HandshakeError):
+    """The 101 response was malformed (Accept, Upgrade, extensions, subprotocol)."""
+
+
+class VersionError(HandshakeError):
+    fatal = True
+    default_code = "version"
+
+
+class ProtocolError(IotCommuteError):
+    """The peer broke RFC 6455; the connection was failed with `.close_code`."""
+
+    default_code = "protocol"
+    default_close_code: int = 1002
+
+    def __init__(self, message: str = "", *, close_code: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.close_code = close_code if close_code is not None else self.default_close_code
+
+
+class InvalidUTF8Error(ProtocolError):
+    default_code = "invalid_utf8"
+    default_close_code = 1007
+
+
+class MessageTooBigError(ProtocolError):
+    default_code = "message_too_big"
+    default_close_code = 1009
+
+
+class PolicyError(ProtocolError):
+    default_code = "policy"
+    default_close_code = 1008
+
+
+class ConnectionClosed(IotCommuteError):
+    """The connection is closed; `.code` and `.reason` come from the close frame (1006: none)."""
+
+    default_code = "closed"
+
+    def __init__(self, code: int = 1006, reason: str = "", message: str = "", **kw: Any) -> None:
+        super().__init__(message or f"connection closed: {code} {reason}".rstrip(), **kw)
+        self.close_code = code
+        self.reason = reason
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    pass
+
+
+class ConnectionClosedError(ConnectionClosed):
+    pass
+
+
+class DecodeError(IotCommuteError):
+    """A payload could not be decoded; `.position` is the log position when known."""
+
+    default_code = "decode"
+
+    def __init__(self, message: str = "", *, position: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.position = position
+
+
+class CommandError(IotCommuteError):
+    default_code = "command"
+
+
+class NotConnectedError(IotCommuteError):
+    default_code = "not_connected"

@@ -1,0 +1,126 @@
+"""Build script: compiles the Cython speedups, falls back to pure Python if it cannot.
+
+IOTCOMMUTE_NO_EXTENSIONS=1      skip the extensions (pure-Python package)
+IOTCOMMUTE_REQUIRE_EXTENSIONS=1 fail the build instead of falling back (used by CI)
+IOTCOMMUTE_CYTHON_TRACE=1       line tracing for coverage/profiling builds
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent.resolve()
+STAGE = HERE / "build" / "cysrc"
+
+# (module name in the package, source, extra .pxd or None)
+# `single-source` modules are the pure-Python twin compiled with a .pxd for types,
+# exactly the file that runs as the fallback (the aiohttp reader_c/reader_py pattern).
+SINGLE_SOURCE = [
+    ("_frames_c", HERE / "iotcommute" / "_frames_py.py", HERE / "_speedups" / "_frames_c.pxd"),
+]
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false")
+
+
+NO_EXTENSIONS = _truthy("IOTCOMMUTE_NO_EXTENSIONS") or sys.implementation.name != "cpython"
+REQUIRE_EXTENSIONS = _truthy("IOTCOMMUTE_REQUIRE_EXTENSIONS")
+
+FALLBACK_WARNING = (
+    "iotcommute: the Cython speedups could not be built ({reason}); installing the "
+    "pure-Python fallback, which is correct but several times slower. Install a C "
+    "compiler and the Python headers, then reinstall, to get the compiled decoder."
+)
+
+
+def _stage_sources() -> list[Extension]:
+    """Lay the Cython sources out as package `iotcommute` so module names come out right."""
+    pkg = STAGE / "iotcommute"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    exts = []
+    for name, src, pxd in SINGLE_SOURCE:
+        if not src.exists():
+            continue
+        shutil.copyfile(src, pkg / f"{name}.py")
+        if pxd is not None and pxd.exists():
+            shutil.copyfile(pxd, pkg / f"{name}.pxd")
+        exts.append(Extension(f"iotcommute.{name}", [str(pkg / f"{name}.py")]))
+    for pyx in sorted((HERE / "_speedups").glob("*.pyx")):
+        shutil.copyfile(pyx, pkg / pyx.name)
+        pxd = pyx.with_suffix(".pxd")
+        if pxd.exists():
+            shutil.copyfile(pxd, pkg / pxd.name)
+        exts.append(Extension(f"iotcommute.{pyx.stem}", [str(pkg / pyx.name)]))
+    return exts
+
+
+def _extensions() -> list[Extension]:
+    if NO_EXTENSIONS:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        if REQUIRE_EXTENSIONS:
+            raise
+        warnings.warn(FALLBACK_WARNING.format(reason=f"Cython missing: {exc}"), stacklevel=1)
+        return []
+    directives = {
+        "language_level": "3",
+        "boundscheck": False,
+        "wraparound": False,
+        "initializedcheck": False,
+        "cdivision": True,
+        "embedsignature": True,
+    }
+    macros = []
+    if _truthy("IOTCOMMUTE_CYTHON_TRACE"):
+        directives["linetrace"] = True
+        macros.append(("CYTHON_TRACE", "1"))
+    exts = _stage_sources()
+    for ext in exts:
+        ext.define_macros = macros
+        ext.extra_compile_args = ["-O3"] if os.name != "nt" else []
+    try:
+        return cythonize(exts, compiler_directives=directives, quiet=True, build_dir=str(STAGE))
+    except Exception as exc:  # Cython errors are not one class
+        if REQUIRE_EXTENSIONS:
+            raise
+        warnings.warn(FALLBACK_WARNING.format(reason=f"cythonize failed: {exc}"), stacklevel=1)
+        return []
+
+
+class OptionalBuildExt(build_ext):
+    """Compile failures fall back to pure Python with one clear warning."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            self._fallback(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fallback(exc)
+
+    def _fallback(self, exc: Exception) -> None:
+        if REQUIRE_EXTENSIONS:
+            raise exc
+        msg = FALLBACK_WARNING.format(reason=f"{type(exc).__name__}: {exc}")
+        warnings.warn(msg, stacklevel=1)
+        print("WARNING: " + msg, file=sys.stderr)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
