@@ -1,0 +1,145 @@
+"""Payload decoding speed: JSON ticks (orjson vs json vs msgspec) and binary tick batches.
+
+Small by default so it can run next to the test suite; IOTCOMMUTE_BENCH_SCALE=10 (or more)
+for numbers worth quoting. Ticks/s are put in each benchmark's extra_info:
+
+    pytest benchmarks/test_bench_payload.py --benchmark-columns=min,median,ops
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+
+from iotcommute import _ticks_py, payload
+from iotcommute._env import NO_EXTENSIONS
+
+SCALE = max(1, int(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1")))
+BATCH = 100
+
+
+def _compiled() -> ModuleType | None:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        from iotcommute import _ticks
+    except ImportError:
+        return None
+    return _ticks
+
+
+C = _compiled()
+
+
+def make_ticks(n: int, base: int = 1000) -> list[dict[str, Any]]:
+    """Telemetry as the simulator sends it: 5 numeric/bool fields, 10 devices interleaved."""
+    return [
+        {
+            "type": "tick",
+            "device": f"dev-{i % 10:04d}",
+            "position": base + i,
+            "ts": 1764128635.123456 + i / 1000,
+            "data": {
+                "temperature": 21.5 + (i % 7) / 4,
+                "humidity": 40.25,
+                "pressure": 1013.2,
+                "battery": 97 - i % 3,
+                "door_open": bool(i & 1),
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def json_tick_256() -> bytes:
+    """One JSON tick padded with realistic fields to ~256 bytes (the size the brief fixes)."""
+    tick = make_ticks(1)[0]
+    tick["data"].update(
+        {"voltage": 3.3125, "rssi": -67, "firmware_build": 20251126, "uptime_s": 86400.5}
+    )
+    raw = orjson.dumps(tick)
+    assert 230 <= len(raw) <= 280, len(raw)
+    return raw
+
+
+def run(benchmark: Any, fn: Callable[[], Any], ticks_per_call: int, rounds: int) -> None:
+    benchmark.pedantic(fn, rounds=rounds * SCALE, iterations=10, warmup_rounds=2)
+    mean = benchmark.stats.stats.min
+    benchmark.extra_info["ticks_per_s"] = round(ticks_per_call / mean) if mean else None
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+RAW_JSON = json_tick_256()
+
+
+@pytest.mark.parametrize("backend", ["orjson", "json", "msgspec", "payload.loads"])
+def test_json_tick_decode(benchmark: Any, backend: str) -> None:
+    if backend == "orjson":
+        fn: Callable[[bytes], Any] = orjson.loads
+    elif backend == "json":
+        fn = json.loads
+    elif backend == "msgspec":
+        msgspec = pytest.importorskip("msgspec")
+        fn = msgspec.json.Decoder().decode
+    else:
+        fn = payload.loads
+    assert fn(RAW_JSON) == orjson.loads(RAW_JSON)
+
+    def decode_1000() -> None:
+        for _ in range(1000):
+            fn(RAW_JSON)
+
+    run(benchmark, decode_1000, 1000, rounds=20)
+
+
+# --- binary batches ---------------------------------------------------------------------------
+
+TICKS = make_ticks(BATCH)
+RAW_BATCH = _ticks_py.encode_batch(TICKS)
+
+IMPLS = [pytest.param(_ticks_py, id="py")]
+if C is not None:
+    IMPLS.insert(0, pytest.param(C, id="c"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_decode_100(benchmark: Any, impl: ModuleType) -> None:
+    assert impl.decode_batch(RAW_BATCH) == TICKS
+    decode = impl.decode_batch
+
+    def decode_100_batches() -> None:
+        for _ in range(100):
+            decode(RAW_BATCH)
+
+    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_encode_100(benchmark: Any, impl: ModuleType) -> None:
+    assert impl.encode_batch(TICKS) == RAW_BATCH
+    encode = impl.encode_batch
+
+    def encode_10_batches() -> None:
+        for _ in range(10):
+            encode(TICKS)
+
+    run(benchmark, encode_10_batches, 10 * BATCH, rounds=20)
+
+
+def test_json_ticks_equivalent_to_batch(benchmark: Any) -> None:
+    """The JSON path for the same 100 ticks, for comparison with test_batch_decode_100."""
+    frames = [orjson.dumps(t) for t in TICKS]
+    loads = payload.loads
+
+    def decode_frames() -> None:
+        for f in frames:
+            loads(f)
+
+    run(benchmark, decode_frames, BATCH, rounds=50)

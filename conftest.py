@@ -1,0 +1,44 @@
+"""Repository-wide pytest options.
+
+``pytest --benchmark`` runs the benchmark suite (benchmarks/) at full size; plain
+``pytest`` runs it as a smoke check: tiny sizes, one round, every run still verifying its
+message counts. The option lives here, in the root conftest, because pytest only accepts
+command-line options registered by conftests it loads before parsing arguments.
+
+The size is resolved once, here, and exported as ``IOTCOMMUTE_BENCH_SCALE`` so module
+level readers and benchmark subprocesses agree: an explicit environment value wins,
+else 1.0 with ``--benchmark`` and ``SMOKE_SCALE`` without.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SMOKE_SCALE = 0.002
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # "--benchmark" is distinct from pytest-benchmark's "--benchmark-*" options: pytest's
+    # parser disables abbreviations, so neither can shadow the other.
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        default=False,
+        help="run benchmarks/ at full size (IOTCOMMUTE_BENCH_SCALE scales it) and write "
+        "benchmarks/results/summary.md; without it benchmarks run as a tiny smoke check",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    full = bool(config.getoption("benchmark"))
+    if not os.environ.get("IOTCOMMUTE_BENCH_SCALE"):
+        os.environ["IOTCOMMUTE_BENCH_SCALE"] = "1" if full else str(SMOKE_SCALE)
+    if not full and hasattr(config.option, "benchmark_min_rounds"):
+        # Smoke mode: one round and no calibration time, but keep stats (tests may read
+        # benchmark.stats), so this is "minimal rounds" rather than --benchmark-disable.
+        # Runs before pytest-benchmark's own (trylast) pytest_configure reads them.
+        config.option.benchmark_min_rounds = 1
+        config.option.benchmark_max_time = 0.0
+        config.option.benchmark_warmup = False

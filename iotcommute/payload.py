@@ -1,0 +1,94 @@
+"""Message payloads: JSON text frames and binary tick batches.
+
+JSON goes through orjson when it is importable (it parses bytes, bytearray and memoryview
+without a copy and is the fastest decoder measured for our tick objects), else the stdlib.
+Tick batches (docs/protocol-binary.md) use the compiled `iotcommute._ticks` unless
+IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_ticks_py` is the identical pure twin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._env import NO_EXTENSIONS
+from .exceptions import DecodeError, InputError
+
+__all__ = [
+    "JSON_BACKEND",
+    "SPEEDUPS",
+    "decode_batch",
+    "dumps",
+    "encode_batch",
+    "is_batch",
+    "loads",
+]
+
+logger = logging.getLogger("iotcommute.payload")
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._ticks_py import decode_batch, encode_batch, is_batch
+
+    SPEEDUPS = False
+else:
+    try:
+        from ._ticks import decode_batch, encode_batch, is_batch
+
+        SPEEDUPS = True
+    except ImportError:  # pragma: no cover - depends on the build
+        from ._ticks_py import decode_batch, encode_batch, is_batch
+
+        SPEEDUPS = False
+
+_orjson_loads: Callable[[Any], Any] | None
+try:
+    import orjson
+
+    _orjson_loads = orjson.loads
+    _orjson_dumps = orjson.dumps
+    _JSONError: type[Exception] = orjson.JSONDecodeError
+    _JSONEncodeError: type[Exception] = orjson.JSONEncodeError
+    JSON_BACKEND = "orjson"
+except ImportError:  # pragma: no cover - orjson ships wheels for every CPython we support
+    _orjson_loads = None
+    _JSONError = ValueError  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    _JSONEncodeError = TypeError
+    JSON_BACKEND = "json"
+
+
+def loads(buf: bytes | bytearray | memoryview | str) -> Any:
+    """Parse one JSON document; malformed input raises DecodeError.
+
+    `from None`: the original exception can hold the whole document (json's `.doc`), which
+    may carry credentials from the peer; the message alone is enough to debug.
+    """
+    try:
+        if _orjson_loads is not None:
+            return _orjson_loads(buf)
+        if isinstance(buf, memoryview):
+            buf = buf.tobytes()
+        return json.loads(buf)
+    except _JSONError as exc:
+        raise DecodeError(f"invalid JSON: {_describe(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        # stdlib path: bad UTF-8 / wrong argument type; orjson path: argument type
+        raise DecodeError(f"invalid JSON: {type(exc).__name__}") from None
+
+
+def _describe(exc: Exception) -> str:
+    """Position-only description: never echo the document itself."""
+    if isinstance(exc, json.JSONDecodeError):  # orjson's error subclasses it too
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return type(exc).__name__
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize to compact UTF-8 JSON bytes; unserializable input raises InputError."""
+    try:
+        if _orjson_loads is not None:
+            return _orjson_dumps(obj)
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (_JSONEncodeError, TypeError, ValueError) as exc:
+        raise InputError(f"cannot serialize to JSON: {type(exc).__name__}") from None

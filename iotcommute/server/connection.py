@@ -1,0 +1,754 @@
+"""One TCP connection of the reference server: HTTP (h11) then, after an upgrade, WebSocket.
+
+The request head is parsed with h11. A non-upgrade request goes to
+`iotcommute.server.rest_api.handle` (404 when that module is absent). An upgrade to
+/v1/stream is authenticated from the headers, then the raw request bytes are handed to
+`wsproto.WSConnection(SERVER)`, which completes the handshake and decodes the client's
+masked frames for the rest of the connection. Outgoing frames are encoded in `wire.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+
+from .registry import ROLES, _eq
+from .wire import OP_BINARY, OP_PING, OP_PONG, close_frame, dumps, encode_frame, loads
+
+if TYPE_CHECKING:
+    from .app import ReferenceServer
+
+logger = logging.getLogger("iotcommute.server")
+
+STREAM_PATH = "/v1/stream"
+PROTOCOL_VERSION = 1
+SERVER_NAME = "iotcommute-ref/0.1"
+
+_rest_module: Any = None
+
+
+def _rest_handler() -> Callable[..., Any] | None:
+    """rest_api.handle if that module exists (it is written separately), else None."""
+    global _rest_module
+    if _rest_module is None:
+        try:
+            _rest_module = importlib.import_module("iotcommute.server.rest_api")
+        except ImportError:
+            _rest_module = False
+    if _rest_module is False:
+        return None
+    handler: Callable[..., Any] = _rest_module.handle
+    return handler
+
+
+class _Reject(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+
+class ServerConnection(asyncio.Protocol):
+    """HTTP + WebSocket state of one peer. All methods run on the server's event loop."""
+
+    def __init__(self, server: ReferenceServer) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.cfg = server.config
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_head)
+        self._cycle = bytearray()  # raw bytes of the current request, for wsproto
+        self._req: h11.Request | None = None
+        self._body = bytearray()
+        self._busy = False  # a REST request is being handled
+        self.ws: WSConnection | None = None
+        self.closed = False
+        self._close_sent = False
+        # identity (after the handshake)
+        self.role = ""
+        self.device_id: str | None = None  # set for the device role
+        self.peer_id = ""  # "from" in commands: device id or user id
+        self.fleet: frozenset[str] = frozenset()
+        # incoming message assembly
+        self._parts: list[Any] = []
+        self._size = 0
+        # subscription / cursor
+        self.cursor: int | None = None
+        self.devices: set[str] = set()
+        self.binary = False
+        self._pump: asyncio.Task[None] | None = None
+        self._kick: asyncio.Future[None] | None = None
+        self.paused = False
+        self._resumed: asyncio.Event = asyncio.Event()
+        self._resumed.set()
+        self.sent_ticks = 0
+        self.max_buffer_seen = 0
+        # keep-alive and rate limit
+        self._last_rx = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tokens = float(self.cfg.max_burst)
+        self._tokens_at = time.monotonic()
+
+    # -- asyncio.Protocol --------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.cfg.write_high, low=self.cfg.write_low)
+        pn = transport.get_extra_info("peername")
+        self.peer = f"{pn[0]}:{pn[1]}" if isinstance(pn, tuple) else str(pn)
+        self.hub.connections.add(self)
+        self._timer = self.loop.call_later(self.cfg.handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.hub.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.device_id is not None and self.role == "device":
+            self.hub.device_disconnected(self.device_id, self)
+        if self._pump is not None:
+            self._pump.cancel()
+        self._resumed.set()
+        self._kick_pump()
+        logger.debug("%s: connection lost (%s)", self.peer, exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self._resumed.clear()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._resumed.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        if self.ws is not None:
+            self._ws_data(data)
+        else:
+            self._http_data(data)
+
+    def eof_received(self) -> bool | None:
+        if self.ws is None:
+            self.h11.receive_data(b"")
+        return None  # close our side too
+
+    # -- writing helpers ---------------------------------------------------
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None and not self.closed and not t.is_closing():
+            t.write(data)
+
+    def send_json(self, obj: Any) -> None:
+        payload = dumps(obj)
+        self.write(encode_frame(0x1, payload))
+
+    def send_error(self, code: str, message: str, msg_id: Any = None) -> None:
+        err: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if msg_id is not None:
+            err["id"] = msg_id
+        self.send_json(err)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once) and close the transport after the write buffer drains."""
+        if self.closed or self.transport is None:
+            return
+        if self.ws is not None and not self._close_sent:
+            self._close_sent = True
+            self.write(close_frame(code, reason))
+        self.closed = True
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _handshake_timeout(self) -> None:
+        if self.ws is None and not self._busy:
+            logger.info("%s: no request in time, closing", self.peer)
+            self.abort()
+
+    # -- HTTP side ---------------------------------------------------------
+    def _http_data(self, data: bytes) -> None:
+        self._cycle += data
+        self.h11.receive_data(data)
+        self._http_events()
+
+    def _http_events(self) -> None:
+        while not self.closed and not self._busy and self.ws is None:
+            try:
+                ev = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint or 400
+                self._raw_error(status, "bad request")
+                return
+            if ev is h11.NEED_DATA or ev is h11.PAUSED:
+                if ev is h11.PAUSED and self._req is not None and self._is_upgrade(self._req):
+                    return  # handled when the Request arrived
+                return
+            if isinstance(ev, h11.Request):
+                self._req = ev
+                self._body = bytearray()
+                if self._is_upgrade(ev):
+                    self._upgrade(ev)
+                    return
+            elif isinstance(ev, h11.Data):
+                self._body += ev.data
+                if len(self._body) > self.cfg.max_body:
+                    self._raw_error(413, "request body too large")
+                    return
+            elif isinstance(ev, h11.EndOfMessage):
+                req = self._req
+                assert req is not None
+                self._busy = True
+                self.loop.create_task(self._rest(req, bytes(self._body)))
+                return
+            elif isinstance(ev, h11.ConnectionClosed):
+                self.close()
+                return
+
+    @staticmethod
+    def _is_upgrade(req: h11.Request) -> bool:
+        for name, value in req.headers:
+            if name == b"upgrade" and value.lower() == b"websocket":
+                return True
+        return False
+
+    def _raw_error(self, status: int, message: str) -> None:
+        body = dumps({"type": "error", "code": "input", "message": message})
+        reason = {
+            400: "Bad Request",
+            413: "Payload Too Large",
+            431: "Request Header Fields Too Large",
+        }
+        head = (
+            f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        self.write(head + body)
+        self.close()
+
+    def _respond(self, status: int, headers: Iterable[tuple[Any, Any]], body: bytes) -> None:
+        hs: list[tuple[bytes, bytes]] = []
+        for k, v in headers:
+            kb = k.encode("latin-1") if isinstance(k, str) else bytes(k)
+            vb = v.encode("latin-1") if isinstance(v, str) else bytes(v)
+            if kb.lower() not in (b"content-length", b"transfer-encoding"):
+                hs.append((kb, vb))
+        hs.append((b"content-length", str(len(body)).encode()))
+        hs.append((b"server", SERVER_NAME.encode()))
+        try:
+            out = self.h11.send(h11.Response(status_code=status, headers=hs))
+            out += self.h11.send(h11.Data(data=body)) if body else b""
+            out += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            logger.exception("%s: could not send HTTP response", self.peer)
+            self.abort()
+            return
+        self.write(out)
+
+    async def _rest(self, req: h11.Request, body: bytes) -> None:
+        method = req.method.decode("ascii", "replace")
+        target = req.target.decode("latin-1")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
+        handler = _rest_handler()
+        try:
+            if handler is None:
+                status, rheaders, rbody = (
+                    404,
+                    [("Content-Type", "application/json")],
+                    dumps({"type": "error", "code": "not_found", "message": "no such endpoint"}),
+                )
+            else:
+                status, rheaders, rbody = await handler(self.hub, method, target, headers, body)
+                if isinstance(rheaders, Mapping):
+                    rheaders = list(rheaders.items())
+                if isinstance(rbody, str):
+                    rbody = rbody.encode("utf-8")
+        except Exception:
+            logger.exception("REST handler failed for %s %s", method, target.split("?")[0])
+            status, rheaders, rbody = (
+                500,
+                [("Content-Type", "application/json")],
+                dumps({"type": "error", "code": "server", "message": "internal error"}),
+            )
+        if self.closed:
+            return
+        self._respond(int(status), rheaders, bytes(rbody))
+        self._busy = False
+        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+            self.close()
+            return
+        try:
+            self.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            self.close()
+            return
+        self._cycle = bytearray(self.h11.trailing_data[0])
+        self._http_events()
+
+    # -- handshake ---------------------------------------------------------
+    def _upgrade(self, req: h11.Request) -> None:
+        headers: dict[str, str] = {}
+        for k, v in req.headers:
+            headers[k.decode("latin-1")] = v.decode("latin-1")
+        try:
+            path = req.target.decode("latin-1").split("?", 1)[0]
+            if path != STREAM_PATH:
+                raise _Reject(404, "not_found", f"no WebSocket endpoint here; use {STREAM_PATH}")
+            self._authenticate(headers)
+        except _Reject as rej:
+            logger.info("%s: handshake refused: %d %s", self.peer, rej.status, rej.code)
+            body = dumps({"type": "error", "code": rej.code, "message": rej.message})
+            hs = [("Content-Type", "application/json"), ("Connection", "close"), *rej.headers]
+            self._respond(rej.status, hs, body)
+            self.close()
+            return
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(bytes(self._cycle))
+        self._cycle = bytearray()
+        first = next(ws.events(), None)
+        if not isinstance(first, Request):
+            self._raw_error(400, "invalid WebSocket upgrade request")
+            return
+        extra = [(b"x-protocol-version", b"1"), (b"server", SERVER_NAME.encode())]
+        self.write(ws.send(AcceptConnection(extra_headers=extra)))
+        self.ws = ws
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.cfg.ping_interval, self._keepalive)
+        if self.role == "device" and self.device_id is not None:
+            self.hub.device_connected(self.device_id, self)
+        logger.info("%s: %s %s connected", self.peer, self.role, self.peer_id)
+        self.send_json(
+            {
+                "type": "welcome",
+                "version": PROTOCOL_VERSION,
+                "role": self.role,
+                "device": self.device_id,
+                "user": self._owner,
+                "position": self.hub.log.last_position,
+                "server": SERVER_NAME,
+            }
+        )
+        self._ws_events()  # frames that arrived together with the request
+
+    def _authenticate(self, headers: dict[str, str]) -> None:
+        if headers.get("sec-websocket-version", "13").strip() != "13":
+            raise _Reject(
+                426, "version", "unsupported WebSocket version", [("Sec-WebSocket-Version", "13")]
+            )
+        version = headers.get("x-protocol-version", str(PROTOCOL_VERSION)).strip()
+        if version != str(PROTOCOL_VERSION):
+            raise _Reject(
+                426,
+                "version",
+                f"unsupported protocol version; this server speaks {PROTOCOL_VERSION}",
+                [("X-Protocol-Version", str(PROTOCOL_VERSION))],
+            )
+        auth = headers.get("authorization", "")
+        role = headers.get("x-role", "").strip().lower() or ("client" if auth else "device")
+        if role not in ROLES:
+            raise _Reject(403, "permission", "unknown role; use device or client")
+        reg = self.hub.registry
+        if auth:
+            scheme, _, cred = auth.partition(" ")
+            api_key, _, token = cred.strip().partition(":")
+            if scheme.lower() != "token" or not api_key or not token:
+                raise _Reject(401, "token", "invalid credentials")
+            session = reg.sessions.get(token)
+            if session is None or not _eq(session.api_key, api_key):
+                raise _Reject(401, "token", "invalid or expired access token")
+            if role != "client":
+                raise _Reject(403, "permission", "an access token may only connect as a client")
+            self.role = "client"
+            self.peer_id = session.user_id
+            self._owner = session.user_id
+        else:
+            dev_id = headers.get("x-device-id", "")
+            key = headers.get("x-device-key", "")
+            dev = reg.check_device(dev_id, key) if dev_id and key else None
+            if dev is None:
+                raise _Reject(401, "token", "invalid device id or key")
+            if role not in dev.roles:
+                raise _Reject(403, "permission", f"this device may not connect as {role}")
+            self.role = role
+            self.device_id = dev.id
+            self.peer_id = dev.id
+            self._owner = dev.owner
+        self.fleet = reg.fleet_ids(self._owner)
+
+    _owner: str = ""
+
+    # -- WebSocket side ----------------------------------------------------
+    def _ws_data(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        ws.receive_data(data)
+        self._ws_events()
+
+    def _ws_events(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        for ev in ws.events():
+            if self.closed:
+                return
+            if isinstance(ev, (TextMessage, BytesMessage)):
+                self._size += len(ev.data)
+                if self._size > self.cfg.max_size:
+                    logger.info(
+                        "%s: message over %d bytes, closing 1009", self.peer, self.cfg.max_size
+                    )
+                    self.close(1009, "message too big")
+                    return
+                self._parts.append(ev.data)
+                if not ev.message_finished:
+                    continue
+                parts, self._parts, self._size = self._parts, [], 0
+                if isinstance(ev, TextMessage):
+                    self._on_text(parts[0] if len(parts) == 1 else "".join(parts))
+                else:
+                    self._on_binary(b"".join(parts))
+            elif isinstance(ev, Ping):
+                self.write(encode_frame(OP_PONG, bytes(ev.payload)))
+            elif isinstance(ev, Pong):
+                pass  # _last_rx already updated
+            elif isinstance(ev, CloseConnection):
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    # The peer closed: echo its code (RFC 6455 5.5.1) unless we already sent one.
+                    code = ev.code if ev.code not in (1005, 1006, 1015) else 1000
+                    self.close(code)
+                else:
+                    # wsproto reports a frame it could not parse this way; we fail the connection.
+                    logger.info(
+                        "%s: protocol error (%s): closing %d", self.peer, ev.reason, ev.code
+                    )
+                    self.close(ev.code, "protocol error")
+                return
+
+    def _rate_ok(self) -> bool:
+        if self.cfg.max_rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(
+            float(self.cfg.max_burst), self._tokens + (now - self._tokens_at) * self.cfg.max_rate
+        )
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _on_text(self, text: str) -> None:
+        try:
+            msg = loads(text)
+        except ValueError:
+            self.send_error("input", "message is not valid JSON")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self.send_error("input", 'a message must be a JSON object with a "type"')
+            return
+        msg_id = msg.get("id")
+        if not self._rate_ok():
+            self.send_error("rate", "too many messages; slow down", msg_id)
+            return
+        handler = _HANDLERS.get(msg["type"])
+        if handler is None:
+            self.send_error("input", "unknown message type", msg_id)
+            return
+        try:
+            handler(self, msg)
+        except Exception:
+            logger.exception("%s: handler for %s failed", self.peer, msg["type"])
+            self.send_error("server", "internal error", msg_id)
+
+    def _on_binary(self, buf: bytes) -> None:
+        if self.role != "device" or self.device_id is None:
+            self.send_error("permission", "only the device role may publish tick batches")
+            return
+        if not self._rate_ok():
+            self.send_error("rate", "too many messages; slow down")
+            return
+        try:
+            payload = importlib.import_module("iotcommute.payload")
+        except ImportError:
+            self.send_error("input", "binary tick batches are not supported by this server build")
+            return
+        try:
+            ticks = payload.decode_batch(buf)
+        except Exception as exc:  # DecodeError, or anything a hostile batch provokes
+            self.send_error("input", f"invalid tick batch: {type(exc).__name__}")
+            return
+        log = self.hub.log
+        for t in ticks:
+            data = t.get("data")
+            if isinstance(data, dict):
+                ts = t.get("ts")
+                log.append(
+                    self.device_id, data, ts if isinstance(ts, (int, float)) and ts > 0 else None
+                )
+
+    # -- message handlers --------------------------------------------------
+    def _h_publish(self, msg: dict[str, Any]) -> None:
+        msg_id = msg.get("id")
+        if self.role != "device" or self.device_id is None:
+            self.send_error("permission", "only the device role may publish", msg_id)
+            return
+        data = msg.get("data")
+        ts = msg.get("ts")
+        if not isinstance(data, dict):
+            self.send_error("input", '"data" must be a JSON object', msg_id)
+            return
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            self.send_error("input", '"ts" must be a number', msg_id)
+            return
+        pos = self.hub.log.append(self.device_id, data, ts)
+        if msg_id is not None:
+            self.send_json({"type": "published", "id": msg_id, "position": pos})
+
+    def _parse_devices(self, msg: dict[str, Any]) -> set[str] | str | None:
+        """The requested device set, "*" or None after sending an error."""
+        devices = msg.get("devices", "*")
+        msg_id = msg.get("id")
+        if devices == "*":
+            return "*"
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            self.send_error("input", '"devices" must be "*" or a list of device ids', msg_id)
+            return None
+        wanted = set(devices)
+        foreign = wanted - self.fleet
+        if foreign:
+            reg = self.hub.registry
+            if any(reg.device(d) is None for d in foreign):
+                self.send_error("not_found", "unknown device in subscription", msg_id)
+            else:
+                self.send_error("permission", "device outside your fleet", msg_id)
+            return None
+        return wanted
+
+    def _h_subscribe(self, msg: dict[str, Any]) -> None:
+        msg_id = msg.get("id")
+        devices = self._parse_devices(msg)
+        if devices is None:
+            return
+        frm = msg.get("from")
+        if frm is not None and (isinstance(frm, bool) or not isinstance(frm, int) or frm < 0):
+            self.send_error("input", '"from" must be null or a position >= 0', msg_id)
+            return
+        fmt = msg.get("format", "json")
+        if fmt not in ("json", "binary"):
+            self.send_error("input", '"format" must be "json" or "binary"', msg_id)
+            return
+        if fmt == "binary":
+            try:
+                importlib.import_module("iotcommute.payload")
+            except ImportError:
+                self.send_error("input", "binary format not supported by this server build", msg_id)
+                return
+        log = self.hub.log
+        self.devices |= set(self.fleet) if isinstance(devices, str) else devices
+        self.binary = fmt == "binary"
+        last = log.last_position
+        if frm is not None:
+            # A position beyond the log (a server that lost its in-memory log) restarts at the tail.
+            self.cursor = min(frm, last)
+        elif self.cursor is None:
+            self.cursor = last
+        self.send_json(
+            {
+                "type": "subscribed",
+                "id": msg_id,
+                "devices": "*" if devices == "*" else sorted(devices),
+                "position": last,
+                "format": fmt,
+            }
+        )
+        if self._pump is None:
+            self._pump = self.loop.create_task(self._run_pump())
+        self._kick_pump()
+
+    def _h_unsubscribe(self, msg: dict[str, Any]) -> None:
+        devices = self._parse_devices(msg)
+        if devices is None:
+            return
+        removed = set(self.devices) if isinstance(devices, str) else devices & self.devices
+        self.devices -= removed
+        self.send_json(
+            {
+                "type": "unsubscribed",
+                "id": msg.get("id"),
+                "devices": "*" if devices == "*" else sorted(devices),
+            }
+        )
+
+    def _h_command(self, msg: dict[str, Any]) -> None:
+        cmd_id = msg.get("id")
+        if self.role != "client":
+            self.send_error("permission", "only the client role may send commands", cmd_id)
+            return
+        if isinstance(cmd_id, bool) or not isinstance(cmd_id, (str, int)):
+            self.send_error("input", 'a command needs an "id" (string or integer)', cmd_id)
+            return
+        device = msg.get("device")
+        if not isinstance(device, str):
+            self.send_error("input", 'a command needs a "device"', cmd_id)
+            return
+        if device not in self.fleet:
+            code = "not_found" if self.hub.registry.device(device) is None else "permission"
+            self.send_error(code, "no such device in your fleet", cmd_id)
+            return
+        try:
+            self.hub.route_command(
+                device, cmd_id, msg.get("data", {}), self.peer_id, self._ack_back
+            )
+        except LookupError:
+            self.send_json({"type": "ack", "id": cmd_id, "ok": False, "error": "device offline"})
+        except KeyError:
+            self.send_error("input", "a command with this id is already pending", cmd_id)
+
+    def _ack_back(self, ack: dict[str, Any]) -> None:
+        if not self.closed:
+            self.send_json(ack)
+
+    def _h_ack(self, msg: dict[str, Any]) -> None:
+        if self.role != "device" or self.device_id is None:
+            self.send_error(
+                "permission", "only the device role may acknowledge commands", msg.get("id")
+            )
+            return
+        if not self.hub.deliver_ack(self.device_id, msg):
+            logger.debug("%s: ack for unknown or expired command", self.peer)
+
+    # -- the cursor --------------------------------------------------------
+    def _kick_pump(self) -> None:
+        k = self._kick
+        if k is not None and not k.done():
+            k.set_result(None)
+
+    async def _run_pump(self) -> None:
+        try:
+            await self._pump_loop()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%s: cursor failed", self.peer)
+            self.close(1011, "internal error")
+
+    async def _pump_loop(self) -> None:
+        """Stream log records to this peer, never faster than its socket drains."""
+        log = self.hub.log
+        cfg = self.cfg
+        transport = self.transport
+        assert transport is not None
+        payload: Any = None
+        while not self.closed:
+            if self.paused:
+                try:
+                    await asyncio.wait_for(self._resumed.wait(), cfg.stuck_timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "%s: not reading for %.0f s, dropping it", self.peer, cfg.stuck_timeout
+                    )
+                    self.abort()
+                    return
+                continue
+            cursor = self.cursor
+            if cursor is None or not self.devices:
+                await self._wait_kick(None)
+                continue
+            gap = log.gap(cursor)
+            if gap is not None:
+                self.send_json({"type": "gap", "from": gap[0], "to": gap[1], "missed": gap[2]})
+                cursor = self.cursor = gap[1]
+            # Every device of the registry: skip the per-record filter.
+            devices = None if len(self.devices) == len(self.hub.registry) else self.devices
+            recs, last = log.scan(cursor, devices, cfg.write_batch)
+            if not recs:
+                if last != cursor:
+                    self.cursor = last
+                    continue
+                refill = self.hub.refill
+                if refill is not None:
+                    refill()
+                    continue
+                await self._wait_kick(log)
+                continue
+            if self.binary:
+                if payload is None:
+                    payload = importlib.import_module("iotcommute.payload")
+                frames = [
+                    encode_frame(
+                        OP_BINARY, payload.encode_batch([r.as_tick() for r in recs[i : i + 100]])
+                    )
+                    for i in range(0, len(recs), 100)
+                ]
+            else:
+                frames = [r.frame() for r in recs]
+            self.cursor = last
+            self.sent_ticks += len(recs)
+            transport.writelines(frames)
+            if cfg.track_buffer:
+                size = transport.get_write_buffer_size()
+                if size > self.max_buffer_seen:
+                    self.max_buffer_seen = size
+            # Let other peers and the reader side run between batches.
+            await asyncio.sleep(0)
+
+    async def _wait_kick(self, log: Any) -> None:
+        k = self._kick = self.loop.create_future()
+        if log is None:
+            await k
+            return
+        tail = log.tail_future()
+        await asyncio.wait((k, tail), return_when=asyncio.FIRST_COMPLETED)
+        if not k.done():
+            k.cancel()
+
+    # -- keep-alive ----------------------------------------------------------
+    def _keepalive(self) -> None:
+        if self.closed:
+            return
+        idle = time.monotonic() - self._last_rx
+        if idle > self.cfg.ping_interval + self.cfg.ping_timeout:
+            logger.info("%s: no data for %.0f s, closing", self.peer, idle)
+            self.close(1011, "keepalive timeout")
+            self.loop.call_later(1.0, self.abort)
+            return
+        self.write(encode_frame(OP_PING, str(int(time.time())).encode()))
+        self._timer = self.loop.call_later(self.cfg.ping_interval, self._keepalive)
+
+    def __repr__(self) -> str:
+        return f"ServerConnection({self.peer}, role={self.role!r}, id={self.peer_id!r})"
+
+
+_HANDLERS: dict[str, Callable[[ServerConnection, dict[str, Any]], None]] = {
+    "publish": ServerConnection._h_publish,
+    "subscribe": ServerConnection._h_subscribe,
+    "unsubscribe": ServerConnection._h_unsubscribe,
+    "command": ServerConnection._h_command,
+    "ack": ServerConnection._h_ack,
+}

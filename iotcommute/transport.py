@@ -1,0 +1,925 @@
+"""asyncio/uvloop transport driving the sans-IO ClientProtocol, plus the reconnecting engine.
+
+`Engine` is shared by the threaded callback client (client.WebSocket, which runs it on a
+private loop) and by aio.AsyncWebSocket (which runs it on the caller's loop). It owns:
+connection setup (TCP/TLS, upgrade handshake), the dispatch hot path, keep-alive, the
+reconnect loop with resume-from-position, the offline publish queue and pending commands.
+
+Thread model: every method starting with `_` runs on the loop thread. `submit()` and the
+`*_threadsafe` helpers may be called from any thread; they never block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import ssl as ssl_module
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from . import payload
+from .backoff import Backoff, is_fatal
+from .checkpoint import Checkpoint
+from .events import EOF, Accepted, CloseReceived, Failed, Pong, State
+from .exceptions import (
+    CommandError,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    DecodeError,
+    InputError,
+    IotCommuteError,
+    NetworkError,
+    NotConnectedError,
+    NotFoundError,
+    PermissionDenied,
+    ServerError,
+    TimeoutError_,
+)
+from .protocol import ClientProtocol
+
+__all__ = ["Engine", "Options", "parse_url"]
+
+log = logging.getLogger("iotcommute.transport")
+
+DEFAULT_PATH = "/v1/stream"
+_monotonic = time.monotonic
+_OPEN = State.OPEN
+
+_ERROR_CODES: dict[str, type[IotCommuteError]] = {
+    "input": InputError,
+    "permission": PermissionDenied,
+    "not_found": NotFoundError,
+    "rate": ServerError,
+    "server": ServerError,
+}
+
+
+@dataclass
+class Options:
+    """Every connection option of WebSocket/AsyncWebSocket (validated once, in one place)."""
+
+    device_key: str | None = field(default=None, repr=False)
+    device_id: str | None = None
+    role: str = "device"
+    url: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    ssl: ssl_module.SSLContext | None = None
+    headers: dict[str, str] | None = field(default=None, repr=False)
+    proxy: str | None = None
+    ping_interval: float | None = 10.0
+    ping_timeout: float | None = 10.0
+    idle_timeout: float | None = None
+    open_timeout: float = 10.0
+    close_timeout: float = 5.0
+    reconnect: bool = True
+    max_reconnect_delay: float = 30.0
+    max_retries: int | None = None
+    reconnect_reset_after: float = 10.0
+    max_size: int = 4 * 2**20
+    compression: bool = True
+    format: str = "json"
+    subscribe: str | list[str] | None = "*"
+    checkpoint: str | os.PathLike[str] | None = None
+    offline_queue: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.url is None:
+            self.url = os.environ.get("IOTCOMMUTE_URL") or "ws://127.0.0.1:8765"
+        if self.proxy is not None:
+            raise NotImplementedError("proxy= (HTTP CONNECT) is not supported yet")
+        if self.role not in ("device", "client"):
+            raise ValueError("role must be 'device' or 'client'")
+        if self.format not in ("json", "binary"):
+            raise ValueError("format must be 'json' or 'binary'")
+        has_token = self.access_token is not None or self.api_key is not None
+        if has_token and (self.access_token is None or self.api_key is None):
+            raise ValueError("access_token and api_key go together")
+        if not has_token and (self.device_key is None or self.device_id is None):
+            raise ValueError("give device_key and device_id, or api_key and access_token")
+        if self.offline_queue < 0:
+            raise ValueError("offline_queue must be >= 0")
+        parse_url(self.url)  # fail early on a bad URL
+
+    def handshake_headers(self) -> list[tuple[str, str]]:
+        hdrs: list[tuple[str, str]] = []
+        if self.access_token is not None:
+            hdrs.append(("Authorization", f"token {self.api_key}:{self.access_token}"))
+            if self.device_id is not None:
+                hdrs.append(("X-Device-Id", self.device_id))
+        else:
+            assert self.device_key is not None and self.device_id is not None
+            hdrs.append(("X-Device-Key", self.device_key))
+            hdrs.append(("X-Device-Id", self.device_id))
+        hdrs.append(("X-Role", self.role))
+        hdrs.append(("X-Protocol-Version", "1"))
+        for k, v in (self.headers or {}).items():
+            hdrs.append((k, v))
+        return hdrs
+
+
+def parse_url(url: str) -> tuple[bool, str, int, str, str]:
+    """(secure, host, port, path, host_header) of a ws:// or wss:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError("url must start with ws:// or wss://")
+    if parts.username or parts.password:
+        raise ValueError("credentials do not belong in the url; use the key arguments")
+    secure = parts.scheme == "wss"
+    host = parts.hostname
+    if not host:
+        raise ValueError("url has no host")
+    port = parts.port or (443 if secure else 80)
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    netloc_host = f"[{host}]" if ":" in host else host
+    default_port = (secure and port == 443) or (not secure and port == 80)
+    host_header = netloc_host if default_port else f"{netloc_host}:{port}"
+    return secure, host, port, path, host_header
+
+
+def default_ssl_context() -> ssl_module.SSLContext:
+    """Verifying context (certifi's CA bundle when installed, else the system store)."""
+    try:
+        import certifi
+
+        return ssl_module.create_default_context(cafile=certifi.where())
+    except ImportError:  # pragma: no cover - certifi is a dependency
+        return ssl_module.create_default_context()
+
+
+class Owner(Protocol):
+    """What the engine reads callbacks from (WebSocket / AsyncWebSocket)."""
+
+    on_connect: Callable[..., Any] | None
+    on_tick: Callable[..., Any] | None
+    on_ticks: Callable[..., Any] | None
+    on_message: Callable[..., Any] | None
+    on_command: Callable[..., Any] | None
+    on_close: Callable[..., Any] | None
+    on_error: Callable[..., Any] | None
+    on_reconnect: Callable[..., Any] | None
+    on_noreconnect: Callable[..., Any] | None
+    on_gap: Callable[..., Any] | None
+
+
+class _Stream(asyncio.Protocol):
+    """Thin asyncio Protocol: forwards everything to the engine (one call per read chunk)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._engine._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._engine._feed(data)
+
+    def eof_received(self) -> bool | None:
+        self._engine._feed(b"")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._engine._lost(exc)
+
+    def pause_writing(self) -> None:
+        self._engine._set_writable(False)
+
+    def resume_writing(self) -> None:
+        self._engine._set_writable(True)
+
+
+class Engine:
+    """Reconnecting WebSocket session; see the module docstring for the thread model."""
+
+    def __init__(self, opts: Options, owner: Owner) -> None:
+        self.opts = opts
+        self.owner = owner
+        secure, self._host, self._port, self._path, self._host_header = parse_url(
+            opts.url or ""
+        )
+        self._ssl: ssl_module.SSLContext | None = opts.ssl
+        if secure and self._ssl is None:
+            self._ssl = default_ssl_context()
+        self.backoff = Backoff(
+            max_delay=opts.max_reconnect_delay,
+            max_retries=opts.max_retries,
+            reset_after=opts.reconnect_reset_after,
+        )
+        self.checkpoint = Checkpoint(opts.checkpoint) if opts.checkpoint is not None else None
+        #: highest log position delivered (0: none yet); `_anchored` once it means something
+        self.position = 0
+        self._anchored = False
+        if self.checkpoint is not None:
+            saved = self.checkpoint.load()
+            if saved is not None:
+                self.position = saved
+                self._anchored = True
+        # subscriptions to restore on reconnect: None = nothing, "*" = all, else a set
+        sub = opts.subscribe
+        self._subs: str | set[str] | None = (
+            None if not sub else "*" if sub == "*" else {sub} if isinstance(sub, str) else set(sub)
+        )
+        self._req_ids = itertools.count(1)
+        self._cmd_ids = itertools.count(1)
+        # hooks for aio: extra tick sink (list of fresh ticks per read) + stop notification
+        self.tick_sink: Callable[[list[dict[str, Any]]], None] | None = None
+        self.open_hook: Callable[[], None] | None = None
+
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+        self._ws: ClientProtocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._handshake: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._close_code = 1006
+        self._close_reason = ""
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None
+        self._reading_paused = False
+        self._want_pause = False
+
+        # send path shared with producer threads
+        self._lock = threading.Lock()
+        self._open = False
+        self._outbox: collections.deque[str | bytes] = collections.deque()
+        self._offline: collections.deque[str | bytes] = collections.deque()
+        self._flush_pending = False
+        self._writable = threading.Event()
+        self._writable.set()
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+        # pending commands: id -> (resolve(ack, exc), timer)
+        self._pending: dict[str, tuple[Callable[[Any, BaseException | None], None], Any]] = {}
+
+        # keep-alive and stats
+        self._last_rx = 0.0
+        self._last_msg = 0.0
+        self._ping_payload: bytes | None = None
+        self._ping_sent = 0.0
+        self._last_ping = 0.0
+        self.rtt: float | None = None
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.reconnects = 0
+        self.duplicates = 0
+        self.connections = 0
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def connected(self) -> bool:
+        return self._open
+
+    def in_loop_thread(self) -> bool:
+        return self._thread_id == threading.get_ident()
+
+    def stats(self) -> dict[str, Any]:
+        transport = self._transport
+        buffered = 0
+        if transport is not None and not transport.is_closing():
+            buffered = transport.get_write_buffer_size()
+        return {
+            "connected": self._open,
+            "messages_in": self.messages_in,
+            "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out,
+            "bytes_out": self.bytes_out,
+            "reconnects": self.reconnects,
+            "connections": self.connections,
+            "duplicates_dropped": self.duplicates,
+            "position": self.position,
+            "last_message_age": (_monotonic() - self._last_msg) if self._last_msg else None,
+            "rtt": self.rtt,
+            "buffered_bytes": buffered,
+            "outbox": len(self._outbox),
+            "offline_queued": len(self._offline),
+            "pending_commands": len(self._pending),
+        }
+
+    def submit(self, item: str | bytes, *, queue_offline: bool = True) -> None:
+        """Send a message from any thread; queue it while disconnected (offline policy)."""
+        with self._lock:
+            if not self._open:
+                if not queue_offline or len(self._offline) >= self.opts.offline_queue:
+                    raise NotConnectedError(
+                        "not connected" if not queue_offline or not self.opts.offline_queue
+                        else "not connected and the offline queue is full"
+                    )
+                self._offline.append(item)
+                return
+            loop = self.loop
+            assert loop is not None
+            if self._thread_id == threading.get_ident():
+                self._outbox.append(item)
+                self._flush()
+                return
+            self._outbox.append(item)
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        loop.call_soon_threadsafe(self._flush)
+
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Block a producer thread while the socket write buffer is over its high mark."""
+        if self.in_loop_thread():
+            return True
+        return self._writable.wait(timeout)
+
+    async def drain(self) -> None:
+        """Await until the write buffer is below its high mark (loop thread)."""
+        if self._writable.is_set():
+            return
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    def threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) on the loop thread (now if already there)."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            fn(*args)  # no loop thread yet (or any more): nothing to race with
+            return
+        if self.in_loop_thread():
+            fn(*args)
+        else:
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    # ------------------------------------------------------------------ subscriptions
+    def _subscribe(self, devices: str | list[str], from_position: int | None) -> None:
+        """Record the subscription (restored on reconnect) and send it when connected."""
+        if devices == "*" or self._subs == "*":
+            self._subs = "*"
+        else:
+            cur = self._subs if isinstance(self._subs, set) else set()
+            cur.update([devices] if isinstance(devices, str) else devices)
+            self._subs = cur
+        if self._open:
+            self._send_subscribe(devices, from_position)
+
+    def _unsubscribe(self, devices: str | list[str]) -> None:
+        if devices == "*":
+            self._subs = None
+        elif isinstance(self._subs, set):
+            self._subs.difference_update([devices] if isinstance(devices, str) else devices)
+        if self._open:
+            msg = {"type": "unsubscribe", "id": next(self._req_ids), "devices": devices}
+            self._write_now(payload.dumps(msg).decode())
+
+    def _send_subscribe(self, devices: str | list[str] | set[str], frm: int | None) -> None:
+        devs: str | list[str] = devices if isinstance(devices, str) and devices == "*" else (
+            [devices] if isinstance(devices, str) else sorted(devices)
+        )
+        msg = {
+            "type": "subscribe",
+            "id": next(self._req_ids),
+            "devices": devs,
+            "from": frm,
+            "format": self.opts.format,
+        }
+        self._write_now(payload.dumps(msg).decode())
+
+    # ------------------------------------------------------------------ commands
+    def _start_command(
+        self,
+        device_id: str,
+        data: Any,
+        timeout: float,
+        resolve: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        if not self._open:
+            resolve(None, NotConnectedError("not connected: cannot send a command"))
+            return
+        assert self.loop is not None
+        cid = f"c-{next(self._cmd_ids)}"
+
+        def expire() -> None:
+            if self._pending.pop(cid, None) is not None:
+                resolve(None, TimeoutError_(f"no ack for command {cid} within {timeout}s"))
+
+        timer = self.loop.call_later(timeout, expire)
+        self._pending[cid] = (resolve, timer)
+        msg = {"type": "command", "id": cid, "device": device_id, "data": data}
+        self._write_now(payload.dumps(msg).decode())
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for resolve, timer in pending.values():
+            timer.cancel()
+            resolve(None, exc)
+
+    # ------------------------------------------------------------------ send path (loop)
+    def _write_now(self, item: str | bytes) -> None:
+        ws, transport = self._ws, self._transport
+        if ws is None or transport is None or transport.is_closing() or ws.state is not _OPEN:
+            return
+        if type(item) is str:
+            ws.send_text(item)
+        else:
+            ws.send_binary(item)
+        data = ws.data_to_send()
+        self.messages_out += 1
+        self.bytes_out += len(data)
+        transport.write(data)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        ws, transport = self._ws, self._transport
+        if ws is None or transport is None or not self._open or ws.state is not _OPEN:
+            return
+        outbox = self._outbox
+        n = 0
+        send_text, send_binary = ws.send_text, ws.send_binary
+        while outbox:
+            try:
+                item = outbox.popleft()
+            except IndexError:  # pragma: no cover - another flush emptied it
+                break
+            if type(item) is str:
+                send_text(item)
+            else:
+                send_binary(item)
+            n += 1
+        if n:
+            data = ws.data_to_send()
+            self.messages_out += n
+            self.bytes_out += len(data)
+            transport.write(data)
+
+    def _set_writable(self, writable: bool) -> None:
+        if writable:
+            self._writable.set()
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        else:
+            self._writable.clear()
+
+    # ------------------------------------------------------------------ flow control
+    def pause_reading(self) -> None:
+        self._want_pause = True
+        t = self._transport
+        if t is not None and not self._reading_paused and not t.is_closing():
+            t.pause_reading()
+            self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        self._want_pause = False
+        t = self._transport
+        if t is not None and self._reading_paused and not t.is_closing():
+            t.resume_reading()
+        self._reading_paused = False
+
+    # ------------------------------------------------------------------ receive path
+    def _feed(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        ws.receive_data(data)
+        self.bytes_in += len(data)
+        self._last_rx = _monotonic()
+        events = ws.events_received()
+        if events:
+            self._dispatch(events)
+        out = ws.data_to_send()
+        if out:
+            t = self._transport
+            if t is not None and not t.is_closing():
+                t.write(out)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        """The hot path: one call per network read, callbacks bound to locals."""
+        owner = self.owner
+        on_tick = owner.on_tick
+        on_ticks = owner.on_ticks
+        on_message = owner.on_message
+        sink = self.tick_sink
+        loads = payload.loads
+        batch: list[dict[str, Any]] | None = (
+            [] if (on_ticks is not None or sink is not None) else None
+        )
+        last = self.position
+        nmsg = 0
+        dups = 0
+        for ev in events:
+            t = type(ev)
+            if t is str or t is bytes:
+                nmsg += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if t is str:
+                    try:
+                        msg = loads(ev)
+                        kind = msg.get("type")
+                    except Exception as exc:
+                        self._report(DecodeError(f"undecodable text message: {exc}"))
+                        continue
+                    if kind == "tick":
+                        pos = msg.get("position")
+                        if type(pos) is not int:
+                            self._report(DecodeError("tick without an integer position"))
+                            continue
+                        if pos <= last:
+                            dups += 1
+                            continue
+                        last = pos
+                        if on_tick is not None:
+                            try:
+                                on_tick(msg, owner)
+                            except Exception as exc:
+                                self._callback_failed("on_tick", exc)
+                        if batch is not None:
+                            batch.append(msg)
+                        continue
+                    # control messages may read/change the position: sync it around them
+                    self.position = last
+                    if last:
+                        self._anchored = True
+                    self._control(kind, msg)
+                    last = self.position
+                else:
+                    try:
+                        ticks = payload.decode_batch(ev)
+                    except DecodeError as exc:
+                        self._report(exc)
+                        continue
+                    except Exception as exc:
+                        self._report(DecodeError(f"undecodable tick batch: {exc}"))
+                        continue
+                    for tick in ticks:
+                        pos = tick["position"]
+                        if pos <= last:
+                            dups += 1
+                            continue
+                        last = pos
+                        if on_tick is not None:
+                            try:
+                                on_tick(tick, owner)
+                            except Exception as exc:
+                                self._callback_failed("on_tick", exc)
+                        if batch is not None:
+                            batch.append(tick)
+            else:
+                self.position = last
+                self._event(ev)
+                last = self.position
+        self.position = last
+        if last:
+            self._anchored = True
+        if nmsg:
+            self.messages_in += nmsg
+            self._last_msg = self._last_rx
+        if dups:
+            self.duplicates += dups
+        if batch:
+            if sink is not None:
+                sink(batch)
+            if on_ticks is not None:
+                try:
+                    on_ticks(batch, owner)
+                except Exception as exc:
+                    self._callback_failed("on_ticks", exc)
+        if self.checkpoint is not None and last:
+            self.checkpoint.save(last)
+
+    def _control(self, kind: Any, msg: Any) -> None:
+        owner = self.owner
+        if kind == "welcome":
+            log.debug("welcome: server %s, log position %s", msg.get("server"), msg.get("position"))
+        elif kind == "subscribed":
+            pos = msg.get("position")
+            if not self._anchored and type(pos) is int and pos > self.position:
+                # nothing delivered yet: resume from the subscription point after a drop
+                self.position = pos
+                self._anchored = True
+        elif kind == "gap":
+            log.warning(
+                "gap: %s ticks after position %s were trimmed", msg.get("missed"), msg.get("from")
+            )
+            self._call("on_gap", owner.on_gap, msg)
+        elif kind == "command":
+            self._call("on_command", owner.on_command, msg)
+        elif kind == "ack":
+            entry = self._pending.pop(str(msg.get("id")), None)
+            if entry is not None:
+                resolve, timer = entry
+                timer.cancel()
+                if msg.get("ok"):
+                    resolve(msg, None)
+                else:
+                    resolve(None, CommandError(str(msg.get("error") or "command failed")))
+        elif kind == "error":
+            cls = _ERROR_CODES.get(str(msg.get("code")), ServerError)
+            exc = cls(str(msg.get("message") or "server error"), code=msg.get("code"))
+            entry = self._pending.pop(str(msg.get("id")), None)
+            if entry is not None:
+                resolve, timer = entry
+                timer.cancel()
+                resolve(None, exc)
+            else:
+                self._report(exc)
+        # "published", "unsubscribed" and unknown types need nothing (on_message saw them)
+
+    def _event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is Pong:
+            if self._ping_payload is not None and ev.payload == self._ping_payload:
+                self.rtt = _monotonic() - self._ping_sent
+                self._ping_payload = None
+        elif t is Accepted:
+            hs = self._handshake
+            if hs is not None and not hs.done():
+                hs.set_result(None)
+        elif t is CloseReceived:
+            self._close_code, self._close_reason = ev.code, ev.reason
+        elif t is Failed:
+            exc = ev.exc
+            self._failure = exc
+            hs = self._handshake
+            if hs is not None and not hs.done():
+                hs.set_exception(exc)
+            self._close_transport()  # run() reports the failure once
+        elif t is EOF:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        ws, t = self._ws, self._transport
+        if t is None or t.is_closing():
+            return
+        if ws is not None:
+            out = ws.data_to_send()
+            if out:
+                t.write(out)
+        t.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        with self._lock:
+            self._open = False
+            # never-written messages go back to the front of the offline queue
+            if self._outbox:
+                self._offline.extendleft(reversed(self._outbox))
+                self._outbox.clear()
+                while len(self._offline) > self.opts.offline_queue:
+                    self._offline.pop()
+        self._set_writable(True)
+        if exc is not None and self._failure is None:
+            self._failure = NetworkError(f"connection lost: {exc}")
+        hs = self._handshake
+        if hs is not None and not hs.done():
+            hs.set_exception(self._failure or NetworkError("connection closed during handshake"))
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+
+    # ------------------------------------------------------------------ callbacks
+    def _call(self, name: str, fn: Callable[..., Any] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args, self.owner)
+        except Exception as exc:
+            self._callback_failed(name, exc)
+
+    def _callback_failed(self, name: str, exc: Exception) -> None:
+        log.exception("%s callback raised", name, exc_info=exc)
+        on_error = self.owner.on_error
+        if on_error is not None:
+            try:
+                on_error(exc, self.owner)
+            except Exception:
+                log.exception("on_error callback raised")
+
+    def _report(self, exc: BaseException) -> None:
+        log.warning("%s: %s", type(exc).__name__, exc)
+        on_error = self.owner.on_error
+        if on_error is not None:
+            try:
+                on_error(exc, self.owner)
+            except Exception:
+                log.exception("on_error callback raised")
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Close gracefully and do not reconnect (loop thread)."""
+        self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+        self._begin_close(1000, "")
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close handshake (tests/demo: simulate a cut)."""
+        t = self._transport
+        if t is not None:
+            self._close_reason = "aborted"
+            t.abort()
+
+    def _begin_close(self, code: int, reason: str) -> None:
+        ws, t = self._ws, self._transport
+        if ws is None or t is None or t.is_closing():
+            return
+        if ws.state is State.OPEN:
+            ws.close(code, reason)
+            out = ws.data_to_send()
+            if out:
+                t.write(out)
+            assert self.loop is not None
+            self.loop.call_later(self.opts.close_timeout, self._close_deadline, t)
+        else:
+            t.abort()
+
+    def _close_deadline(self, t: asyncio.Transport) -> None:
+        if self._transport is t and not t.is_closing():
+            log.debug("close handshake timed out; aborting")
+            t.abort()
+        elif self._transport is t:
+            t.abort()
+
+    async def run(self) -> None:
+        """Connect, and reconnect until stop() or a fatal error (which is raised)."""
+        self.loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        self._stopping = False
+        self.backoff.reset()
+        attempt = 0
+        last_error: BaseException | None = None
+        try:
+            while not self._stopping:
+                error: BaseException | None = None
+                try:
+                    await self._connect_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    error = exc
+                    last_error = exc
+                if self._stopping:
+                    break
+                if error is not None:
+                    if is_fatal(error):
+                        log.error("giving up: %s", error)
+                        self._report(error)
+                        self._call("on_noreconnect", self.owner.on_noreconnect)
+                        raise error
+                    self._report(error)
+                if not self.opts.reconnect:
+                    if error is not None:
+                        raise error
+                    break
+                delay = self.backoff.next_delay()
+                if delay is None:
+                    log.error("giving up after %d attempts", self.backoff.attempt)
+                    self._call("on_noreconnect", self.owner.on_noreconnect)
+                    if last_error is not None:
+                        raise last_error
+                    break
+                attempt += 1
+                self.reconnects += 1
+                log.info("reconnecting in %.2fs (attempt %d)", delay, attempt)
+                self._call("on_reconnect", self.owner.on_reconnect, attempt)
+                if self._stopping:
+                    break
+                try:
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            self._fail_pending(ConnectionClosedOK(1000, "client stopped"))
+            if self.checkpoint is not None and self._anchored:
+                self.checkpoint.save(self.position, force=True)
+            self._set_writable(True)
+
+    async def _connect_once(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        opts = self.opts
+        self._failure = None
+        self._close_code, self._close_reason = 1006, ""
+        ws = ClientProtocol(
+            host=self._host_header,
+            path=self._path,
+            extra_headers=opts.handshake_headers(),
+            subprotocols=[],
+            compression=opts.compression,
+            max_size=opts.max_size,
+        )
+        self._ws = ws
+        self._transport = None
+        self._handshake = loop.create_future()
+        self._closed = loop.create_future()
+        self._reading_paused = False
+        try:
+            async with asyncio.timeout(opts.open_timeout):
+                await loop.create_connection(
+                    lambda: _Stream(self),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except ssl_module.SSLCertVerificationError as exc:
+            err = NetworkError(f"TLS certificate verification failed: {exc.verify_message}")
+            err.fatal = True  # a wrong certificate does not fix itself: no retry storm
+            raise err from None
+        except TimeoutError:
+            raise TimeoutError_(f"connect to {self._host}:{self._port} timed out") from None
+        except OSError as exc:
+            raise NetworkError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+        transport = self._transport
+        assert transport is not None
+        ws.send_request()
+        transport.write(ws.data_to_send())
+        try:
+            async with asyncio.timeout(opts.open_timeout):
+                await self._handshake
+        except TimeoutError:
+            transport.abort()
+            raise TimeoutError_("WebSocket handshake timed out") from None
+        except BaseException:
+            transport.abort()
+            raise
+        # open: restore subscriptions from the last position, replay the offline queue
+        self.connections += 1
+        self.backoff.connected()
+        now = _monotonic()
+        self._last_rx = self._last_ping = now
+        self._ping_payload = None
+        if self._subs is not None:
+            self._send_subscribe(self._subs, self.position if self._anchored else None)
+        with self._lock:
+            self._open = True
+            self._outbox.extendleft(reversed(self._offline))
+            self._offline.clear()
+            self._flush()
+        if self._want_pause:
+            self.pause_reading()
+        log.info("connected to %s:%s%s", self._host, self._port, self._path.split("?")[0])
+        if self.open_hook is not None:
+            self.open_hook()
+        self._call("on_connect", self.owner.on_connect)
+        keepalive = loop.create_task(self._keepalive(transport))
+        try:
+            await self._closed
+        finally:
+            keepalive.cancel()
+            self._open = False
+            self.backoff.disconnected()
+            self._fail_pending(ConnectionClosedError(self._close_code, self._close_reason))
+        code, reason = self._close_code, self._close_reason
+        self._call("on_close", self.owner.on_close, code, reason)
+        if self._failure is not None:
+            raise self._failure
+        if not self._stopping:
+            cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+            raise cls(code, reason)
+
+    async def _keepalive(self, transport: asyncio.Transport) -> None:
+        opts = self.opts
+        intervals = [x for x in (opts.ping_interval, opts.ping_timeout, opts.idle_timeout) if x]
+        if not intervals:
+            return
+        tick = max(0.05, min(intervals) / 4)
+        while True:
+            await asyncio.sleep(tick)
+            if transport.is_closing():
+                return
+            now = _monotonic()
+            if opts.idle_timeout and now - self._last_rx > opts.idle_timeout:
+                self._dead(transport, f"no data for {opts.idle_timeout}s")
+                return
+            if self._ping_payload is not None:
+                if opts.ping_timeout and now - self._ping_sent > opts.ping_timeout:
+                    self._dead(transport, f"no pong within {opts.ping_timeout}s")
+                    return
+            elif opts.ping_interval and now - self._last_ping >= opts.ping_interval:
+                ws = self._ws
+                if ws is None or ws.state is not _OPEN:
+                    return
+                self._ping_payload = os.urandom(4)
+                self._ping_sent = self._last_ping = now
+                ws.send_ping(self._ping_payload)
+                transport.write(ws.data_to_send())
+
+    def _dead(self, transport: asyncio.Transport, why: str) -> None:
+        log.warning("connection is dead (%s); aborting", why)
+        self._failure = TimeoutError_(f"keep-alive: {why}")
+        self._close_reason = why
+        transport.abort()

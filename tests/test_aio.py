@@ -1,0 +1,209 @@
+"""AsyncWebSocket on the caller's loop (asyncio and uvloop) against the reference server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+from test_client_support import CutProxy
+
+from iotcommute import AsyncWebSocket, CommandError, NotConnectedError, TokenError
+from iotcommute.server import ServerThread
+from iotcommute.server.registry import (
+    README_DEVICE_ID,
+    README_DEVICE_KEY,
+    sim_device_id,
+    sim_device_key,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY, DEV = README_DEVICE_KEY, README_DEVICE_ID
+SIM1, SIM1_KEY = sim_device_id(1), sim_device_key(1)
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    uvloop = pytest.importorskip("uvloop")
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    factory = asyncio.new_event_loop if request.param == "asyncio" else _uvloop_factory()
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(coro, 45))
+
+    return runner
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    srv = ServerThread(port=0, retain=500_000).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def append(srv: ServerThread, n: int, device: str = SIM1) -> list[int]:
+    def go() -> list[int]:
+        log = srv.hub.log
+        return [log.append(device, {"i": i, "x": 1.5}) for i in range(n)]
+
+    return srv.call(go)
+
+
+async def wait_subscribed(ws: AsyncWebSocket) -> None:
+    """Resolve on the next "subscribed" reply (so appended ticks are not missed)."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def on_message(msg: str | bytes, w: AsyncWebSocket) -> None:
+        if isinstance(msg, str) and '"subscribed"' in msg and not fut.done():
+            fut.set_result(None)
+
+    ws.on_message = on_message
+    await asyncio.wait_for(fut, 10)
+    ws.on_message = None
+
+
+def test_async_for_ticks_in_order(server: ServerThread, run: Any) -> None:
+    async def main() -> list[int]:
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url)
+        sub = asyncio.ensure_future(wait_subscribed(ws))
+        got: list[int] = []
+        async with ws:
+            await sub
+            expected = await asyncio.to_thread(append, server, 300)
+            async for tick in ws:
+                got.append(tick["position"])
+                if len(got) == 300:
+                    break
+            assert ws.stats()["position"] == expected[-1]
+            assert DEV not in repr(ws) or KEY not in repr(ws)
+        assert not ws.is_connected()
+        assert got == expected
+        return got
+
+    assert len(run(main())) == 300
+
+
+def test_runs_on_the_callers_loop_without_touching_policy(server: ServerThread, run: Any) -> None:
+    policy = asyncio.get_event_loop_policy()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[asyncio.AbstractEventLoop] = []
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, iterate=False)
+        ws.on_connect = lambda w: seen.append(asyncio.get_running_loop())
+        async with ws:
+            pass
+        assert seen == [loop]
+
+    run(main())
+    assert asyncio.get_event_loop_policy() is policy
+
+
+def test_slow_consumer_keeps_memory_bounded(server: ServerThread, run: Any) -> None:
+    total, high = 20_000, 200
+
+    async def main() -> None:
+        # JSON without compression: every tick costs > 87 wire bytes, so one 256 KiB read
+        # (asyncio's read size; uvloop's is smaller) holds < 3000 ticks
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=high,
+                            compression=False)
+        sub = asyncio.ensure_future(wait_subscribed(ws))
+        async with ws:
+            await sub
+            expected = await asyncio.to_thread(append, server, total)
+            got: list[int] = []
+            peak = 0
+            paused_seen = False
+            async for tick in ws:
+                got.append(tick["position"])
+                st = ws.stats()
+                peak = max(peak, st["queued_ticks"])
+                paused_seen = paused_seen or st["reading_paused"]
+                if len(got) % 1000 == 0:
+                    await asyncio.sleep(0.01)  # a slow consumer
+                if len(got) == total:
+                    break
+            assert got == expected
+            assert paused_seen, "the transport never paused reading"
+            # bounded: the high-water mark plus at most one network read, not the backlog
+            assert peak < high + 3000, peak
+
+    run(main())
+
+
+def test_commands_and_publish(server: ServerThread, run: Any) -> None:
+    async def main() -> None:
+        device = AsyncWebSocket(KEY, DEV, "device", url=server.url, subscribe=None)
+
+        def on_command(cmd: dict[str, Any], ws: AsyncWebSocket) -> None:
+            if cmd["data"].get("refuse"):
+                ws.ack(cmd["id"], ok=False, error="nope")
+            else:
+                ws.ack(cmd["id"], data={"got": cmd["data"]})
+
+        device.on_command = on_command
+        app = AsyncWebSocket(SIM1_KEY, SIM1, "client", url=server.url)
+        sub = asyncio.ensure_future(wait_subscribed(app))
+        async with device, app:
+            await sub
+            ack = await app.send_command(DEV, {"fan": 3}, timeout=5)
+            assert ack["ok"] and ack["data"] == {"got": {"fan": 3}}
+            with pytest.raises(CommandError):
+                await app.send_command(DEV, {"refuse": True}, timeout=5)
+            await device.publish({"temperature": 3.25})
+            tick = await asyncio.wait_for(app.__anext__(), 10)
+            assert tick["device"] == DEV and tick["data"] == {"temperature": 3.25}
+        with pytest.raises(NotConnectedError):
+            await app.send_command(DEV, {}, timeout=1)
+
+    run(main())
+
+
+def test_bad_credentials_raise_from_async_with(server: ServerThread, run: Any) -> None:
+    proxy = CutProxy(server.port)
+
+    async def main() -> None:
+        ws = AsyncWebSocket("NOTAKEY0000000000000", DEV, "device", url=proxy.url,
+                            max_reconnect_delay=0.01)
+        with pytest.raises(TokenError):
+            async with ws:
+                pass
+
+    try:
+        run(main())
+        assert proxy.connections == 1
+    finally:
+        proxy.close()
+
+
+def test_resume_after_cut_is_lossless(server: ServerThread, run: Any) -> None:
+    total = 10_000
+
+    async def main() -> None:
+        # a small queue and no compression: the cuts happen while most ticks are unread
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_reconnect_delay=0.1,
+                            max_queue=100, compression=False)
+        sub = asyncio.ensure_future(wait_subscribed(ws))
+        async with ws:
+            await sub
+            expected = await asyncio.to_thread(append, server, total)
+            got: list[int] = []
+            async for tick in ws:
+                got.append(tick["position"])
+                if len(got) in (1000, 6000):
+                    ws._drop_connection()
+                if len(got) == total:
+                    break
+            assert got == expected
+            assert ws.stats()["connections"] >= 2
+
+    run(main())

@@ -1,0 +1,171 @@
+"""Differential tests: the compiled and pure paths must agree on every byte stream.
+
+Hypothesis builds mostly-valid server streams (with mutations that break rules), splits
+them at random boundaries, and checks that both readers produce identical events and
+identical errors, and that the split never changes the outcome.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+import zlib
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotcommute import _frames_py, _mask_py
+
+_frames_c: ModuleType | None
+_mask: ModuleType | None
+try:
+    _frames_c = importlib.import_module("iotcommute._frames_c")
+    _mask = importlib.import_module("iotcommute._mask")
+except ImportError:  # pragma: no cover - depends on the build
+    _frames_c = _mask = None
+
+REQUIRE = os.environ.get("IOTCOMMUTE_REQUIRE_EXTENSIONS", "") not in ("", "0")
+pytestmark = pytest.mark.skipif(
+    _frames_c is None and not REQUIRE, reason="compiled modules not built: nothing to compare"
+)
+
+
+def compiled() -> tuple[ModuleType, ModuleType]:
+    """The compiled reader and mask (a missing build fails here under REQUIRE)."""
+    assert _frames_c is not None and _mask is not None, "compiled modules missing"
+    return _frames_c, _mask
+
+
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def frame(opcode: int, payload: bytes, fin: bool, rsv: int, masked: bool) -> bytes:
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    m = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, m | n))
+    elif n < 65536:
+        head = bytes((b0, m | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((b0, m | 127)) + struct.pack("!Q", n)
+    if masked:
+        head += b"abcd"
+    return head + payload
+
+
+def deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+payloads = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=30).map(lambda s: s.encode("utf-8")),
+    st.binary(min_size=120, max_size=300),
+    st.sampled_from([b"\xff", b"\xe2\x82", b"\xed\xa0\x80", "€".encode(), b"\x03\xe8ok"]),
+)
+
+
+@st.composite
+def message_spec(draw: Any, deflate_on: bool) -> bytes:
+    """One message (1-3 fragments, maybe interleaved control frames), sometimes broken."""
+    kind = draw(st.integers(0, 9))
+    if kind >= 8:  # a control frame, or any opcode at all
+        opcode = draw(st.sampled_from([8, 9, 10, 9, 10, 3, 11, 0]))
+        payload = draw(payloads)
+        if opcode == 8 and payload and draw(st.booleans()):
+            code = draw(st.sampled_from([1000, 1001, 1004, 1006, 3000, 999]))
+            payload = struct.pack("!H", code) + payload[:20]
+        fin = draw(st.integers(0, 9)) > 0
+        return frame(opcode, payload, fin, 0, draw(st.integers(0, 30)) == 0)
+    opcode = 1 if kind < 4 else 2
+    payload = draw(payloads)
+    compressed = deflate_on and draw(st.booleans())
+    if compressed and draw(st.integers(0, 9)) > 0:
+        payload = deflate(payload)
+    nfrag = draw(st.integers(1, 3))
+    cuts = sorted(
+        draw(st.lists(st.integers(0, len(payload)), min_size=nfrag - 1, max_size=nfrag - 1))
+    )
+    pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+    out = []
+    for i, piece in enumerate(pieces):
+        op = opcode if i == 0 else 0
+        rsv = 4 if compressed and i == 0 else 0
+        if draw(st.integers(0, 20)) == 0:
+            rsv = draw(st.integers(0, 7))  # break the reserved-bit rules
+        if draw(st.integers(0, 30)) == 0:
+            op = draw(st.integers(0, 15))  # break the opcode rules
+        out.append(frame(op, piece, i == len(pieces) - 1, rsv, draw(st.integers(0, 40)) == 0))
+        if draw(st.integers(0, 4)) == 0:
+            out.append(
+                frame(draw(st.sampled_from([9, 10])), draw(st.binary(max_size=10)), True, 0, False)
+            )
+    return b"".join(out)
+
+
+@st.composite
+def streams(draw: Any) -> tuple[bytes, list[int], dict[str, Any]]:
+    deflate_on = draw(st.booleans())
+    parts = draw(st.lists(message_spec(deflate_on), max_size=10))
+    if draw(st.integers(0, 9)) == 0:
+        parts.insert(draw(st.integers(0, len(parts))), draw(st.binary(max_size=20)))
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    kw = {
+        "max_size": draw(st.sampled_from([4 * 2**20, 200, 64])),
+        "max_fragments": draw(st.sampled_from([1024, 3])),
+        "deflate": deflate_on,
+        "no_context_takeover": draw(st.booleans()),
+    }
+    return data, cuts, kw
+
+
+def outcome(mod: ModuleType, data: bytes, cuts: list[int], kw: dict[str, Any]) -> Any:
+    r = mod.FrameReader(**kw)
+    prev = 0
+    for c in [*cuts, len(data)]:
+        r.feed_data(data[prev:c])
+        prev = c
+    e = r.error
+    err = None if e is None else (type(e), str(e), e.close_code)
+    return list(r.events), err, list(r.pongs), r.closed, r.close_code, r.close_reason
+
+
+@SETTINGS
+@given(streams())
+def test_pure_and_compiled_agree(s: tuple[bytes, list[int], dict[str, Any]]) -> None:
+    data, cuts, kw = s
+    fc, _ = compiled()
+    py = outcome(_frames_py, data, cuts, kw)
+    assert outcome(fc, data, cuts, kw) == py
+    # The split never matters.
+    assert outcome(_frames_py, data, [], kw) == py
+    assert outcome(fc, data, list(range(len(data))), kw) == py
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=5))
+def test_random_bytes_agree(data: bytes, cuts: list[int]) -> None:
+    cuts = sorted(c for c in cuts if c <= len(data))
+    kw = {"deflate": True, "max_size": 100}
+    assert outcome(compiled()[0], data, cuts, kw) == outcome(_frames_py, data, cuts, kw)
+
+
+@SETTINGS
+@given(st.binary(max_size=2000), st.binary(min_size=4, max_size=4))
+def test_masking_agrees(data: bytes, key: bytes) -> None:
+    _, _mask = compiled()
+    assert _mask.apply_mask(data, key) == _mask_py.apply_mask(data, key)
+    for opcode in (1, 2, 8, 9):
+        assert _mask.encode_frame(opcode, data, key=key) == _mask_py.encode_frame(
+            opcode, data, key=key
+        )
+    assert _mask.encode_frame(0, data, False, True, key) == _mask_py.encode_frame(
+        0, data, False, True, key
+    )
