@@ -5,9 +5,11 @@
 message counts. The option lives here, in the root conftest, because pytest only accepts
 command-line options registered by conftests it loads before parsing arguments.
 
-The size is resolved once, here, and exported as ``IOTCOMMUTE_BENCH_SCALE`` so module
-level readers and benchmark subprocesses agree: an explicit environment value wins,
-else 1.0 with ``--benchmark`` and ``SMOKE_SCALE`` without.
+The size is resolved in one place: ``bench_scale()`` below (used by the ``bench_scale``
+fixture in benchmarks/conftest.py). An explicit ``IOTCOMMUTE_BENCH_SCALE`` wins, else 1
+with ``--benchmark`` and ``SMOKE_SCALE`` without. With ``--benchmark`` and no explicit
+value, ``IOTCOMMUTE_BENCH_SCALE=1`` is also exported for files that read the variable at
+import time (in smoke mode they keep their own small default).
 """
 
 from __future__ import annotations
@@ -31,10 +33,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def bench_scale(config: pytest.Config) -> float:
+    """The size factor of this run (1 = full size)."""
+    env = os.environ.get("IOTCOMMUTE_BENCH_SCALE")
+    if env:
+        return float(env)
+    return 1.0 if config.getoption("benchmark") else SMOKE_SCALE
+
+
 def pytest_configure(config: pytest.Config) -> None:
     full = bool(config.getoption("benchmark"))
-    if not os.environ.get("IOTCOMMUTE_BENCH_SCALE"):
-        os.environ["IOTCOMMUTE_BENCH_SCALE"] = "1" if full else str(SMOKE_SCALE)
+    if full and not os.environ.get("IOTCOMMUTE_BENCH_SCALE"):
+        os.environ["IOTCOMMUTE_BENCH_SCALE"] = "1"
     if not full and hasattr(config.option, "benchmark_min_rounds"):
         # Smoke mode: one round and no calibration time, but keep stats (tests may read
         # benchmark.stats), so this is "minimal rounds" rather than --benchmark-disable.

@@ -44,7 +44,7 @@ cdef class FrameReader:
 
     cdef bint _start_partial_utf8(self, int opcode, bytes part) except -1
 
-    @cython.locals(opcode=int, fin=int)
+    @cython.locals(opcode=int, fin=int, count=Py_ssize_t)
     cdef bint _check_header(self, int b0, int b1) except -1
 
     @cython.locals(opcode=int, fin=bint)

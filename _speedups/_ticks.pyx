@@ -11,11 +11,8 @@ constants for the fixed keys, and the result list presized once the row bytes ar
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.float cimport PyFloat_FromDouble
-from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.list cimport PyList_New
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport isfinite, isinf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -60,6 +57,15 @@ cdef extern from *:
     static inline void ict_stf32(unsigned char *p, float f) {
         uint32_t u; memcpy(&u, &f, 4); ict_st32(p, u);
     }
+    /* d[k] = v, consuming the reference to v; v == NULL means its constructor failed. */
+    static inline int ict_set_steal(PyObject *d, PyObject *k, PyObject *v) {
+        int rc;
+        if (v == NULL) return -1;
+        rc = PyDict_SetItem(d, k, v);
+        Py_DECREF(v);
+        return rc;
+    }
+    static inline PyObject *ict_newref(PyObject *o) { Py_INCREF(o); return o; }
     """
     uint16_t ict_ld16(const unsigned char *p) nogil
     uint32_t ict_ld32(const unsigned char *p) nogil
@@ -71,17 +77,16 @@ cdef extern from *:
     void ict_st64(unsigned char *p, uint64_t v) nogil
     void ict_stf64(unsigned char *p, double d) nogil
     void ict_stf32(unsigned char *p, float f) nogil
+    int ict_set_steal(PyObject* d, PyObject* k, PyObject* v) except -1
+    PyObject* ict_newref(PyObject* o)
 
 cdef extern from "Python.h":
     # Raw signatures: the row loop manages references itself (no Cython temporaries).
-    PyObject* PyDict_New_raw "PyDict_New"() except NULL
     PyObject* PyDict_Copy_raw "PyDict_Copy"(PyObject* d) except NULL
-    int PyDict_SetItem_raw "PyDict_SetItem"(PyObject* d, PyObject* k, PyObject* v) except -1
-    PyObject* PyFloat_FromDouble_raw "PyFloat_FromDouble"(double v) except NULL
-    PyObject* PyLong_FromLongLong_raw "PyLong_FromLongLong"(long long v) except NULL
-    PyObject* PyLong_FromUnsignedLongLong_raw "PyLong_FromUnsignedLongLong"(unsigned long long v) except NULL
-    void Py_DECREF_raw "Py_DECREF"(PyObject* o)
-    void Py_INCREF_raw "Py_INCREF"(PyObject* o)
+    # No `except NULL`: a NULL result goes straight into ict_set_steal, which reports it.
+    PyObject* PyFloat_FromDouble_raw "PyFloat_FromDouble"(double v)
+    PyObject* PyLong_FromLongLong_raw "PyLong_FromLongLong"(long long v)
+    PyObject* PyLong_FromUnsignedLongLong_raw "PyLong_FromUnsignedLongLong"(unsigned long long v)
     void PyList_SET_ITEM_raw "PyList_SET_ITEM"(object l, Py_ssize_t i, PyObject* o)
     PyObject* Py_True_raw "Py_True"
     PyObject* Py_False_raw "Py_False"
@@ -220,7 +225,6 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     cdef uint64_t pos
     cdef PyObject* tick
     cdef PyObject* data
-    cdef PyObject* val
     cdef uint8_t b
     for i in range(n_ticks):
         idx = ict_ld16(r)
@@ -230,49 +234,42 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
                 f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
                 position=pos,
             )
+        # Ownership first: the list owns the tick and the tick owns `data` before any value
+        # is made, so an error (a bad bool, or MemoryError) anywhere below leaks nothing.
+        tick = PyDict_Copy_raw(<PyObject*>tick_tpl)
+        PyList_SET_ITEM_raw(out, i, tick)
+        ict_set_steal(tick, <PyObject*>K_DEVICE, ict_newref(dev_ptrs[idx]))
+        ict_set_steal(tick, <PyObject*>K_POSITION, PyLong_FromUnsignedLongLong_raw(pos))
+        ict_set_steal(tick, <PyObject*>K_TS, PyFloat_FromDouble_raw(ict_ldf64(r + 10)))
         data = PyDict_Copy_raw(<PyObject*>data_tpl)
-        # The list owns `data` only once the tick is stored; until then errors must drop it.
+        ict_set_steal(tick, <PyObject*>K_DATA, data)
         q = r + ROW_PREFIX
         for j in range(n_fld):
             code = codes[j]
             if code == 1:
-                val = PyFloat_FromDouble_raw(ict_ldf64(q))
+                ict_set_steal(data, name_ptrs[j], PyFloat_FromDouble_raw(ict_ldf64(q)))
                 q += 8
             elif code == 2:
-                val = PyLong_FromLongLong_raw(<int64_t>ict_ld64(q))
+                ict_set_steal(
+                    data, name_ptrs[j], PyLong_FromLongLong_raw(<int64_t>ict_ld64(q))
+                )
                 q += 8
             elif code == 3:
-                val = PyLong_FromLongLong_raw(<int32_t>ict_ld32(q))
+                ict_set_steal(
+                    data, name_ptrs[j], PyLong_FromLongLong_raw(<int32_t>ict_ld32(q))
+                )
                 q += 4
             elif code == 4:
                 b = q[0]
                 q += 1
-                if b == 0:
-                    val = Py_False_raw
-                elif b == 1:
-                    val = Py_True_raw
-                else:
-                    Py_DECREF_raw(data)
+                if b > 1:
                     raise DecodeError(
                         f"tick at position {pos}: bool field {j} holds {b}", position=pos
                     )
-                Py_INCREF_raw(val)
+                ict_set_steal(data, name_ptrs[j], ict_newref(Py_True_raw if b else Py_False_raw))
             else:
-                val = PyFloat_FromDouble_raw(ict_ldf32(q))
+                ict_set_steal(data, name_ptrs[j], PyFloat_FromDouble_raw(ict_ldf32(q)))
                 q += 4
-            PyDict_SetItem_raw(data, name_ptrs[j], val)
-            Py_DECREF_raw(val)
-        tick = PyDict_Copy_raw(<PyObject*>tick_tpl)
-        PyList_SET_ITEM_raw(out, i, tick)  # the list owns the tick from here on
-        PyDict_SetItem_raw(tick, <PyObject*>K_DEVICE, dev_ptrs[idx])
-        val = PyLong_FromUnsignedLongLong_raw(pos)
-        PyDict_SetItem_raw(tick, <PyObject*>K_POSITION, val)
-        Py_DECREF_raw(val)
-        val = PyFloat_FromDouble_raw(ict_ldf64(r + 10))
-        PyDict_SetItem_raw(tick, <PyObject*>K_TS, val)
-        Py_DECREF_raw(val)
-        PyDict_SetItem_raw(tick, <PyObject*>K_DATA, data)
-        Py_DECREF_raw(data)
         r += row_size
     return out
 
@@ -339,6 +336,8 @@ def encode_batch(ticks, types=None):
             if len(data) > C_MAX_FIELDS:
                 raise InputError(f"a tick batch holds at most {MAX_FIELDS} fields")
             for name in data:
+                if len(names) >= C_MAX_FIELDS:  # kinds[] is fixed-size; len() may lie
+                    raise InputError(f"a tick batch holds at most {MAX_FIELDS} fields")
                 _utf8_name(name, "field name")
                 kinds[len(names)] = 0
                 names.append(name)

@@ -1,9 +1,9 @@
 """Benchmark harness fixtures: sizes (``bench_scale``), the firehose process, records,
 and the end-of-run summary (only with ``pytest --benchmark``).
 
-Sizes come from one place: the root conftest resolves ``IOTCOMMUTE_BENCH_SCALE`` (1 with
-``--benchmark``, a tiny smoke scale without) and ``bench_scale`` turns a full-size count
-into the count for this run. Every benchmark file in this folder should size itself with
+Sizes come from one place: ``IOTCOMMUTE_BENCH_SCALE`` if set, else 1 with ``--benchmark``
+and a tiny smoke scale without; ``bench_scale`` turns a full-size count into the count for
+this run. Every benchmark file in this folder should size itself with
 ``bench_scale.n(full_size)`` and run ``bench_scale.rounds`` rounds.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +25,21 @@ import firehose  # noqa: E402
 import peers  # noqa: E402
 import summary  # noqa: E402
 
+SMOKE_SCALE = 0.002  # keep equal to the root conftest's SMOKE_SCALE
 RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 
-@dataclass(frozen=True)
-class BenchScale:
-    """How big this run is. ``full`` is ``--benchmark``; ``factor`` scales every size."""
-
-    full: bool
-    factor: float
-
-    @property
-    def rounds(self) -> int:
-        return 3 if self.full else 1
-
-    @property
-    def warmup(self) -> int:
-        return 1 if self.full else 0
-
-    def n(self, full_size: int, minimum: int = 2) -> int:
-        """The count to use for something that is ``full_size`` at scale 1."""
-        return max(minimum, round(full_size * self.factor))
-
-
-def _scale(config: pytest.Config) -> BenchScale:
-    return BenchScale(
-        full=bool(config.getoption("benchmark")),
-        factor=float(os.environ.get("IOTCOMMUTE_BENCH_SCALE") or "1"),
-    )
+def _scale(config: pytest.Config) -> firehose.BenchScale:
+    env = os.environ.get("IOTCOMMUTE_BENCH_SCALE")
+    full = bool(config.getoption("benchmark"))
+    # Mirrors bench_scale() in the root conftest (not importable by name: both files are
+    # called conftest).
+    factor = float(env) if env else 1.0 if full else SMOKE_SCALE
+    return firehose.BenchScale(full=full, factor=factor)
 
 
 @pytest.fixture(scope="session")
-def bench_scale(pytestconfig: pytest.Config) -> BenchScale:
+def bench_scale(pytestconfig: pytest.Config) -> firehose.BenchScale:
     return _scale(pytestconfig)
 
 

@@ -79,6 +79,26 @@ def batch_codec_available() -> bool:
 
 
 @dataclass(frozen=True)
+class BenchScale:
+    """How big this run is. ``full`` is ``--benchmark``; ``factor`` scales every size."""
+
+    full: bool
+    factor: float
+
+    @property
+    def rounds(self) -> int:
+        return 3 if self.full else 1
+
+    @property
+    def warmup(self) -> int:
+        return 1 if self.full else 0
+
+    def n(self, full_size: int, minimum: int = 2) -> int:
+        """The count to use for something that is ``full_size`` at scale 1."""
+        return max(minimum, round(full_size * self.factor))
+
+
+@dataclass(frozen=True)
 class Case:
     """One receive case: how each message looks on the wire and what it delivers."""
 
@@ -195,7 +215,7 @@ class Stream:
         """The n messages as ~1 MiB chunks (tick cases only)."""
         with self.lock:
             if n not in self.distinct:
-                if len(self.distinct) >= 2:  # keep memory bounded across scales
+                if len(self.distinct) >= 4:  # keep memory bounded across scales
                     self.distinct.pop(next(iter(self.distinct)))
                 frames = [encode_message(self.case, p) for p in case_messages(self.case, n)]
                 step = max(1, len(self.frames))
@@ -293,13 +313,17 @@ def handshake(conn: Conn) -> tuple[str, bool] | None:
     for line in lines[1:]:
         if ":" in line:
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = (headers.get(name.strip().lower(), "") + "," + value.strip()).lstrip(",")
+            key_ = name.strip().lower()
+            headers[key_] = (headers.get(key_, "") + "," + value.strip()).lstrip(",")
     key = headers.get("sec-websocket-key", "").strip().encode()
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
     offered = "permessage-deflate" in headers.get("sec-websocket-extensions", "")
-    wants_deflate = path.startswith("/recv/") and CASES.get(path.split("/")[2], CASES["bin32"]).compressed
+    parts = path.split("/")
+    wants_deflate = parts[1] == "recv" and len(parts) > 2 and CASES[parts[2]].compressed
     if wants_deflate and not offered:
-        conn.sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.sock.sendall(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
         return None
     resp = (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

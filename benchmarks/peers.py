@@ -6,7 +6,8 @@ Every subject implements three operations against the firehose process (firehose
   each message goes to ``counter.feed`` (which decodes ticks to dicts);
 * ``send(url, n, text)``              publish ``n`` masked text frames into the sink and
   wait for its ``done``;
-* ``latency(url, m, rate, payload)``  ``m`` round trips of a small JSON text against the echo at ``rate``/s.
+* ``latency(url, m, rate, payload)``  ``m`` round trips of a small JSON text against
+  the echo at ``rate``/s.
 
 Subjects run in this process on one persistent uvloop loop (where the library is
 asyncio based), except the iotcommute *fallback*, which runs in a worker subprocess started
@@ -49,13 +50,13 @@ def _loader(decoder: str) -> Callable[[Any], Any]:
     if decoder == "orjson":
         import orjson
 
-        return orjson.loads  # type: ignore[no-any-return]
+        return orjson.loads
     if decoder == "json":
         return json.loads
     if decoder == "iotcommute":
         from iotcommute import payload
 
-        return payload.loads  # type: ignore[no-any-return]
+        return payload.loads
     raise ValueError(decoder)
 
 
@@ -369,7 +370,7 @@ class Picows(CallbackSubject):
             WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.CLOSE,
         )
 
-        class Listener(WSListener):  # type: ignore[misc]
+        class Listener(WSListener):
             parts: list[bytes] | None = None
             text = False
 
@@ -424,7 +425,8 @@ class Wsproto(CallbackSubject):
     module = "wsproto"
 
     async def open(self, url: str, on_message: OnMessage, compressed: bool) -> CallbackConn:
-        from wsproto import ConnectionState, ConnectionType, WSConnection
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.connection import ConnectionState
         from wsproto.events import (
             AcceptConnection,
             BytesMessage,
@@ -460,25 +462,24 @@ class Wsproto(CallbackSubject):
                 assert t is not None
                 ws.receive_data(data)
                 for ev in ws.events():
-                    tp = type(ev)
-                    if tp is BytesMessage or tp is TextMessage:
+                    if isinstance(ev, BytesMessage | TextMessage):
                         if ev.message_finished and not self.parts:
                             on_message(ev.data)
                         else:
                             self.parts.append(ev.data)
                             if ev.message_finished:
-                                empty = "" if tp is TextMessage else b""
+                                empty = "" if isinstance(ev, TextMessage) else b""
                                 on_message(empty.join(self.parts))
                                 self.parts = []
-                    elif tp is AcceptConnection:
+                    elif isinstance(ev, AcceptConnection):
                         self.opened.set_result(None)
-                    elif tp is Ping:
+                    elif isinstance(ev, Ping):
                         t.write(ws.send(ev.response()))
-                    elif tp is CloseConnection:
+                    elif isinstance(ev, CloseConnection):
                         if ws.state == ConnectionState.REMOTE_CLOSING:
                             t.write(ws.send(ev.response()))
                         t.close()
-                    elif tp is RejectConnection:
+                    elif isinstance(ev, RejectConnection):
                         self.opened.set_exception(ConnectionError("rejected"))
 
             def connection_lost(self, exc: Exception | None) -> None:
@@ -786,6 +787,95 @@ class IotcommuteAio(Subject):
         return self._raw(url, body)
 
 
+# ---- iotcommute's public threaded client: WebSocket(...).connect(threaded=True)
+class IotcommuteSync(IotcommuteAio):
+    """``iotcommute.WebSocket`` as the README shows it: callbacks run on the client's own
+    loop thread; the benchmark thread only waits (recv) or calls ``send`` (send, latency).
+    """
+
+    name = "iotcommute-sync"
+    module = "iotcommute.client"
+
+    def _sync_client(self, url: str, compressed: bool) -> Any:
+        from iotcommute import WebSocket
+
+        return WebSocket(
+            "bench-key", "bench-device", "client", url=url, ping_interval=None,
+            reconnect=False, compression=compressed, max_size=2**26, subscribe=None,
+        )
+
+    def _session(self, ws: Any, body: Callable[[], T]) -> T:
+        opened = threading.Event()
+        ws.on_connect = lambda *args: opened.set()
+        ws.connect(threaded=True)
+        try:
+            if not opened.wait(TIMEOUT):
+                raise TimeoutError(f"iotcommute-sync did not connect: {ws.error!r}")
+            return body()
+        finally:
+            ws.close()
+            if not ws.join(TIMEOUT):
+                raise TimeoutError("iotcommute-sync thread did not end")
+
+    def recv(self, url: str, counter: Counter, compressed: bool) -> None:
+        done = threading.Event()
+        expected = counter.expected
+
+        def on_tick(tick: dict[str, Any], ws: Any) -> None:
+            counter.last = tick
+            counter.count += 1
+            if counter.count >= expected:
+                done.set()
+
+        ws = self._sync_client(url, compressed)
+        ws.on_tick = on_tick
+        ws.on_close = lambda *args: done.set()
+        self._session(ws, lambda: done.wait(TIMEOUT))
+
+    def send(self, url: str, n: int, text: str) -> None:
+        got = threading.Event()
+        ws = self._sync_client(url, False)
+        ws.on_message = lambda msg, ws: got.set()
+
+        def body() -> None:
+            send = ws.send
+            for _ in range(n):
+                send(text)
+            if not got.wait(TIMEOUT):
+                raise TimeoutError("sink did not answer")
+
+        self._session(ws, body)
+
+    def latency(self, url: str, m: int, rate: float, payload: str) -> list[float]:
+        got = threading.Event()
+        stamp = [0.0]
+
+        def on_message(msg: Any, ws: Any) -> None:
+            stamp[0] = time.perf_counter()
+            got.set()
+
+        ws = self._sync_client(url, False)
+        ws.on_message = on_message
+
+        def body() -> list[float]:
+            rtts = []
+            interval = 1.0 / rate
+            start = time.perf_counter()
+            for i in range(m):
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                got.clear()
+                t0 = time.perf_counter()
+                ws.send(payload)
+                if not got.wait(TIMEOUT):
+                    raise TimeoutError("echo did not answer")
+                rtts.append(stamp[0] - t0)
+            return rtts
+
+        return self._session(ws, body)
+
+
 # ---- the iotcommute fallback: the same subject in a NO_EXTENSIONS worker process
 class Worker:
     """A long-lived subprocess running subjects; JSON lines over stdin/stdout."""
@@ -877,6 +967,7 @@ class InWorker(Subject):
 
 LOCAL: list[Subject] = [
     IotcommuteAio(),
+    IotcommuteSync(),
     IotcommuteCore(),
     Picows(),
     Aiohttp(),
@@ -888,9 +979,10 @@ SUBJECTS: dict[str, Subject] = {s.name: s for s in LOCAL}
 SUBJECTS["iotcommute-fallback-aio"] = InWorker(SUBJECTS["iotcommute-aio"])
 SUBJECTS["iotcommute-fallback-core"] = InWorker(SUBJECTS["iotcommute-core"])
 ORDER = [
-    "iotcommute-aio", "iotcommute-core", "iotcommute-fallback-aio", "iotcommute-fallback-core",
-    "picows", "aiohttp", "websockets",
-         "wsproto", "websocket-client"]
+    "iotcommute-aio", "iotcommute-sync", "iotcommute-core",
+    "iotcommute-fallback-aio", "iotcommute-fallback-core",
+    "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
+]
 
 
 def is_iotcommute(name: str) -> bool:

@@ -61,7 +61,13 @@ def json_tick_256() -> bytes:
     """One JSON tick padded with realistic fields to ~256 bytes (the size the brief fixes)."""
     tick = make_ticks(1)[0]
     tick["data"].update(
-        {"voltage": 3.3125, "rssi": -67, "firmware_build": 20251126, "uptime_s": 86400.5}
+        {
+            "voltage": 3.3125,
+            "rssi": -67,
+            "snr": 12.25,
+            "firmware_build": 20251126,
+            "uptime_s": 86400.5,
+        }
     )
     raw = orjson.dumps(tick)
     assert 230 <= len(raw) <= 280, len(raw)

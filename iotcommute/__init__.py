@@ -21,7 +21,7 @@ logging.getLogger("iotcommute").addHandler(logging.NullHandler())
 if TYPE_CHECKING:
     from .aio import AsyncWebSocket
     from .client import WebSocket
-    from .rest import Commute
+    from .rest import AsyncCommute, Commute
 
 # Heavy modules load on first use so `import iotcommute` stays cheap and partial
 # installs (no uvloop) still import.
@@ -29,6 +29,7 @@ _LAZY = {
     "WebSocket": ("client", "WebSocket"),
     "AsyncWebSocket": ("aio", "AsyncWebSocket"),
     "Commute": ("rest", "Commute"),
+    "AsyncCommute": ("rest", "AsyncCommute"),
     "SPEEDUPS": ("frames", "SPEEDUPS"),
 }
 
@@ -45,8 +46,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [  # noqa: PLE0604
+__all__ = [  # noqa: F405 - SPEEDUPS and the hierarchy resolve lazily / by star import
     "SPEEDUPS",
+    "AsyncCommute",
     "AsyncWebSocket",
     "Commute",
     "WebSocket",

@@ -159,15 +159,16 @@ class FrameReader:
                 ):
                     self._start_partial_utf8(opcode, buf[start:n])
                 return pos
+            # Slicing `p` (a C pointer when compiled) copies straight out of the buffer.
             if b0 == 0x82:
-                events.append(buf[start:end])
+                events.append(p[start:end])
             elif b0 == 0x81:
                 try:
-                    events.append(buf[start:end].decode("utf-8"))
+                    events.append(p[start:end].decode("utf-8"))
                 except UnicodeDecodeError:
                     self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
                     return pos
-            elif not self._frame(b0, buf[start:end]):
+            elif not self._frame(b0, p[start:end]):
                 return pos
             pos = end
 
@@ -206,7 +207,9 @@ class FrameReader:
                 return self._fail(ProtocolError("continuation frame without a message"))
         elif self._frag_op != 0:
             return self._fail(ProtocolError("new data frame inside a fragmented message"))
-        if not fin and self._frag_count + 1 >= self.max_fragments:
+        # Frames seen so far in this message (0 for a new message: the count is stale).
+        count = self._frag_count if opcode == OP_CONT else 0
+        if not fin and count + 1 >= self.max_fragments:
             return self._fail(MessageTooBigError(f"message over {self.max_fragments} fragments"))
         return True
 
@@ -258,22 +261,29 @@ class FrameReader:
 
     def _inflate(self, payload: bytes, fin: bool) -> bytes | None:
         """Inflate one frame of a compressed message, bounded by what max_size still allows."""
-        d = self._inflater
+        d: zlib._Decompress = self._inflater  # type: ignore[assignment]
         room = self.max_size - self._frag_size
         try:
             # max_length=room+1: producing more than `room` means the message is too big,
             # and zlib stops there, so a deflate bomb never allocates more than max_size.
-            out = d.decompress(payload, room + 1)  # type: ignore[attr-defined]
-            if len(out) <= room and fin:
-                out += d.decompress(_DEFLATE_TAIL, room + 1 - len(out))  # type: ignore[attr-defined]
+            out = d.decompress(payload, room + 1)
+            if d.eof and d.unused_data:
+                self._fail(ProtocolError("data after the final deflate block"))
+                return None
+            if len(out) <= room and fin and not d.eof:
+                out += d.decompress(_DEFLATE_TAIL, room + 1 - len(out))
         except zlib.error:
             self._fail(ProtocolError("invalid permessage-deflate data"))
             return None
         if len(out) > room:
             self._fail(MessageTooBigError(f"message over {self.max_size} bytes after inflation"))
             return None
+        if fin and d.eof:
+            # The server ended its stream with a BFINAL block (RFC 7692 7.2.3.3): the next
+            # message starts a new stream, so it needs a fresh inflater even with takeover.
+            self._inflater = None
         self._frag_size += len(out)
-        return bytes(out)
+        return out
 
     def _control(self, opcode: int, payload: bytes) -> bool:
         if opcode == OP_PING:

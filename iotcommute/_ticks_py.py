@@ -118,10 +118,12 @@ def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
 
     off = HEADER_SIZE
     devices: list[str] = []
+    seen: set[str] = set()
     for i in range(n_dev):
         name, off = _read_name(mv, off, n, "device", i)
-        if name in devices:  # n_dev is small (bounded) and this runs once per batch
+        if name in seen:
             raise DecodeError(f"device {i} repeats an earlier device id")
+        seen.add(name)
         devices.append(name)
 
     names: list[str] = []
@@ -135,7 +137,7 @@ def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
         if spec is None:
             raise DecodeError(f"field {j} has unknown type code {code}")
         name, off = _read_name(mv, off + 1, n, "field", j)
-        if name in names:
+        if name in names:  # at most 255 short names, once per batch
             raise DecodeError(f"field {j} repeats an earlier field name")
         names.append(name)
         letters.append(spec[1])
@@ -240,6 +242,8 @@ def encode_batch(
             if len(data) > MAX_FIELDS:
                 raise InputError(f"a tick batch holds at most {MAX_FIELDS} fields")
             for name in data:
+                if len(names) >= MAX_FIELDS:  # a Mapping's len() may undercount its keys
+                    raise InputError(f"a tick batch holds at most {MAX_FIELDS} fields")
                 _utf8_name(name, "field name")
                 names.append(name)
                 kinds.append(0)

@@ -36,7 +36,7 @@ class AsyncWebSocket:
         self,
         device_key: str | None = None,
         device_id: str | None = None,
-        role: str = "device",
+        role: str | None = None,
         *,
         url: str | None = None,
         access_token: str | None = None,
@@ -140,9 +140,7 @@ class AsyncWebSocket:
         self._open_waiter = loop.create_future()
         self._task = loop.create_task(self._engine.run())
         self._task.add_done_callback(self._ended)
-        await asyncio.wait(
-            [self._open_waiter, self._task], return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait([self._open_waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
         if not self._open_waiter.done():
             self._open_waiter.cancel()
             self._task.result()  # raises the error that ended the session

@@ -56,7 +56,7 @@ class WebSocket:
         self,
         device_key: str | None = None,
         device_id: str | None = None,
-        role: str = "device",
+        role: str | None = None,
         *,
         url: str | None = None,
         access_token: str | None = None,
@@ -229,9 +229,7 @@ class WebSocket:
         """Send a raw text (str) or binary message (queued offline while disconnected)."""
         self._submit(data if isinstance(data, str) else bytes(data))
 
-    def publish(
-        self, data: dict[str, Any], *, ts: float | None = None, id: Any = None
-    ) -> None:
+    def publish(self, data: dict[str, Any], *, ts: float | None = None, id: Any = None) -> None:
         """Publish one telemetry message of this device (device role).
 
         While disconnected it waits in a bounded queue (offline_queue) replayed on

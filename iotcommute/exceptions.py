@@ -5,6 +5,7 @@
     │   └── SessionExpiredError          the access token's session ended
     ├── PermissionError_                 authenticated but not allowed (HTTP 403); fatal
     ├── InputError                       the request was malformed (HTTP 400/422)
+    │   └── RateLimitError               too many requests (HTTP 429)
     ├── NotFoundError                    no such device / route (HTTP 404)
     ├── DataError                        the server returned data we cannot use
     ├── ServerError                      the server failed (HTTP 5xx)
@@ -61,6 +62,7 @@ __all__ = [
     "PermissionError_",
     "PolicyError",
     "ProtocolError",
+    "RateLimitError",
     "RedirectError",
     "ServerError",
     "SessionExpiredError",
@@ -83,16 +85,20 @@ SENSITIVE_HEADERS = frozenset(
     }
 )
 
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(token|key|secret|password|checksum|authorization)([\"'=:\s]+)([^\s&\"',;]+)"),
-]
+# `name=value` / `name: value` pairs whose value is secret; an auth scheme word is kept.
+_SECRET_PAIR = re.compile(
+    r"(?i)(?<![/.\w-])((?:access_|request_|api_|device_)?(?:token|key|secret|password|checksum)"
+    r"|authorization|x-device-key)([\"']?\s*[=:]\s*[\"']?)"
+    r"((?:token|bearer|basic)\s+)?([^\s&\"',;]+)"
+)
 
 
 def redact(text: str) -> str:
-    """Scrub `name=value` style secrets from a string coming from outside."""
-    for pat in _SECRET_PATTERNS:
-        text = pat.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    return text
+    """Scrub `name=value` style secrets from a string coming from outside.
+
+    Only pairs are touched, so ordinary words ("checksum mismatch") read as written.
+    """
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}***", text)
 
 
 def safe_headers(headers: Mapping[str, str] | list[tuple[str, str]] | None) -> dict[str, str]:
@@ -142,7 +148,8 @@ class IotCommuteError(Exception):
         return " ".join(parts)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
+        name = type(self).__name__
+        return f"{name}({self.message!r}, code={self.code!r}, status={self.status!r})"
 
 
 class TokenError(IotCommuteError):
@@ -154,7 +161,7 @@ class SessionExpiredError(TokenError):
     default_code = "session_expired"
 
 
-class PermissionError_(IotCommuteError):  # noqa: N801 - avoids shadowing the builtin
+class PermissionError_(IotCommuteError):
     fatal = True
     default_code = "permission"
 
@@ -174,6 +181,16 @@ class DataError(IotCommuteError):
     default_code = "data"
 
 
+class RateLimitError(InputError):
+    """Too many requests; retry after `.retry_after` seconds when the server said."""
+
+    default_code = "rate"
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
 class ServerError(IotCommuteError):
     default_code = "server"
 
@@ -182,7 +199,7 @@ class NetworkError(IotCommuteError):
     default_code = "network"
 
 
-class TimeoutError_(NetworkError):  # noqa: N801
+class TimeoutError_(NetworkError):
     default_code = "timeout"
 
 

@@ -9,7 +9,6 @@ IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_ticks_py` is the identical p
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +24,6 @@ __all__ = [
     "is_batch",
     "loads",
 ]
-
-logger = logging.getLogger("iotcommute.payload")
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ticks_py import decode_batch, encode_batch, is_batch

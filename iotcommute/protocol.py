@@ -72,6 +72,39 @@ def _redacted(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return out
 
 
+class _StrictDeflate(PerMessageDeflate):
+    """permessage-deflate that fails on a response we did not offer (RFC 7692 7.1).
+
+    wsproto ignores unknown parameters and lets int() errors escape; a client must
+    instead fail the connection, so every parameter is checked before wsproto applies it.
+    """
+
+    def finalize(self, offer: str) -> None:
+        if self.enabled():
+            raise InvalidHandshake("permessage-deflate accepted twice")
+        seen: set[str] = set()
+        for param in offer.split(";")[1:]:
+            name, eq, value = param.strip().partition("=")
+            name, value = name.strip(), value.strip().strip('"')
+            if name in seen:
+                raise InvalidHandshake(f"duplicate permessage-deflate parameter {name[:40]!r}")
+            seen.add(name)
+            if name in ("server_no_context_takeover", "client_no_context_takeover"):
+                if eq:
+                    raise InvalidHandshake(f"permessage-deflate {name} takes no value")
+            elif name in ("server_max_window_bits", "client_max_window_bits"):
+                offered = (
+                    self.server_max_window_bits if name[0] == "s" else self.client_max_window_bits
+                )
+                if not (value.isdigit() and 8 <= int(value) <= offered):
+                    raise InvalidHandshake(f"invalid permessage-deflate {name}={value[:20]!r}")
+            else:
+                raise InvalidHandshake(f"unknown permessage-deflate parameter {name[:40]!r}")
+        if self.server_no_context_takeover and "server_no_context_takeover" not in seen:
+            raise InvalidHandshake("server ignored server_no_context_takeover")
+        super().finalize(offer)
+
+
 class ClientProtocol:
     """Client side of one WebSocket connection (RFC 6455, RFC 7692), sans-IO.
 
@@ -106,7 +139,7 @@ class ClientProtocol:
         self.compress_threshold = compress_threshold
         self.compress_level = compress_level
         self._pmd_offer = (
-            PerMessageDeflate(
+            _StrictDeflate(
                 client_no_context_takeover=client_no_context_takeover,
                 client_max_window_bits=client_max_window_bits,
                 server_no_context_takeover=server_no_context_takeover,
@@ -319,7 +352,9 @@ class ClientProtocol:
                     if ev.body_finished or len(ev.data) > room:
                         self._rejected()
                         return
-        except _WsprotoError as exc:
+        except InvalidHandshake as exc:
+            self._fail(exc)
+        except (_WsprotoError, ValueError) as exc:
             self._fail(InvalidHandshake(f"invalid handshake response: {exc}"))
 
     def _accepted(self, ev: AcceptConnection) -> None:

@@ -67,7 +67,7 @@ class Options:
 
     device_key: str | None = field(default=None, repr=False)
     device_id: str | None = None
-    role: str = "device"
+    role: str | None = None  # None: "device" with a device key, "client" with a token
     url: str | None = None
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
@@ -95,6 +95,8 @@ class Options:
             self.url = os.environ.get("IOTCOMMUTE_URL") or "ws://127.0.0.1:8765"
         if self.proxy is not None:
             raise NotImplementedError("proxy= (HTTP CONNECT) is not supported yet")
+        if self.role is None:
+            self.role = "client" if self.access_token is not None else "device"
         if self.role not in ("device", "client"):
             raise ValueError("role must be 'device' or 'client'")
         if self.format not in ("json", "binary"):
@@ -203,9 +205,7 @@ class Engine:
     def __init__(self, opts: Options, owner: Owner) -> None:
         self.opts = opts
         self.owner = owner
-        secure, self._host, self._port, self._path, self._host_header = parse_url(
-            opts.url or ""
-        )
+        secure, self._host, self._port, self._path, self._host_header = parse_url(opts.url or "")
         self._ssl: ssl_module.SSLContext | None = opts.ssl
         if secure and self._ssl is None:
             self._ssl = default_ssl_context()
@@ -313,7 +313,8 @@ class Engine:
             if not self._open:
                 if not queue_offline or len(self._offline) >= self.opts.offline_queue:
                     raise NotConnectedError(
-                        "not connected" if not queue_offline or not self.opts.offline_queue
+                        "not connected"
+                        if not queue_offline or not self.opts.offline_queue
                         else "not connected and the offline queue is full"
                     )
                 self._offline.append(item)
@@ -381,8 +382,10 @@ class Engine:
             self._write_now(payload.dumps(msg).decode())
 
     def _send_subscribe(self, devices: str | list[str] | set[str], frm: int | None) -> None:
-        devs: str | list[str] = devices if isinstance(devices, str) and devices == "*" else (
-            [devices] if isinstance(devices, str) else sorted(devices)
+        devs: str | list[str] = (
+            devices
+            if isinstance(devices, str) and devices == "*"
+            else ([devices] if isinstance(devices, str) else sorted(devices))
         )
         msg = {
             "type": "subscribe",
@@ -427,7 +430,7 @@ class Engine:
         ws, transport = self._ws, self._transport
         if ws is None or transport is None or transport.is_closing() or ws.state is not _OPEN:
             return
-        if type(item) is str:
+        if isinstance(item, str):
             ws.send_text(item)
         else:
             ws.send_binary(item)
@@ -449,7 +452,7 @@ class Engine:
                 item = outbox.popleft()
             except IndexError:  # pragma: no cover - another flush emptied it
                 break
-            if type(item) is str:
+            if isinstance(item, str):
                 send_text(item)
             else:
                 send_binary(item)
@@ -563,6 +566,15 @@ class Engine:
                         continue
                     except Exception as exc:
                         self._report(DecodeError(f"undecodable tick batch: {exc}"))
+                        continue
+                    if not ticks:
+                        continue
+                    if on_tick is None and ticks[0]["position"] > last:
+                        # batch fast path: a batch is a slice of the log (positions
+                        # increasing), so one comparison proves the whole batch is new
+                        last = ticks[-1]["position"]
+                        if batch is not None:
+                            batch.extend(ticks)
                         continue
                     for tick in ticks:
                         pos = tick["position"]

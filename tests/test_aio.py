@@ -114,8 +114,7 @@ def test_slow_consumer_keeps_memory_bounded(server: ServerThread, run: Any) -> N
     async def main() -> None:
         # JSON without compression: every tick costs > 87 wire bytes, so one 256 KiB read
         # (asyncio's read size; uvloop's is smaller) holds < 3000 ticks
-        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=high,
-                            compression=False)
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=high, compression=False)
         sub = asyncio.ensure_future(wait_subscribed(ws))
         async with ws:
             await sub
@@ -172,8 +171,9 @@ def test_bad_credentials_raise_from_async_with(server: ServerThread, run: Any) -
     proxy = CutProxy(server.port)
 
     async def main() -> None:
-        ws = AsyncWebSocket("NOTAKEY0000000000000", DEV, "device", url=proxy.url,
-                            max_reconnect_delay=0.01)
+        ws = AsyncWebSocket(
+            "NOTAKEY0000000000000", DEV, "device", url=proxy.url, max_reconnect_delay=0.01
+        )
         with pytest.raises(TokenError):
             async with ws:
                 pass
@@ -190,8 +190,15 @@ def test_resume_after_cut_is_lossless(server: ServerThread, run: Any) -> None:
 
     async def main() -> None:
         # a small queue and no compression: the cuts happen while most ticks are unread
-        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_reconnect_delay=0.1,
-                            max_queue=100, compression=False)
+        ws = AsyncWebSocket(
+            KEY,
+            DEV,
+            "device",
+            url=server.url,
+            max_reconnect_delay=0.1,
+            max_queue=100,
+            compression=False,
+        )
         sub = asyncio.ensure_future(wait_subscribed(ws))
         async with ws:
             await sub

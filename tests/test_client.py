@@ -423,3 +423,23 @@ def test_retries_exhausted_raise_network_error() -> None:
         ws.connect()
     assert attempts == [1, 2, 3] and gave_up == [True]
     assert ws.stats()["reconnects"] == 3
+
+
+def test_access_token_session_auth(server: ServerThread) -> None:
+    from iotcommute.server.registry import DEMO_API_KEY, DEMO_USER
+
+    session = server.call(lambda: server.hub.registry.sessions.create(DEMO_USER, DEMO_API_KEY))
+    got: list[int] = []
+    ws = WebSocket(api_key=DEMO_API_KEY, access_token=session.access_token, url=server.url)
+    assert session.access_token not in repr(ws)
+    ws.on_tick = lambda t, w: got.append(t["position"])
+    start(ws)
+    try:
+        expected = append(server, 10)
+        wait_for(lambda: len(got) >= 10, what="ticks with token auth")
+        assert got == expected
+    finally:
+        finish(ws)
+    bad = WebSocket(api_key=DEMO_API_KEY, access_token="expired-token", url=server.url)
+    with pytest.raises(TokenError):
+        bad.connect()

@@ -306,9 +306,7 @@ class CutProxy:
         self._server: asyncio.Server | None = None
 
         async def go() -> None:
-            self._server = await asyncio.start_server(
-                self._client, "127.0.0.1", self.port, ssl=ssl
-            )
+            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port, ssl=ssl)
 
         self.lt.run(go())
 
@@ -386,7 +384,6 @@ def watch_subscribed(ws: Any) -> threading.Semaphore:
 
     ws.on_message = on_message
     return sem
-
 
 
 __all__ = [

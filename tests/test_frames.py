@@ -326,6 +326,12 @@ def test_max_fragments(impl: ModuleType) -> None:
     bad = frame(2, b"a", fin=False) + frame(0, b"b", fin=False) + frame(0, b"c", fin=False)
     e = err(impl, bad + frame(0, b"d"), max_fragments=3)
     assert type(e) is MessageTooBigError and e.close_code == 1009
+    # The count is per message: several messages at the limit in a row are fine.
+    assert run(impl, ok * 3, max_fragments=3) == ([b"abc"] * 3, None)
+    assert run(impl, ok + frame(1, b"x", fin=False) + frame(0, b"y"), 2, max_fragments=3) == (
+        [b"abc", "xy"],
+        None,
+    )
 
 
 # -- size limits ----------------------------------------------------------------------------
@@ -439,6 +445,19 @@ def test_deflate_fragmented(impl: ModuleType) -> None:
     data = frame(1, z[:10], fin=False, rsv=4) + frame(9, b"") + frame(0, z[10:20], fin=False)
     data += frame(0, z[20:])
     assert run(impl, data, 5, deflate=True) == ([Ping(b""), msg.decode()], None)
+
+
+def test_deflate_bfinal_block_with_takeover(impl: ModuleType) -> None:
+    def final(data: bytes) -> bytes:
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush(zlib.Z_FINISH)  # ends with a BFINAL block
+
+    data = frame(2, final(b"one" * 30), rsv=4) + frame(2, final(b"two" * 30), rsv=4)
+    assert run(impl, data, 3, deflate=True) == ([b"one" * 30, b"two" * 30], None)
+    # Data after the final block inside the same message is a violation.
+    z = final(b"x" * 30)
+    bad = frame(2, z, fin=False, rsv=4) + frame(0, deflate(b"more"))
+    assert type(err(impl, bad, deflate=True)) is ProtocolError
 
 
 def test_deflate_rsv1_on_continuation(impl: ModuleType) -> None:

@@ -54,12 +54,23 @@ def _headerish() -> st.SearchStrategy[bytes]:
     return st.lists(st.one_of(head, st.binary(max_size=40)), max_size=20).map(b"".join)
 
 
-@pytest.mark.parametrize("mod", IMPLS)
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=400), _headerish()), cut=st.integers(0, 400))
-def test_hypothesis_fuzz(mod: ModuleType, data: bytes, cut: int) -> None:
-    _check(mod, data, cut)
-    _check(mod, data, cut, deflate=True, max_size=300, max_fragments=4)
+FUZZ_INPUT = st.one_of(st.binary(max_size=400), _headerish())
+
+
+@_skip_c
+@settings(max_examples=6000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=FUZZ_INPUT, cut=st.integers(0, 400))
+def test_hypothesis_fuzz_compiled(data: bytes, cut: int) -> None:
+    assert _frames_c is not None
+    _check(_frames_c, data, cut)
+    _check(_frames_c, data, cut, deflate=True, max_size=300, max_fragments=4)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=FUZZ_INPUT, cut=st.integers(0, 400))
+def test_hypothesis_fuzz_pure(data: bytes, cut: int) -> None:
+    _check(_frames_py, data, cut)
+    _check(_frames_py, data, cut, deflate=True, max_size=300, max_fragments=4)
 
 
 @pytest.mark.parametrize("mod", IMPLS)

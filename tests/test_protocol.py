@@ -226,6 +226,55 @@ def test_invalid_101(extra: str, accept: str | None) -> None:
     assert p.events_received() == []
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits=7",
+        "permessage-deflate; server_max_window_bits=abc",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; foo=1",
+        "permessage-deflate; server_no_context_takeover=1",
+        "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10",
+        "permessage-deflate, permessage-deflate",
+    ],
+)
+def test_invalid_deflate_answer(answer: str) -> None:
+    p = ClientProtocol("h", "/")
+    p.send_request()
+    p.receive_data(response_101(p.data_to_send(), f"Sec-WebSocket-Extensions: {answer}\r\n"))
+    ev = p.events_received()
+    assert len(ev) == 1 and isinstance(ev[0], Failed), ev
+    assert type(ev[0].exc) is InvalidHandshake
+    assert p.state is State.CLOSED
+
+
+def test_deflate_answer_bigger_window_than_offered() -> None:
+    p = ClientProtocol("h", "/", server_max_window_bits=10)
+    p.send_request()
+    ext = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=12\r\n"
+    p.receive_data(response_101(p.data_to_send(), ext))
+    ev = p.events_received()
+    assert isinstance(ev[0], Failed) and type(ev[0].exc) is InvalidHandshake
+
+
+def test_server_must_honour_server_no_context_takeover() -> None:
+    p = ClientProtocol("h", "/", server_no_context_takeover=True)
+    p.send_request()
+    p.receive_data(response_101(p.data_to_send(), PMD))
+    ev = p.events_received()
+    assert isinstance(ev[0], Failed) and type(ev[0].exc) is InvalidHandshake
+    p = opened(
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+        "server_max_window_bits=9; client_max_window_bits=10\r\n",
+        server_no_context_takeover=True,
+    )
+    acc = p.handshake_response
+    assert acc is not None
+    assert "server_no_context_takeover" in acc.extensions[0]
+    assert "server_max_window_bits=9" in acc.extensions[0]
+
+
 def test_missing_upgrade_header() -> None:
     p = ClientProtocol("h", "/")
     p.send_request()

@@ -256,6 +256,22 @@ def test_rate_limit_maps_to_input_error_with_rate_code(server: Any) -> None:
     assert ei.value.headers.get("retry-after")
 
 
+def test_login_posts_are_rate_limited_per_app(server: Any) -> None:
+    rest_api.configure(server.hub, rate_limit=(0.01, 2))
+    login(server)
+    login(server)
+    r = urllib3.PoolManager().request(
+        "POST",
+        server.http_url + "/connect/login",
+        fields={"api_key": API_KEY, "user_id": USER, "password": PASSWORD},
+        encode_multipart=False,
+        timeout=5.0,
+    )
+    assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    # Another app has its own bucket.
+    login(server, api_key="other-app", user="other-user", password="other-pass")
+
+
 def test_get_is_retried_after_429(server: Any) -> None:
     c = session(server, retries=2)
     rest_api.configure(server.hub, rate_limit=(2.0, 1))

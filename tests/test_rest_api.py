@@ -15,6 +15,7 @@ import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iotcommute.exceptions import redact
 from iotcommute.server import rest_api
 from iotcommute.server.hub import Hub
 from iotcommute.server.log import Log
@@ -320,3 +321,6 @@ def test_handle_never_raises_and_always_answers_cleanly(
     if names.get("content-type") == "application/json" and method.upper() != "HEAD":
         doc = json.loads(out_body)
         assert doc["status"] == ("success" if status == 200 else "error")
+        if status != 200:
+            # Client errors run messages through redact(); ours must come out unchanged.
+            assert redact(doc["message"]) == doc["message"]

@@ -173,6 +173,22 @@ def test_garbage_request_is_400(ref_server: ServerThread) -> None:
     assert status == 400
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + AUTH.encode() + b"\r\n",  # no Sec-WebSocket-Key
+        b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + AUTH.encode()
+        + b"\r\n",  # no "Connection: Upgrade"
+    ],
+)
+def test_invalid_upgrade_requests_are_400(ref_server: ServerThread, head: bytes) -> None:
+    status, _ = http(ref_server.port, head)
+    assert status == 400
+
+
 def test_plain_http_goes_to_rest_and_keeps_alive(ref_server: ServerThread) -> None:
     with socket.create_connection(("127.0.0.1", ref_server.port), timeout=5) as s:
         for _ in range(2):  # two requests on one connection

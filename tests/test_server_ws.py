@@ -52,6 +52,9 @@ def token_headers(srv: ServerThread, role: str = "client") -> dict[str, str]:
 
 
 async def connect(srv: ServerThread, headers: dict[str, str], **kw: Any) -> ClientConnection:
+    # No receive queue limit: tests close with ticks unread, and a full queue would stop
+    # websockets from reading our close frame (it then waits its 10 s close timeout).
+    kw.setdefault("max_queue", None)
     ws = await websockets.connect(srv.ws_url, additional_headers=headers, open_timeout=5, **kw)
     welcome = json.loads(await ws.recv())
     assert welcome["type"] == "welcome" and welcome["version"] == 1
@@ -644,5 +647,60 @@ def test_rate_limit_answers_rate_errors(ref_server_factory: Callable[..., Server
             kinds = [(await recv_json(dev))["type"] for _ in range(6)]
             assert kinds[:3] == ["published"] * 3
             assert "error" in kinds[3:]
+
+    run(main())
+
+
+def test_binary_subscription_keeps_mixed_shapes_exact(ref_server: ServerThread) -> None:
+    """Records of different shapes, an int/float mix and a string value: the binary stream
+    (batches plus JSON ticks for what a batch cannot carry) equals the JSON stream exactly."""
+    payload = pytest.importorskip("iotcommute.payload")
+    datas: list[dict[str, Any]] = [
+        {"t": 21.5, "n": 1},
+        {"t": 21.5, "n": 2},
+        {"t": 22, "n": 3},  # int where floats were: a new batch, so it stays an int
+        {"door": True},
+        {"status": "ok"},  # a string: cannot go in a batch, sent as a JSON tick
+        {"t": 21.75, "n": 4},
+        {"big": 2**70},  # out of the i64 range
+        {"t": 1.5, "n": 5},
+    ]
+
+    def fill() -> None:
+        for i, d in enumerate(datas):
+            ref_server.hub.log.append(f"sim-000{1 + i % 2}", d, 1.7e9 + i)
+
+    ref_server.call(fill)
+
+    async def main() -> None:
+        async with await connect(ref_server, token_headers(ref_server)) as cj:
+            await subscribe(cj, 0)
+            as_json = await ticks(cj, len(datas))
+        async with await connect(ref_server, token_headers(ref_server)) as cb:
+            await subscribe(cb, 0, fmt="binary")
+            got: list[dict[str, Any]] = []
+            while len(got) < len(datas):
+                msg = await asyncio.wait_for(cb.recv(), 5)
+                got += payload.decode_batch(msg) if isinstance(msg, bytes) else [json.loads(msg)]
+        assert got == as_json
+        assert [type(v) for t in got for v in t["data"].values()] == [
+            type(v) for d in datas for v in d.values()
+        ]
+
+    run(main())
+
+
+def test_resubscribe_from_now_after_unsubscribing_everything(ref_server: ServerThread) -> None:
+    async def main() -> None:
+        async with await connect(ref_server, token_headers(ref_server)) as cli:
+            await subscribe(cli)
+            await cli.send(json.dumps({"type": "unsubscribe", "id": 2, "devices": "*"}))
+            await recv_type(cli, "unsubscribed")
+            append(ref_server, "sim-0001", 3)  # not subscribed: never delivered
+            sub = await subscribe(cli, None)
+            assert sub["position"] == 3
+            append(ref_server, "sim-0001", 1)
+            (t,) = await ticks(cli, 1)
+            assert t["position"] == 4
 
     run(main())

@@ -35,7 +35,7 @@ def _compiled() -> ModuleType | None:
 
 C = _compiled() or _ticks_py
 P = _ticks_py
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def same(a: Any, b: Any) -> bool:

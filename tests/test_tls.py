@@ -47,8 +47,13 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
 def test_trusted_certificate_streams(tls_front: CutProxy, ca: trustme.CA) -> None:
     got: list[dict[str, Any]] = []
     opened = threading.Event()
-    ws = WebSocket(README_DEVICE_KEY, README_DEVICE_ID, "device",
-                   url=f"wss://localhost:{tls_front.port}", ssl=client_ctx(ca))
+    ws = WebSocket(
+        README_DEVICE_KEY,
+        README_DEVICE_ID,
+        "device",
+        url=f"wss://localhost:{tls_front.port}",
+        ssl=client_ctx(ca),
+    )
     ws.on_tick = lambda t, w: got.append(t)
     ws.on_connect = lambda w: opened.set()
     subscribed = watch_subscribed(ws)
@@ -67,8 +72,9 @@ def test_trusted_certificate_streams(tls_front: CutProxy, ca: trustme.CA) -> Non
 def _refused(url: str, ctx: ssl.SSLContext | None) -> NetworkError:
     reconnects: list[int] = []
     gave_up: list[bool] = []
-    ws = WebSocket(README_DEVICE_KEY, README_DEVICE_ID, "device", url=url, ssl=ctx,
-                   max_reconnect_delay=0.01)
+    ws = WebSocket(
+        README_DEVICE_KEY, README_DEVICE_ID, "device", url=url, ssl=ctx, max_reconnect_delay=0.01
+    )
     ws.on_reconnect = lambda n, w: reconnects.append(n)
     ws.on_noreconnect = lambda w: gave_up.append(True)
     with pytest.raises(NetworkError) as info:

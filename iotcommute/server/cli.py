@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--command-timeout", type=float, default=10.0, help="seconds to wait for an ack"
     )
+    parser.add_argument(
+        "--write-batch", type=int, default=100, help="records per socket write (default 100)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         command_timeout=args.command_timeout,
         max_size=args.max_size,
         ping_interval=args.ping_interval,
+        write_batch=args.write_batch,
     )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)

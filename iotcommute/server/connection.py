@@ -29,6 +29,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from .log import Record
 from .registry import ROLES, _eq
 from .wire import OP_BINARY, OP_PING, OP_PONG, close_frame, dumps, encode_frame, loads
 
@@ -300,6 +301,10 @@ class ServerConnection(asyncio.Protocol):
             return
         self._respond(int(status), rheaders, bytes(rbody))
         self._busy = False
+        # A keep-alive connection gets handshake_timeout of idleness before the next request.
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.cfg.handshake_timeout, self._handshake_timeout)
         if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
             self.close()
             return
@@ -329,9 +334,13 @@ class ServerConnection(asyncio.Protocol):
             self.close()
             return
         ws = WSConnection(ConnectionType.SERVER)
-        ws.receive_data(bytes(self._cycle))
+        try:
+            ws.receive_data(bytes(self._cycle))
+            first = next(ws.events(), None)
+        except Exception as exc:  # wsproto refuses e.g. a missing Sec-WebSocket-Key
+            logger.info("%s: invalid upgrade request: %s", self.peer, type(exc).__name__)
+            first = None
         self._cycle = bytearray()
-        first = next(ws.events(), None)
         if not isinstance(first, Request):
             self._raw_error(400, "invalid WebSocket upgrade request")
             return
@@ -570,13 +579,15 @@ class ServerConnection(asyncio.Protocol):
                 self.send_error("input", "binary format not supported by this server build", msg_id)
                 return
         log = self.hub.log
+        had_devices = bool(self.devices)
         self.devices |= set(self.fleet) if isinstance(devices, str) else devices
         self.binary = fmt == "binary"
         last = log.last_position
         if frm is not None:
             # A position beyond the log (a server that lost its in-memory log) restarts at the tail.
             self.cursor = min(frm, last)
-        elif self.cursor is None:
+        elif self.cursor is None or not had_devices:
+            # "from now": also after an unsubscribe of everything, whose cursor stood still.
             self.cursor = last
         self.send_json(
             {
@@ -700,12 +711,9 @@ class ServerConnection(asyncio.Protocol):
             if self.binary:
                 if payload is None:
                     payload = importlib.import_module("iotcommute.payload")
-                frames = [
-                    encode_frame(
-                        OP_BINARY, payload.encode_batch([r.as_tick() for r in recs[i : i + 100]])
-                    )
-                    for i in range(0, len(recs), 100)
-                ]
+                frames = []
+                for i in range(0, len(recs), 100):
+                    frames += _binary_frames(payload, recs[i : i + 100])
             else:
                 frames = [r.frame() for r in recs]
             self.cursor = last
@@ -743,6 +751,42 @@ class ServerConnection(asyncio.Protocol):
 
     def __repr__(self) -> str:
         return f"ServerConnection({self.peer}, role={self.role!r}, id={self.peer_id!r})"
+
+
+def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
+    """Tick batches for these records, in order.
+
+    A batch carries one data shape (same fields, and a field's type is inferred over the
+    batch), so consecutive records are grouped by field names *and* value types: an int
+    then stays an int after decoding, exactly as in the JSON tick. A record a batch cannot
+    carry at all (a string value published as JSON, say) goes out as a JSON tick in its
+    place, so one odd record does not cost a binary subscriber its connection.
+    """
+    frames: list[bytes] = []
+    run: list[dict[str, Any]] = []
+    shape: tuple[Any, ...] | None = None
+
+    def flush() -> None:
+        try:
+            frames.append(encode_frame(OP_BINARY, payload.encode_batch(run)))
+        except Exception:
+            for t in run:  # e.g. a value out of range: only that record falls back to JSON
+                try:
+                    frames.append(encode_frame(OP_BINARY, payload.encode_batch([t])))
+                except Exception:
+                    frames.append(encode_frame(0x1, dumps(t)))
+        run.clear()
+
+    for r in recs:
+        data = r.data
+        sig = (tuple(data), tuple(map(type, data.values())))
+        if sig != shape and run:
+            flush()
+        shape = sig
+        run.append(r.as_tick())
+    if run:
+        flush()
+    return frames
 
 
 _HANDLERS: dict[str, Callable[[ServerConnection, dict[str, Any]], None]] = {

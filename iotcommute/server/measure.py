@@ -109,9 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--formats", default="json,binary")
+    ap.add_argument("--write-batch", default="100", help="passed to the server")
     args = ap.parse_args(argv)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iotcommute.server", "--port", "0", "--firehose", "--simulate", "10"],
+        [
+            sys.executable,
+            "-m",
+            "iotcommute.server",
+            "--port",
+            "0",
+            "--firehose",
+            "--simulate",
+            "10",
+            "--write-batch",
+            args.write_batch,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

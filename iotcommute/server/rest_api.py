@@ -645,11 +645,18 @@ def _request_id(headers: dict[str, str]) -> str:
     return given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
-def _rate_key(headers: dict[str, str], query: dict[str, str]) -> str:
+def _rate_key(headers: dict[str, str], query: dict[str, str], body: bytes) -> str:
+    """The api_key a request is counted against (Authorization, query, or the posted form)."""
     auth = headers.get("authorization", "")
     if ":" in auth:
         return auth.partition(" ")[2].partition(":")[0]
-    return query.get("api_key", "") or "-"
+    key = query.get("api_key", "")
+    if not key and body:
+        try:
+            key = str(_parse_body(headers, body).get("api_key") or "")
+        except _HTTPError:
+            key = ""
+    return key or "-"
 
 
 async def handle(
@@ -664,22 +671,26 @@ async def handle(
     Never raises: hub failures become 500 with a generic message (details go to the log).
     Every response carries X-Request-Id.
     """
-    method = _text(method).upper()
-    target = _text(target)
-    hdrs = _header_dict(headers)
+    try:
+        method = _text(method).upper()
+        target = _text(target)
+        hdrs = _header_dict(headers)
+    except (TypeError, ValueError, AttributeError):  # not what an HTTP parser hands over
+        method, target, hdrs = "?", "/", {}
     rid = _request_id(hdrs)
     path, _, qs = target.partition("?")
     if len(path) > 1:
         path = path.rstrip("/")
     st = state_of(hub)
+    body = bytes(body or b"")
     try:
         query = dict(parse_qsl(qs, keep_blank_values=True))
-        wait = st.allow(_rate_key(hdrs, query))
+        wait = None if st.rate_limit is None else st.allow(_rate_key(hdrs, query, body))
         if wait is not None:
             raise _HTTPError(
                 429, "RateLimited", "too many requests", [("Retry-After", str(max(1, round(wait))))]
             )
-        resp = await _route(hub, st, method, path, query, hdrs, bytes(body or b""))
+        resp = await _route(hub, st, method, path, query, hdrs, body)
     except _HTTPError as exc:
         resp = _error(exc)
     except Exception:

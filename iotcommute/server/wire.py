@@ -13,11 +13,19 @@ import json
 import struct
 from typing import Any
 
+
+def _std_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 try:
     import orjson
 
     def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # e.g. an integer beyond 64 bits, which stdlib json writes fine
+            return _std_dumps(obj)
 
     def loads(buf: bytes | bytearray | memoryview | str) -> Any:
         return orjson.loads(buf)
@@ -25,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - orjson is a dependency on CPython
 
     def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _std_dumps(obj)
 
     def loads(buf: bytes | bytearray | memoryview | str) -> Any:
         if isinstance(buf, memoryview):

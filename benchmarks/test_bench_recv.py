@@ -1,0 +1,83 @@
+"""Receive benchmarks: every subject takes the same pre-encoded frames from the firehose
+process and delivers each message (ticks: each decoded dict) to a counting callback.
+
+Every round asserts the delivered count, so the smoke run (plain ``pytest``) checks each
+subject end to end over a real loopback socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import firehose
+import peers
+import pytest
+
+
+def _params() -> list[Any]:
+    out = []
+    for case in firehose.CASES.values():
+        for name in peers.ORDER:
+            decoders = peers.SUBJECTS[name].decoders
+            if case.name != "json256":
+                decoders = decoders[:1]
+            for dec in decoders:
+                suffix = "+json.loads" if dec == "json" else ""
+                out.append(pytest.param(case.name, name, dec, id=f"{case.name}-{name}{suffix}"))
+    return out
+
+
+def skip_unless_runnable(subject: peers.Subject, case: firehose.Case) -> None:
+    reason = subject.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if case.compressed and not subject.deflate:
+        pytest.skip(f"{subject.name} has no permessage-deflate")
+    if subject.ticks_only and not case.kind.startswith("ticks"):
+        pytest.skip(f"{subject.name} decodes every message; raw frames are measured by core")
+    if case.kind == "ticks-batch" and not firehose.batch_codec_available():
+        pytest.skip("iotcommute.payload.encode_batch/decode_batch not available yet")
+
+
+@pytest.mark.parametrize(("case_name", "subject_name", "decoder"), _params())
+def test_recv(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    firehose_server: firehose.FirehoseProcess,
+    case_name: str,
+    subject_name: str,
+    decoder: str,
+) -> None:
+    case = firehose.CASES[case_name]
+    subject = peers.SUBJECTS[subject_name]
+    skip_unless_runnable(subject, case)
+    n = bench_scale.n(case.base_n)
+    firehose_server.prepare(case_name, n)
+    url = firehose_server.url(f"/recv/{case_name}/{n}")
+
+    def one_round() -> peers.Counter:
+        counter = peers.Counter(case, n, decoder)
+        subject.recv(url, counter, case.compressed)
+        assert counter.count == counter.expected, (subject_name, counter.count, counter.expected)
+        return counter
+
+    benchmark.group = f"recv {case_name}: {case.description}"
+    benchmark.extra_info.update(
+        section="recv", case=case_name, subject=subject_name, decoder=decoder,
+        items=case.expected(n), messages=n,
+    )
+    counter = benchmark.pedantic(
+        one_round, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+    )
+    if isinstance(subject, peers.InWorker):
+        return  # the worker checked its own count; the payload stayed in that process
+    last = counter.last
+    if case.kind.startswith("ticks"):
+        assert isinstance(last, dict) and last["type"] == "tick"
+        assert isinstance(last["data"], dict) and isinstance(last["position"], int)
+    elif case.kind == "text":
+        assert isinstance(last, str) and len(last) == 16384
+    else:
+        assert isinstance(last, bytes | bytearray) and len(last) == len(
+            firehose.case_messages(case, 1)[0]
+        )
