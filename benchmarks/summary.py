@@ -156,8 +156,8 @@ def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
             by[str(r["subject"])][int(r["messages"])] = (
                 f"{r['base_mib'] + r['peak_growth_mib']:.1f} (+{r['peak_growth_mib']:.1f})"
             )
-        lines += [f"### Peak RSS receiving {mem[0]['case']}: MiB (growth over the warmed-up "
-                  "process)", "",
+        lines += [f"### Peak RSS receiving {mem[0]['case']}: MiB (+ growth over the RSS before the "
+                  "stream; warm process)", "",
                   "| subject | " + " | ".join(f"{n} msgs" for n in lengths) + " |",
                   "|---|" + "---|" * len(lengths)]
         for subject, vals in by.items():

@@ -1,7 +1,7 @@
 """Peak memory against stream length: each subject receives JSON ticks (decoded to dicts)
-in a fresh worker process; the peak RSS growth over a warmed-up baseline is recorded for
-a short and a 10x longer stream. A client that keeps memory bounded shows about the same
-growth for both.
+in a fresh worker process. The peak RSS (VmHWM, reset after a warm-up connection) and its
+growth over the RSS before the stream are recorded for a short and a 10x longer stream; a
+client that keeps memory bounded shows about the same growth for both.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def test_memory(
     finally:
         worker.close()
     assert got["count"] == firehose.CASES[CASE].expected(n)
-    assert got["peak_kib"] >= got["base_kib"] > 0
+    assert got["base_kib"] > 0 and got["peak_kib"] > 0
     bench_record({
         "section": "memory", "subject": subject_name, "case": CASE, "messages": n,
-        "peak_growth_mib": (got["peak_kib"] - got["base_kib"]) / 1024,
+        "peak_growth_mib": max(0, got["peak_kib"] - got["base_kib"]) / 1024,
         "base_mib": got["base_kib"] / 1024,
     })

@@ -147,8 +147,9 @@ class FrameReader:
                     return pos
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 start = pos + 10
-            if opcode < 8 and self._frag_wire + length > max_size:
-                # Wire-length check before buffering the payload (inflated size is checked too).
+            if opcode < 8 and length > max_size - self._frag_wire:
+                # Wire-length check before buffering the payload (inflated size is checked too);
+                # written as a subtraction so a 63-bit length cannot overflow a C integer.
                 self._fail(MessageTooBigError(f"message over {max_size} bytes"))
                 return pos
             end = start + length

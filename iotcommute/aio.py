@@ -137,6 +137,7 @@ class AsyncWebSocket:
         if self._task is not None and not self._task.done():
             raise RuntimeError("already connected")
         loop = asyncio.get_running_loop()
+        self._engine.prepare()
         self._open_waiter = loop.create_future()
         self._task = loop.create_task(self._engine.run())
         self._task.add_done_callback(self._ended)
@@ -248,7 +249,9 @@ class AsyncWebSocket:
         await self._send(payload.dumps(msg).decode())
 
     async def publish_batch(self, ticks: list[dict[str, Any]]) -> None:
-        await self._send(payload.encode_batch(ticks))
+        """Publish many readings in binary batch frames (see WebSocket.publish_batch)."""
+        for frame in self._engine.encode_ticks(ticks):
+            await self._send(frame)
 
     def subscribe(self, devices: str | list[str], from_position: int | None = None) -> None:
         self._engine._subscribe(devices, from_position)

@@ -157,6 +157,7 @@ class WebSocket:
                 raise RuntimeError("this WebSocket is already connected; call stop() first")
             self._running = True
             self.error = None
+            self._engine.prepare()
         if threaded:
             self._thread = threading.Thread(
                 target=self._run_thread, name="iotcommute-websocket", daemon=True
@@ -243,8 +244,13 @@ class WebSocket:
         self._submit(payload.dumps(msg).decode())
 
     def publish_batch(self, ticks: list[dict[str, Any]]) -> None:
-        """Publish many ticks in one binary batch frame (numeric/bool data fields)."""
-        self._submit(payload.encode_batch(ticks))
+        """Publish many readings in binary batch frames (numeric/bool data fields).
+
+        Each item is a tick dict or just {"data": {...}, "ts": optional}; the device and
+        position are filled in (the server assigns positions).
+        """
+        for frame in self._engine.encode_ticks(ticks):
+            self._submit(frame)
 
     def subscribe(self, devices: str | list[str], from_position: int | None = None) -> None:
         """Subscribe to devices ("*" = all), from now or after `from_position`."""

@@ -9,7 +9,7 @@ IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_ticks_py` is the identical p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._env import NO_EXTENSIONS
@@ -21,6 +21,7 @@ __all__ = [
     "decode_batch",
     "dumps",
     "encode_batch",
+    "encode_batches",
     "is_batch",
     "loads",
 ]
@@ -89,3 +90,40 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (_JSONEncodeError, TypeError, ValueError) as exc:
         raise InputError(f"cannot serialize to JSON: {type(exc).__name__}") from None
+
+
+def encode_batches(
+    ticks: Iterable[Mapping[str, Any]],
+    types: Mapping[str, str] | None = None,
+    max_ticks: int = 1000,
+) -> list[bytes]:
+    """Encode ticks of any shapes as consecutive batches, keeping their order.
+
+    A batch needs one data shape, so a new batch starts whenever the data keys or the kinds
+    of their values (bool/int/float) change, or after `max_ticks`. Grouping by kind too means
+    an int never comes back as a float: every decoded tick equals its JSON twin.
+    Concatenating the decoded batches gives back the input order, which is what a
+    position-ordered stream needs. Invalid ticks raise InputError.
+    """
+    if max_ticks < 1:
+        raise InputError("max_ticks must be at least 1")
+    out: list[bytes] = []
+    run: list[Mapping[str, Any]] = []
+    shape: tuple[Any, ...] | None = None
+    for tick in ticks:
+        data = tick.get("data") if isinstance(tick, Mapping) else None
+        key = tuple((k, _kind(v)) for k, v in data.items()) if isinstance(data, Mapping) else None
+        if run and (key != shape or len(run) >= max_ticks):
+            out.append(encode_batch(run, types))
+            run = []
+        shape = key
+        run.append(tick)
+    if run:
+        out.append(encode_batch(run, types))
+    return out
+
+
+def _kind(v: Any) -> int:
+    return (
+        0 if isinstance(v, bool) else 1 if isinstance(v, int) else 2 if isinstance(v, float) else 3
+    )

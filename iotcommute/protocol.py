@@ -109,7 +109,9 @@ class ClientProtocol:
     """Client side of one WebSocket connection (RFC 6455, RFC 7692), sans-IO.
 
     See docs/design.md "Core (sans-IO) contract". Extra keyword arguments beyond the
-    contract tune the permessage-deflate offer and outgoing compression.
+    contract tune the permessage-deflate offer (window bits, no-context-takeover) and
+    outgoing compression: messages shorter than ``compress_threshold`` bytes go out
+    uncompressed (RFC 7692 lets each message choose; tiny ones only lose by deflating).
     """
 
     def __init__(
@@ -169,6 +171,10 @@ class ClientProtocol:
         self._compressor: zlib._Compress | None = None
         self._c_wbits = 15
         self._c_no_takeover = False
+
+    def __repr__(self) -> str:
+        # Deliberately no headers: they carry device keys and tokens.
+        return f"<ClientProtocol {self.host}{self.path} {self.state.name}>"
 
     # -- output -------------------------------------------------------------------------
 

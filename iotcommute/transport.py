@@ -120,7 +120,7 @@ class Options:
             assert self.device_key is not None and self.device_id is not None
             hdrs.append(("X-Device-Key", self.device_key))
             hdrs.append(("X-Device-Id", self.device_id))
-        hdrs.append(("X-Role", self.role))
+        hdrs.append(("X-Role", self.role or "device"))
         hdrs.append(("X-Protocol-Version", "1"))
         for k, v in (self.headers or {}).items():
             hdrs.append((k, v))
@@ -360,6 +360,22 @@ class Engine:
             except RuntimeError:  # loop closed between the check and the call
                 pass
 
+    def encode_ticks(self, ticks: list[dict[str, Any]]) -> list[bytes]:
+        """Binary batch frames for a device's readings (positions are the server's job)."""
+        now = time.time()
+        dev = self.opts.device_id or ""
+        full = [
+            {
+                "type": "tick",
+                "device": t.get("device") or dev,
+                "position": 0,
+                "ts": t.get("ts") or now,
+                "data": t["data"],
+            }
+            for t in ticks
+        ]
+        return payload.encode_batches(full)
+
     # ------------------------------------------------------------------ subscriptions
     def _subscribe(self, devices: str | list[str], from_position: int | None) -> None:
         """Record the subscription (restored on reconnect) and send it when connected."""
@@ -369,6 +385,10 @@ class Engine:
             cur = self._subs if isinstance(self._subs, set) else set()
             cur.update([devices] if isinstance(devices, str) else devices)
             self._subs = cur
+        if from_position is not None and not self._anchored:
+            # an explicit start point: resume from it after a drop too
+            self.position = max(0, from_position)
+            self._anchored = True
         if self._open:
             self._send_subscribe(devices, from_position)
 
@@ -729,6 +749,11 @@ class Engine:
                 log.exception("on_error callback raised")
 
     # ------------------------------------------------------------------ lifecycle
+    def prepare(self) -> None:
+        """Arm a new session (called synchronously by connect(), before run() starts, so
+        a stop() issued right after connect() is not lost)."""
+        self._stopping = False
+
     def stop(self) -> None:
         """Close gracefully and do not reconnect (loop thread)."""
         self._stopping = True
@@ -769,7 +794,8 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._stop_event = asyncio.Event()
-        self._stopping = False
+        if self._stopping:  # stop() came before the loop started
+            self._stop_event.set()
         self.backoff.reset()
         attempt = 0
         last_error: BaseException | None = None
@@ -814,6 +840,9 @@ class Engine:
                 except TimeoutError:
                     pass
         finally:
+            t = self._transport
+            if t is not None and not t.is_closing():
+                t.abort()  # cancelled (e.g. Ctrl-C): do not leak the socket
             self._fail_pending(ConnectionClosedOK(1000, "client stopped"))
             if self.checkpoint is not None and self._anchored:
                 self.checkpoint.save(self.position, force=True)
@@ -888,6 +917,8 @@ class Engine:
             self.open_hook()
         self._call("on_connect", self.owner.on_connect)
         keepalive = loop.create_task(self._keepalive(transport))
+        if self._stopping:  # stop() raced with the handshake
+            self._begin_close(1000, "")
         try:
             await self._closed
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -42,12 +42,8 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], 
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
-    srv = ServerThread(port=0, retain=500_000).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(ref_server_factory: Callable[..., ServerThread]) -> ServerThread:
+    return ref_server_factory(retain=500_000)
 
 
 def append(srv: ServerThread, n: int, device: str = SIM1) -> list[int]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,8 @@ SIM1, SIM1_KEY = sim_device_id(1), sim_device_key(1)
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
-    srv = ServerThread(port=0, retain=500_000).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(ref_server_factory: Callable[..., ServerThread]) -> ServerThread:
+    return ref_server_factory(retain=500_000)
 
 
 def append(srv: ServerThread, n: int, device: str = SIM1) -> list[int]:
@@ -204,8 +201,9 @@ def test_publish_reaches_subscribers_and_offline_queue(server: ServerThread) -> 
     start(dev)
     try:
         dev.publish({"temperature": 2.5}, id=7)
-        wait_for(lambda: len(seen) >= 2, what="published ticks")
-        assert [t["data"]["temperature"] for t in seen] == [1.5, 2.5]
+        dev.publish_batch([{"data": {"temperature": 3.5}}, {"data": {"temperature": 4.5}}])
+        wait_for(lambda: len(seen) >= 4, what="published ticks")
+        assert [t["data"]["temperature"] for t in seen] == [1.5, 2.5, 3.5, 4.5]
         assert all(t["device"] == DEV for t in seen)
     finally:
         finish(dev)
@@ -255,7 +253,12 @@ def test_commands_roundtrip_and_from_callbacks(server: ServerThread) -> None:
             except RuntimeError as exc:
                 results.append(exc)
             fut = ws.send_command_async(DEV, {"x": 2}, timeout=5)
-            fut.add_done_callback(lambda f: (results.append(f.result()), done.set()))
+
+            def finished(f: concurrent.futures.Future[dict[str, Any]]) -> None:
+                results.append(f.result())
+                done.set()
+
+            fut.add_done_callback(finished)
 
         subscribed = watch_subscribed(app)
         app.on_tick = on_tick
@@ -443,3 +446,42 @@ def test_access_token_session_auth(server: ServerThread) -> None:
     bad = WebSocket(api_key=DEMO_API_KEY, access_token="expired-token", url=server.url)
     with pytest.raises(TokenError):
         bad.connect()
+
+
+def test_stop_right_after_threaded_connect_is_not_lost(server: ServerThread) -> None:
+    for _ in range(5):
+        ws = client(server)
+        ws.connect(threaded=True)
+        ws.stop()
+        assert ws.join(10), "stop() issued right after connect() was lost"
+        assert ws.error is None
+
+
+def test_undecodable_messages_reported_and_stream_continues() -> None:
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer
+
+    from iotcommute import DecodeError
+
+    srv = MiniServer()
+    got: list[int] = []
+    errors: list[BaseException] = []
+    ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url)
+    ws.on_tick = lambda t, w: got.append(t["position"])
+    ws.on_error = lambda e, w: errors.append(e)
+    try:
+        start(ws)
+        srv.produce(3)
+        wait_for(lambda: len(got) == 3, what="first ticks")
+        srv.broadcast("{not json")
+        srv.broadcast(b"\x00\x01garbage-batch")
+        srv.produce(3)
+        wait_for(lambda: len(got) == 6, what="ticks after the corrupt messages")
+        assert got == [1, 2, 3, 4, 5, 6]
+        decode_errors = [e for e in errors if isinstance(e, DecodeError)]
+        assert len(decode_errors) == 2
+        assert ws.stats()["connections"] == 1  # the connection survived
+    finally:
+        finish(ws)
+        srv.close()

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,12 +16,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
-    srv = ServerThread(port=0).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(ref_server: ServerThread) -> ServerThread:
+    return ref_server
 
 
 def test_listen_prints_json_lines(server: ServerThread) -> None:

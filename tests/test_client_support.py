@@ -282,6 +282,15 @@ class MiniServer:
         except ConnectionClosed:
             pass
 
+    def broadcast(self, message: str | bytes) -> None:
+        """Send one raw message to every connected client (e.g. a corrupt one)."""
+
+        async def go() -> None:
+            for ws in list(self.conns):
+                await ws.send(message)
+
+        self.lt.run(go())
+
     def cut_all(self) -> None:
         """Drop every client TCP connection abruptly (no close frame)."""
 

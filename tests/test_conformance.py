@@ -28,12 +28,8 @@ from iotcommute.exceptions import InvalidHandshake, IotCommuteError, ProtocolErr
 from iotcommute.protocol import ClientProtocol
 
 #: Known core bugs: case id -> reason. Marked xfail(strict=True) so they must keep failing.
-KNOWN_BUGS: dict[str, str] = {
-    "12.4.11": "ValueError from wsproto PerMessageDeflate.finalize escapes receive_data "
-    "(protocol._receive_handshake only catches wsproto ProtocolError)",
-    "12.4.12": "unknown permessage-deflate response parameter accepted (RFC 7692 7.1: "
-    "client must fail); wsproto ignores it",
-}
+# Cases the core is known to fail (xfail strict, so a fix turns them red until removed).
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params() -> list[Any]:

@@ -169,3 +169,79 @@ def test_masking_agrees(data: bytes, key: bytes) -> None:
     assert _mask.encode_frame(0, data, False, True, key) == _mask_py.encode_frame(
         0, data, False, True, key
     )
+
+
+@st.composite
+def valid_streams(draw: Any) -> bytes:
+    """Valid server streams only: fragmented text/binary, interleaved pings/pongs, a close."""
+    out = []
+    for _ in range(draw(st.integers(0, 8))):
+        opcode = draw(st.sampled_from([1, 2]))
+        if opcode == 1:
+            payload = draw(st.text(max_size=200)).encode("utf-8")
+        else:
+            payload = draw(st.binary(max_size=300))
+        nfrag = draw(st.integers(1, 4))
+        cuts = sorted(
+            draw(st.lists(st.integers(0, len(payload)), min_size=nfrag - 1, max_size=nfrag - 1))
+        )
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+        for i, piece in enumerate(pieces):
+            out.append(frame(opcode if i == 0 else 0, piece, i == len(pieces) - 1, 0, False))
+            if draw(st.integers(0, 3)) == 0:
+                out.append(
+                    frame(
+                        draw(st.sampled_from([9, 10])), draw(st.binary(max_size=20)), True, 0, False
+                    )
+                )
+    if draw(st.booleans()):
+        reason = draw(st.text(max_size=20)).encode("utf-8")
+        out.append(
+            frame(
+                8,
+                struct.pack("!H", draw(st.sampled_from([1000, 1001, 3000]))) + reason,
+                True,
+                0,
+                False,
+            )
+        )
+    return b"".join(out)
+
+
+def wsproto_outcome(data: bytes) -> list[Any]:
+    """The same stream through wsproto, as an independent oracle for valid input."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+
+    from iotcommute import events as ev
+
+    conn = Connection(ConnectionType.CLIENT)
+    conn.receive_data(data)
+    out: list[Any] = []
+    parts: list[Any] = []
+    for e in conn.events():
+        if isinstance(e, (TextMessage, BytesMessage)):
+            assert isinstance(e, Message)
+            parts.append(e.data)
+            if e.message_finished:
+                out.append(("" if isinstance(e, TextMessage) else b"").join(parts))
+                parts = []
+        elif isinstance(e, Ping):
+            out.append(ev.Ping(bytes(e.payload)))
+        elif isinstance(e, Pong):
+            out.append(ev.Pong(bytes(e.payload)))
+        elif isinstance(e, CloseConnection):
+            out.append(ev.CloseReceived(e.code, e.reason or ""))
+            break
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_streams(), st.lists(st.integers(0, 3000), max_size=6))
+def test_valid_streams_match_wsproto(data: bytes, cuts: list[int]) -> None:
+    cuts = sorted(c for c in cuts if c <= len(data))
+    expected = wsproto_outcome(data)
+    for mod in (_frames_py, compiled()[0]):
+        events, error, *_ = outcome(mod, data, cuts, {})
+        assert error is None
+        assert events == expected

@@ -159,6 +159,7 @@ def test_request_contents() -> None:
     assert p.data_to_send() == b""
     with pytest.raises(NotConnectedError):
         p.send_request()
+    assert SECRET not in repr(p) and "example.test" in repr(p)
 
 
 def test_no_compression_offer() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,9 @@ def append(srv: ServerThread, n: int) -> list[int]:
 
 
 @pytest.fixture
-def durable_server(tmp_path: Path) -> Iterator[ServerThread]:
+def durable_server(ref_server_factory: Callable[..., ServerThread], tmp_path: Path) -> ServerThread:
     # SQLite-backed so the log (and positions) survive restart()
-    srv = ServerThread(port=0, retain=400_000, db=tmp_path / "log.sqlite").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    return ref_server_factory(retain=400_000, db=tmp_path / "log.sqlite")
 
 
 @pytest.mark.parametrize("fmt", ["binary", "json"])

@@ -43,7 +43,7 @@ def _impl() -> ModuleType:
 
 IMPL = _impl()
 SEEDS = [bytes.fromhex(v["hex"]) for v in json.loads(VECTORS.read_text("utf-8"))["valid"]]
-BUDGET = int(os.environ.get("IOTCOMMUTE_FUZZ_EXAMPLES", "12000"))
+BUDGET = int(os.environ.get("IOTCOMMUTE_FUZZ_EXAMPLES", "10000"))
 
 
 def check_ticks(ticks: Any) -> None:

@@ -778,9 +778,8 @@ def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
         run.clear()
 
     for r in recs:
-        data = r.data
-        sig = (tuple(data), tuple(map(type, data.values())))
-        if sig != shape and run:
+        sig = r.shape()
+        if sig is not shape and sig != shape and run:
             flush()
         shape = sig
         run.append(r.as_tick())

@@ -31,7 +31,7 @@ _TICK_PREFIX = b'{"type":"tick","device":'
 class Record:
     """One telemetry record. `frame()` is the encoded WebSocket text frame, cached."""
 
-    __slots__ = ("_frame", "data", "device", "position", "ts")
+    __slots__ = ("_frame", "_shape", "data", "device", "position", "ts")
 
     def __init__(self, position: int, device: str, ts: float, data: dict[str, Any]) -> None:
         self.position = position
@@ -39,6 +39,15 @@ class Record:
         self.ts = ts
         self.data = data
         self._frame: bytes | None = None
+        self._shape: tuple[Any, ...] | None = None
+
+    def shape(self) -> tuple[Any, ...]:
+        """Field names and value types: records of one shape can share a binary batch."""
+        sh = self._shape
+        if sh is None:
+            d = self.data
+            sh = self._shape = (tuple(d), tuple(map(type, d.values())))
+        return sh
 
     def as_tick(self) -> dict[str, Any]:
         return {
@@ -139,16 +148,19 @@ class Log:
                 loop.call_soon_threadsafe(_wake, w)
         return pos
 
-    def extend_frames(self, items: list[tuple[str, dict[str, Any], float, bytes]]) -> int:
-        """Append many records whose JSON frames are already encoded (the firehose); the
-        frame must encode exactly `Record.as_tick()`. Returns the last position."""
+    def extend_frames(
+        self, items: list[tuple[str, dict[str, Any], float, bytes, tuple[Any, ...]]]
+    ) -> int:
+        """Append many records whose JSON frame and shape are already known (the firehose);
+        the frame must encode exactly `Record.as_tick()`. Returns the last position."""
         pos = self._last
         items_ = self._items
         db_rows = self._pending if self._db is not None else None
-        for device, data, ts, frame in items:
+        for device, data, ts, frame, shape in items:
             pos += 1
             rec = Record(pos, device, ts, data)
             rec._frame = frame
+            rec._shape = shape
             items_.append(rec)
             if db_rows is not None:
                 db_rows.append((pos, device, ts, dumps(data)))

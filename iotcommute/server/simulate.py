@@ -108,12 +108,15 @@ class Firehose:
         self.block = block
         ids = device_ids or ["sim-0001"]
         sims = [SimDevice(d, seed=i) for i, d in enumerate(ids)]
-        self._pool: list[tuple[str, bytes, dict[str, Any], bytes]] = []
+        self._pool: list[tuple[str, bytes, dict[str, Any], bytes, tuple[Any, ...]]] = []
+        shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for i in range(pool):
             s = sims[i % len(sims)]
             data = s.tick()
             head = b'{"type":"tick","device":' + dumps(s.id) + b',"position":'
-            self._pool.append((s.id, head, data, b',"data":' + dumps(data) + b"}"))
+            shape = (tuple(data), tuple(map(type, data.values())))
+            shape = shapes.setdefault(shape, shape)  # one object per shape: `is` compares fast
+            self._pool.append((s.id, head, data, b',"data":' + dumps(data) + b"}", shape))
         self._i = 0
         self._headers: dict[int, bytes] = {}
 
@@ -125,9 +128,9 @@ class Firehose:
         ts = time.time()
         ts_b = b',"ts":' + dumps(ts)
         headers = self._headers
-        out: list[tuple[str, dict[str, Any], float, bytes]] = []
+        out: list[tuple[str, dict[str, Any], float, bytes, tuple[Any, ...]]] = []
         for _ in range(self.block):
-            dev, head, data, tail = pool[i]
+            dev, head, data, tail, shape = pool[i]
             i = (i + 1) % n
             pos += 1
             payload = head + str(pos).encode() + ts_b + tail
@@ -135,6 +138,6 @@ class Firehose:
             h = headers.get(size)
             if h is None:
                 h = headers[size] = frame_header(OP_TEXT, size)
-            out.append((dev, data, ts, h + payload))
+            out.append((dev, data, ts, h + payload, shape))
         self._i = i
         self.log.extend_frames(out)
