@@ -91,13 +91,17 @@ def _extensions() -> list[Extension]:
     for ext in exts:
         ext.define_macros = macros
         ext.extra_compile_args = ["-O3"] if os.name != "nt" else []
-    try:
-        return cythonize(exts, compiler_directives=directives, quiet=True, build_dir=str(STAGE))
-    except Exception as exc:  # Cython errors are not one class
-        if REQUIRE_EXTENSIONS:
-            raise
-        warnings.warn(FALLBACK_WARNING.format(reason=f"cythonize failed: {exc}"), stacklevel=1)
-        return []
+    # One module at a time: a broken source costs only its own speedup, the others still build.
+    built: list[Extension] = []
+    for ext in exts:
+        try:
+            built += cythonize([ext], compiler_directives=directives, quiet=True)
+        except Exception as exc:  # Cython errors are not one class
+            if REQUIRE_EXTENSIONS:
+                raise
+            reason = f"cythonize {ext.name} failed: {exc}"
+            warnings.warn(FALLBACK_WARNING.format(reason=reason), stacklevel=1)
+    return built
 
 
 class OptionalBuildExt(build_ext):
