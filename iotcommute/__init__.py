@@ -30,11 +30,21 @@ _LAZY = {
     "AsyncWebSocket": ("aio", "AsyncWebSocket"),
     "Commute": ("rest", "Commute"),
     "AsyncCommute": ("rest", "AsyncCommute"),
-    "SPEEDUPS": ("frames", "SPEEDUPS"),
 }
 
 
+def _speedups() -> bool:
+    """True when the compiled frame reader, masking and tick codec are all in use."""
+    from . import frames, payload
+
+    return frames.SPEEDUPS and payload.SPEEDUPS
+
+
 def __getattr__(name: str) -> Any:
+    if name == "SPEEDUPS":
+        value: Any = _speedups()
+        globals()[name] = value
+        return value
     try:
         mod_name, attr = _LAZY[name]
     except KeyError:

@@ -8,8 +8,10 @@ Same options and reconnect/resume behaviour as client.WebSocket (they share
 transport.Engine). Ticks go into a bounded queue: above `max_queue` the transport stops
 reading from the socket (TCP backpressure reaches the server) and resumes once the
 consumer has drained it below `max_queue // 4`, so a slow consumer keeps memory bounded.
-The callback attributes (on_tick, on_gap, ...) work too and run on the loop; pass
-iterate=False when you only use callbacks, so no queue fills up.
+The callback attributes (on_tick, on_gap, ...) work too and run on the loop. Ticks are
+queued for `async for` unless on_tick/on_ticks is set and no iteration has started (a
+callback-only user never drains the queue, which would otherwise pause the stream);
+iterate=False turns the queue off entirely.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class AsyncWebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self._open_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._iterating = False
         if iterate:
             self._engine.tick_sink = self._push
 
@@ -197,6 +200,8 @@ class AsyncWebSocket:
 
     # ------------------------------------------------------------------ iteration
     def _push(self, batch: list[dict[str, Any]]) -> None:
+        if not self._iterating and (self.on_tick is not None or self.on_ticks is not None):
+            return  # callback-style use: nobody will drain a queue, so keep none
         self._queue.extend(batch)
         if not self._paused and len(self._queue) >= self._high:
             self._paused = True
@@ -209,6 +214,7 @@ class AsyncWebSocket:
             w.set_result(None)
 
     def __aiter__(self) -> AsyncWebSocket:
+        self._iterating = True
         return self
 
     async def __anext__(self) -> dict[str, Any]:

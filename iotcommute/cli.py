@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -21,10 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (mod_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(mod_name)
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            # One broken subcommand (say, a missing optional dependency) must not take the
+            # others down; it reports itself when used.
+            p.set_defaults(_run=_unavailable(name, exc))
+            continue
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"iotcommute {name}: unavailable ({exc})", file=sys.stderr)
+        return 2
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

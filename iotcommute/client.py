@@ -10,10 +10,23 @@ loop thread (a private uvloop/asyncio loop created per connect(): no process-glo
 reactor, and a stopped client can connect again). A callback that raises is logged and
 passed to on_error; it never kills the connection.
 
+Callbacks: on_connect(ws), on_tick(tick, ws), on_ticks(ticks, ws) -- every new tick of
+one network read (a binary batch, or the JSON ticks that arrived together), after on_tick
+ran for each --, on_message(raw, ws), on_command(command, ws) (answer with ws.ack()),
+on_close(code, reason, ws), on_error(error, ws), on_reconnect(attempt, ws),
+on_noreconnect(ws), on_gap(gap, ws).
+
+Delivery: the client remembers the highest log position delivered and re-subscribes from
+it after any reconnect, so every tick in the log arrives once and in order (a duplicate
+is dropped, a trimmed range is reported by on_gap). stop() inside on_tick ends the
+session after the current network read: ticks of that read already decoded are still
+delivered, and a later connect() resumes after the last one.
+
 All methods are safe from any thread and from inside callbacks; none of them blocks the
 loop thread. The one blocking call, send_command(), refuses to run on the loop thread
 (it would deadlock) -- use send_command_async(), which returns a
-concurrent.futures.Future, from callbacks.
+concurrent.futures.Future, from callbacks. publish() from other threads waits (at most
+open_timeout) while the socket's write buffer is over its high-water mark.
 """
 
 from __future__ import annotations
@@ -152,6 +165,16 @@ class WebSocket:
         threaded=True: runs in a daemon thread and returns at once; the ending error is
         reported to on_error/on_noreconnect and kept in `.error`.
         """
+        if not threaded:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                raise RuntimeError(
+                    "connect() would block a running event loop; use connect(threaded=True) "
+                    "or iotcommute.AsyncWebSocket"
+                )
         with self._run_lock:
             if self._running:
                 raise RuntimeError("this WebSocket is already connected; call stop() first")

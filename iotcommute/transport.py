@@ -32,6 +32,7 @@ from .exceptions import (
     CommandError,
     ConnectionClosedError,
     ConnectionClosedOK,
+    DataError,
     DecodeError,
     InputError,
     IotCommuteError,
@@ -73,7 +74,7 @@ class Options:
     api_key: str | None = field(default=None, repr=False)
     ssl: ssl_module.SSLContext | None = None
     headers: dict[str, str] | None = field(default=None, repr=False)
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold user:password
     ping_interval: float | None = 10.0
     ping_timeout: float | None = 10.0
     idle_timeout: float | None = None
@@ -94,7 +95,7 @@ class Options:
         if self.url is None:
             self.url = os.environ.get("IOTCOMMUTE_URL") or "ws://127.0.0.1:8765"
         if self.proxy is not None:
-            raise NotImplementedError("proxy= (HTTP CONNECT) is not supported yet")
+            parse_proxy(self.proxy)  # fail early on a bad proxy URL
         if self.role is None:
             self.role = "client" if self.access_token is not None else "device"
         if self.role not in ("device", "client"):
@@ -122,8 +123,11 @@ class Options:
             hdrs.append(("X-Device-Id", self.device_id))
         hdrs.append(("X-Role", self.role or "device"))
         hdrs.append(("X-Protocol-Version", "1"))
-        for k, v in (self.headers or {}).items():
-            hdrs.append((k, v))
+        extra = self.headers or {}
+        if extra:  # a user header replaces a default of the same name
+            names = {k.lower() for k in extra}
+            hdrs = [(k, v) for k, v in hdrs if k.lower() not in names]
+            hdrs.extend(extra.items())
         return hdrs
 
 
@@ -146,6 +150,40 @@ def parse_url(url: str) -> tuple[bool, str, int, str, str]:
     default_port = (secure and port == 443) or (not secure and port == 80)
     host_header = netloc_host if default_port else f"{netloc_host}:{port}"
     return secure, host, port, path, host_header
+
+
+def parse_proxy(url: str) -> tuple[str, int, str | None]:
+    """(host, port, Proxy-Authorization value or None) of an http:// CONNECT proxy URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError("proxy must be an http://host:port URL (HTTP CONNECT)")
+    auth = None
+    if parts.username is not None:
+        from base64 import b64encode
+        from urllib.parse import unquote
+
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + b64encode(cred.encode()).decode("ascii")
+    return parts.hostname, parts.port or 8080, auth
+
+
+class _ConnectReply(asyncio.Protocol):
+    """Collects the proxy's answer to CONNECT (the head only; nothing follows it)."""
+
+    def __init__(self, done: asyncio.Future[bytes]) -> None:
+        self._buf = bytearray()
+        self._done = done
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if b"\r\n\r\n" in self._buf and not self._done.done():
+            self._done.set_result(bytes(self._buf))
+        elif len(self._buf) > 16384 and not self._done.done():
+            self._done.set_exception(NetworkError("proxy answer too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(NetworkError("proxy closed the connection"))
 
 
 def default_ssl_context() -> ssl_module.SSLContext:
@@ -551,26 +589,25 @@ class Engine:
                 if t is str:
                     try:
                         msg = loads(ev)
-                        kind = msg.get("type")
+                        kind = msg["type"]
                     except Exception as exc:
-                        self._report(DecodeError(f"undecodable text message: {exc}"))
+                        self._report(DecodeError(f"undecodable text message: {exc!r}"))
                         continue
                     if kind == "tick":
                         pos = msg.get("position")
-                        if type(pos) is not int:
-                            self._report(DecodeError("tick without an integer position"))
-                            continue
-                        if pos <= last:
+                        if type(pos) is int and pos > last:  # the common case first
+                            last = pos
+                            if on_tick is not None:
+                                try:
+                                    on_tick(msg, owner)
+                                except Exception as exc:
+                                    self._callback_failed("on_tick", exc)
+                            if batch is not None:
+                                batch.append(msg)
+                        elif type(pos) is int:
                             dups += 1
-                            continue
-                        last = pos
-                        if on_tick is not None:
-                            try:
-                                on_tick(msg, owner)
-                            except Exception as exc:
-                                self._callback_failed("on_tick", exc)
-                        if batch is not None:
-                            batch.append(msg)
+                        else:
+                            self._report(DecodeError("tick without an integer position"))
                         continue
                     # control messages may read/change the position: sync it around them
                     self.position = last
@@ -638,10 +675,24 @@ class Engine:
             log.debug("welcome: server %s, log position %s", msg.get("server"), msg.get("position"))
         elif kind == "subscribed":
             pos = msg.get("position")
-            if not self._anchored and type(pos) is int and pos > self.position:
-                # nothing delivered yet: resume from the subscription point after a drop
+            if type(pos) is not int:
+                return
+            if not self._anchored:
+                if pos > self.position:
+                    # nothing delivered yet: resume from the subscription point after a drop
+                    self.position = pos
+                    self._anchored = True
+            elif pos < self.position:
+                # The log's tail is behind what we delivered: the server lost its log
+                # (in-memory log, restarted) and reuses positions. It restarts our cursor
+                # at its tail, so follow it -- otherwise every new tick looks like a duplicate.
+                self._report(
+                    DataError(
+                        f"server log went back from position {self.position} to {pos} "
+                        "(log lost on the server); continuing from its tail"
+                    )
+                )
                 self.position = pos
-                self._anchored = True
         elif kind == "gap":
             log.warning(
                 "gap: %s ticks after position %s were trimmed", msg.get("missed"), msg.get("from")
@@ -682,6 +733,9 @@ class Engine:
                 hs.set_result(None)
         elif t is CloseReceived:
             self._close_code, self._close_reason = ev.code, ev.reason
+            if self.loop is not None and self._transport is not None:
+                # the server closes TCP after our echo; do not wait for it forever
+                self.loop.call_later(self.opts.close_timeout, self._close_deadline, self._transport)
         elif t is Failed:
             exc = ev.exc
             self._failure = exc
@@ -779,14 +833,13 @@ class Engine:
                 t.write(out)
             assert self.loop is not None
             self.loop.call_later(self.opts.close_timeout, self._close_deadline, t)
-        else:
+        elif ws.state is State.CONNECTING:
             t.abort()
+        # CLOSING: a close is under way and its deadline is armed
 
     def _close_deadline(self, t: asyncio.Transport) -> None:
-        if self._transport is t and not t.is_closing():
+        if self._transport is t and not (self._closed is not None and self._closed.done()):
             log.debug("close handshake timed out; aborting")
-            t.abort()
-        elif self._transport is t:
             t.abort()
 
     async def run(self) -> None:
@@ -869,13 +922,16 @@ class Engine:
         self._reading_paused = False
         try:
             async with asyncio.timeout(opts.open_timeout):
-                await loop.create_connection(
-                    lambda: _Stream(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                if opts.proxy is not None:
+                    await self._open_via_proxy(opts.proxy)
+                else:
+                    await loop.create_connection(
+                        lambda: _Stream(self),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                    )
         except ssl_module.SSLCertVerificationError as exc:
             err = NetworkError(f"TLS certificate verification failed: {exc.verify_message}")
             err.fatal = True  # a wrong certificate does not fix itself: no retry storm
@@ -933,6 +989,44 @@ class Engine:
         if not self._stopping:
             cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
             raise cls(code, reason)
+
+    async def _open_via_proxy(self, proxy: str) -> None:
+        """HTTP CONNECT tunnel, then TLS inside it for wss:// (end-to-end with the server)."""
+        loop = self.loop
+        assert loop is not None
+        phost, pport, auth = parse_proxy(proxy)
+        reply: asyncio.Future[bytes] = loop.create_future()
+        try:
+            raw, _ = await loop.create_connection(lambda: _ConnectReply(reply), phost, pport)
+        except OSError as exc:
+            raise NetworkError(f"cannot connect to the proxy {phost}:{pport}: {exc}") from None
+        target = f"[{self._host}]" if ":" in self._host else self._host
+        head = f"CONNECT {target}:{self._port} HTTP/1.1\r\nHost: {target}:{self._port}\r\n"
+        if auth is not None:
+            head += f"Proxy-Authorization: {auth}\r\n"
+        raw.write((head + "\r\n").encode("latin-1"))
+        try:
+            answer = await reply
+        except BaseException:
+            raw.abort()
+            raise
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        parts = status_line.split(" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if status != 200 or answer.index(b"\r\n\r\n") + 4 != len(answer):
+            raw.abort()
+            err = NetworkError(f"proxy refused the tunnel: {status_line[:100]}", status=status)
+            err.fatal = status == 407  # wrong proxy credentials: retrying cannot help
+            raise err
+        stream = _Stream(self)
+        if self._ssl is not None:
+            tls = await loop.start_tls(raw, stream, self._ssl, server_hostname=self._host)
+            if tls is None:  # pragma: no cover - only when the transport closed meanwhile
+                raise NetworkError("proxy tunnel closed during the TLS handshake")
+            stream.connection_made(tls)
+        else:
+            raw.set_protocol(stream)
+            stream.connection_made(raw)
 
     async def _keepalive(self, transport: asyncio.Transport) -> None:
         opts = self.opts

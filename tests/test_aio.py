@@ -210,3 +210,21 @@ def test_resume_after_cut_is_lossless(server: ServerThread, run: Any) -> None:
             assert ws.stats()["connections"] >= 2
 
     run(main())
+
+
+def test_callback_only_use_never_stalls_on_a_full_queue(server: ServerThread, run: Any) -> None:
+    async def main() -> None:
+        got: list[int] = []
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10)
+        ws.on_tick = lambda t, w: got.append(t["position"])
+        sub = asyncio.ensure_future(wait_subscribed(ws))
+        async with ws:
+            await sub
+            expected = await asyncio.to_thread(append, server, 500)
+            async with asyncio.timeout(20):
+                while len(got) < 500:
+                    await asyncio.sleep(0.01)
+            assert got == expected
+            assert ws.stats()["queued_ticks"] == 0 and not ws.stats()["reading_paused"]
+
+    run(main())

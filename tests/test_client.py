@@ -126,9 +126,13 @@ def test_readme_example_verbatim(server: ServerThread) -> None:
     assert "'position':" in tick_line and "'device':" in tick_line
 
 
-def test_ticks_in_order_stats_and_repr(server: ServerThread) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_ticks_in_order_stats_and_repr(server: ServerThread, loop: str) -> None:
+    import asyncio
+
     got: list[int] = []
-    ws = client(server)
+    factory = asyncio.new_event_loop if loop == "asyncio" else None  # None: uvloop default
+    ws = client(server, loop_factory=factory)
     ws.on_tick = lambda tick, w: got.append(tick["position"])
     start(ws)
     try:
@@ -344,8 +348,8 @@ def test_secrets_never_logged(server: ServerThread, caplog: pytest.LogCaptureFix
 
 
 def test_options_validation() -> None:
-    with pytest.raises(NotImplementedError):
-        WebSocket(KEY, DEV, "device", proxy="http://proxy:3128")
+    with pytest.raises(ValueError):
+        WebSocket(KEY, DEV, "device", proxy="socks5://proxy:1080")
     with pytest.raises(ValueError):
         WebSocket(KEY, DEV, "device", url="http://example.com")
     with pytest.raises(ValueError):
@@ -485,3 +489,59 @@ def test_undecodable_messages_reported_and_stream_continues() -> None:
     finally:
         finish(ws)
         srv.close()
+
+
+def test_unsupported_protocol_version_is_fatal(server: ServerThread) -> None:
+    from test_client_support import CutProxy as Counter
+
+    from iotcommute import VersionError
+
+    counter = Counter(server.port)
+    try:
+        ws = client(counter, headers={"X-Protocol-Version": "99"}, max_reconnect_delay=0.01)
+        with pytest.raises(VersionError) as info:
+            ws.connect()
+        assert info.value.status == 426
+        assert counter.connections == 1
+    finally:
+        counter.close()
+
+
+def test_blocking_connect_refuses_inside_a_running_loop(server: ServerThread) -> None:
+    import asyncio
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="threaded=True"):
+            client(server).connect()
+
+    asyncio.run(main())
+
+
+def test_http_connect_proxy(server: ServerThread) -> None:
+    import base64
+
+    from test_client_support import ConnectProxy
+
+    auth = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    proxy = ConnectProxy(auth=auth)
+    try:
+        got: list[int] = []
+        ws = client(server, proxy=f"http://alice:s3cret@127.0.0.1:{proxy.port}")
+        assert "s3cret" not in repr(ws)
+        ws.on_tick = lambda t, w: got.append(t["position"])
+        start(ws)
+        try:
+            expected = append(server, 20)
+            wait_for(lambda: len(got) == 20, what="ticks through the proxy")
+            assert got == expected
+        finally:
+            finish(ws)
+        assert proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1")
+        # wrong proxy credentials: one typed error, no retry storm
+        bad = client(server, proxy=f"http://alice:wrong@127.0.0.1:{proxy.port}")
+        with pytest.raises(NetworkError) as info:
+            bad.connect()
+        assert info.value.status == 407 and "wrong" not in str(info.value)
+        assert len(proxy.requests) == 2
+    finally:
+        proxy.close()

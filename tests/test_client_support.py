@@ -54,6 +54,15 @@ class LoopThread:
         return self.run(wrap())
 
     def close(self) -> None:
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(WAIT)
         self.loop.close()
@@ -371,6 +380,64 @@ class CutProxy:
         self.lt.close()
 
 
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy; `auth` is the required Proxy-Authorization value."""
+
+    def __init__(self, auth: str | None = None) -> None:
+        self.auth = auth
+        self.port = free_port()
+        self.requests: list[str] = []
+        self.lt = LoopThread()
+        self._server: asyncio.Server | None = None
+
+        async def go() -> None:
+            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+        self.lt.run(go())
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = (await r.readuntil(b"\r\n\r\n")).decode("latin-1")
+        self.requests.append(head)
+        lines = head.split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        given = next(
+            (x.split(":", 1)[1].strip() for x in lines[1:] if x.lower().startswith("proxy-auth")),
+            None,
+        )
+        if method != "CONNECT":
+            w.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            w.close()
+            return
+        if self.auth is not None and given != self.auth:
+            w.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+            w.close()
+            return
+        host, _, port = target.rpartition(":")
+        ur, uw = await asyncio.open_connection(host.strip("[]"), int(port))
+        w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(r, uw), pump(ur, w))
+
+    def close(self) -> None:
+        async def go() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        with contextlib.suppress(Exception):
+            self.lt.run(go())
+        self.lt.close()
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -398,6 +465,7 @@ def watch_subscribed(ws: Any) -> threading.Semaphore:
 __all__ = [
     "DEVICE",
     "KEY",
+    "ConnectProxy",
     "CutProxy",
     "Headers",
     "LoopThread",

@@ -36,16 +36,28 @@ def durable_server(ref_server_factory: Callable[..., ServerThread], tmp_path: Pa
     return ref_server_factory(retain=400_000, db=tmp_path / "log.sqlite")
 
 
-@pytest.mark.parametrize("fmt", ["binary", "json"])
+@pytest.mark.parametrize(
+    ("fmt", "loop"), [("binary", "uvloop"), ("json", "uvloop"), ("binary", "asyncio")]
+)
 def test_every_tick_once_in_order_across_cuts_and_restart(
-    durable_server: ServerThread, fmt: str
+    durable_server: ServerThread, fmt: str, loop: str
 ) -> None:
+    import asyncio
+
     srv = durable_server
     proxy = CutProxy(srv.port)
     got: list[int] = []
     connects = threading.Semaphore(0)
     total = 100_000 if fmt == "binary" else 30_000
-    ws = WebSocket(KEY, DEV, "device", url=proxy.url, format=fmt, max_reconnect_delay=0.2)
+    ws = WebSocket(
+        KEY,
+        DEV,
+        "device",
+        url=proxy.url,
+        format=fmt,
+        max_reconnect_delay=0.2,
+        loop_factory=asyncio.new_event_loop if loop == "asyncio" else None,
+    )
     ws.on_tick = lambda t, w: got.append(t["position"])
     ws.on_connect = lambda w: connects.release()
     subscribed = watch_subscribed(ws)
@@ -235,3 +247,31 @@ def test_fatal_classification() -> None:
     assert is_fatal(TokenError("bad key"))
     assert not is_fatal(NetworkError("refused"))
     assert not is_fatal(OSError("boom"))
+
+
+def test_server_that_lost_its_log_is_followed_not_ignored(
+    ref_server_factory: Callable[..., ServerThread],
+) -> None:
+    from iotcommute.exceptions import DataError
+
+    srv = ref_server_factory()  # in-memory log: a restart starts again at position 1
+    got: list[int] = []
+    errors: list[BaseException] = []
+    ws = WebSocket(KEY, DEV, "device", url=srv.url, max_reconnect_delay=0.1)
+    ws.on_tick = lambda t, w: got.append(t["position"])
+    ws.on_error = lambda e, w: errors.append(e)
+    subscribed = watch_subscribed(ws)
+    ws.connect(threaded=True)
+    try:
+        assert subscribed.acquire(timeout=10)
+        append(srv, 50)
+        wait_for(lambda: len(got) == 50, what="ticks before the restart")
+        srv.restart()
+        assert subscribed.acquire(timeout=10), "no re-subscription after the restart"
+        fresh = append(srv, 10)  # positions 1..10 again
+        wait_for(lambda: len(got) == 60, what="ticks after the log reset")
+        assert got[50:] == fresh
+        assert any(isinstance(e, DataError) for e in errors)
+    finally:
+        ws.stop()
+        ws.join(10)

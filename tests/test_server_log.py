@@ -66,6 +66,14 @@ def test_scan_reports_progress_when_nothing_matches() -> None:
     assert log.scan(10, {"y"}, 10, max_scan=5) == ([], 15)
 
 
+def test_read_finds_sparse_devices_far_ahead() -> None:
+    log = Log(retain=100_000)
+    for _ in range(30_000):
+        log.append("busy", {}, 0.0)
+    log.append("rare", {"n": 1}, 0.0)
+    assert [r.position for r in log.read(0, {"rare"}, 10)] == [30_001]
+
+
 def test_trimming_compacts_without_losing_order() -> None:
     log = Log(retain=10)
     for i in range(20_000):

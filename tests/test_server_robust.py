@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import struct
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import DEMO_USER, README_DEVICE_ID, README_DEVICE_KEY
@@ -173,6 +176,23 @@ def test_garbage_request_is_400(ref_server: ServerThread) -> None:
     assert status == 400
 
 
+def test_keep_alive_http_idle_timer_restarts_after_each_response(
+    ref_server_factory: Callable[..., ServerThread],
+) -> None:
+    srv = ref_server_factory(handshake_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        for _ in range(3):  # 3 x 0.6 s on one connection: longer than the timeout in total
+            s.sendall(b"GET /no/such/path HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = s.recv(65536)
+            assert data.startswith(b"HTTP/1.1 404"), data[:50]
+            time.sleep(0.6)
+        time.sleep(1.0)  # idle past the timeout: now the server hangs up
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -213,10 +233,11 @@ def test_credentials_in_url_are_not_accepted(ref_server: ServerThread) -> None:
     ws.close()
 
 
+@pytest.mark.parametrize("batch", [1, 20])  # records per write: 1 = "high-water + one frame"
 def test_slow_consumer_buffer_stays_bounded(
-    ref_server_factory: Callable[..., ServerThread],
+    ref_server_factory: Callable[..., ServerThread], batch: int
 ) -> None:
-    high, low, batch = 64 * 1024, 16 * 1024, 20
+    high, low = 64 * 1024, 16 * 1024
     srv = ref_server_factory(
         write_high=high, write_low=low, write_batch=batch, track_buffer=True, retain=200_000
     )
@@ -230,15 +251,18 @@ def test_slow_consumer_buffer_stays_bounded(
     ws = RawWS(srv.port, rcvbuf=8192)
     ws.recv_json()
     ws.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 0})
-    time.sleep(1.0)  # we do not read: the server fills the socket and must then pause
 
     def conn_state() -> tuple[bool, int, int, int]:
         (c,) = [c for c in srv.hub.connections if c.peer_id == README_DEVICE_ID]
         assert c.transport is not None
         return c.paused, c.sent_ticks, c.max_buffer_seen, c.transport.get_write_buffer_size()
 
+    # We do not read: the server fills the socket buffers and must then pause the cursor.
+    deadline = time.monotonic() + 20
+    while not srv.call(conn_state)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
     paused, sent, max_seen, size = srv.call(conn_state)
-    assert paused, "the cursor should be paused on a client that does not read"
+    assert paused, f"the cursor should pause on a client that does not read ({sent} sent)"
     assert sent < 60_000
     assert max_seen <= high + batch * frame_max
     assert size <= high + batch * frame_max
@@ -321,4 +345,110 @@ def test_session_user_is_the_command_sender(ref_server: ServerThread) -> None:
     raw = ws.recv_frame()[1]
     assert s.access_token.encode() not in raw
     assert json.loads(raw)["user"] == DEMO_USER
+    ws.close()
+
+
+@pytest.mark.parametrize("fmt", ["json", "binary"])
+def test_firehose_streams_real_positions(
+    ref_server_factory: Callable[..., ServerThread], fmt: str
+) -> None:
+    srv = ref_server_factory(firehose=True, simulate=3, retain=50_000)
+    payload = pytest.importorskip("iotcommute.payload") if fmt == "binary" else None
+    ws = RawWS(srv.port)
+    ws.recv_json()
+    ws.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": None, "format": fmt})
+    sub = ws.recv_json()
+    got: list[dict[str, Any]] = []
+    while len(got) < 5000:
+        op, data = ws.recv_frame()
+        if op == 2:
+            assert payload is not None
+            got += payload.decode_batch(data)
+        elif op == 1:
+            got.append(json.loads(data))
+    first = sub["position"] + 1
+    assert [t["position"] for t in got] == list(range(first, first + len(got)))
+    assert {t["device"] for t in got} == {"sim-0001", "sim-0002", "sim-0003"}
+    # the frames encoded once by the firehose say exactly what the log holds
+    recs = srv.call(srv.hub.log.read, first - 1, None, 50)
+    assert [r.as_tick() for r in recs] == got[:50]
+    if fmt == "binary":  # and the patched batch templates were in use, not a fallback
+        fh = srv.hub.binary_batch.__self__  # type: ignore[union-attr]
+        assert fh.binary_ok and any(t is not None for t in fh._templates.values())
+    ws.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    junk=st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.builds(
+            lambda op, body: struct.pack("!BB", 0x80 | op, 0x80 | len(body)) + b"\0\0\0\0" + body,
+            st.integers(0, 15),
+            st.binary(max_size=100),
+        ),
+    )
+)
+def test_random_bytes_never_hurt_the_server(
+    ref_server: ServerThread, junk: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    ws = RawWS(ref_server.port)
+    ws.recv_json()
+    ws.sock.sendall(junk)
+    ws.sock.settimeout(0.2)
+    try:
+        while ws.sock.recv(65536):
+            pass
+    except (TimeoutError, ConnectionResetError):
+        pass
+    ws.close()
+    # The server still works: a fresh peer is served normally.
+    ok = RawWS(ref_server.port)
+    assert ok.recv_json()["type"] == "welcome"
+    ok.send_json({"type": "subscribe", "id": 1})
+    assert ok.recv_json()["type"] == "subscribed"
+    ok.close()
+    # ... and nothing reached the server's or the loop's error log.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_slow_consumer_overtaken_by_trimming_gets_a_gap(
+    ref_server_factory: Callable[..., ServerThread],
+) -> None:
+    srv = ref_server_factory(write_high=32 * 1024, write_low=8 * 1024, retain=20_000)
+
+    def fill(n: int) -> None:
+        for i in range(n):
+            srv.hub.log.append("sim-0001", {"i": i, "pad": 1.25}, None)
+
+    srv.call(fill, 20_000)
+    ws = RawWS(srv.port, rcvbuf=8192)
+    ws.recv_json()
+    ws.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 0})
+    assert ws.recv_json()["type"] == "subscribed"
+
+    def paused() -> bool:  # stopped by flow control, or everything went into socket buffers
+        return any(c.paused or c.cursor == 20_000 for c in srv.hub.connections)
+
+    deadline = time.monotonic() + 20
+    while not srv.call(paused) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    srv.call(fill, 40_000)  # the log moves 40 000 ahead: the cursor's next records are gone
+    positions: list[int] = []
+    gaps: list[dict[str, Any]] = []
+    while not positions or positions[-1] < 60_000:
+        m = ws.recv_json()
+        if m["type"] == "tick":
+            positions.append(m["position"])
+        else:
+            assert m["type"] == "gap"
+            gaps.append(m)
+    assert len(gaps) == 1
+    g = gaps[0]
+    assert g["to"] == 40_000 and g["missed"] == g["to"] - g["from"]
+    assert positions == sorted(set(positions))
+    assert len(positions) + g["missed"] == 60_000
     ws.close()

@@ -704,33 +704,3 @@ def test_resubscribe_from_now_after_unsubscribing_everything(ref_server: ServerT
             assert t["position"] == 4
 
     run(main())
-
-
-@pytest.mark.parametrize("fmt", ["json", "binary"])
-def test_firehose_streams_real_positions(
-    ref_server_factory: Callable[..., ServerThread], fmt: str
-) -> None:
-    srv = ref_server_factory(firehose=True, simulate=3, retain=50_000)
-    payload = pytest.importorskip("iotcommute.payload") if fmt == "binary" else None
-
-    async def main() -> None:
-        async with await connect(srv, token_headers(srv)) as cli:
-            sub = await subscribe(cli, None, fmt=fmt)
-            got: list[dict[str, Any]] = []
-            while len(got) < 5000:
-                msg = await asyncio.wait_for(cli.recv(), 5)
-                if isinstance(msg, bytes):
-                    assert payload is not None
-                    got += payload.decode_batch(msg)
-                else:
-                    m = json.loads(msg)
-                    if m["type"] == "tick":
-                        got.append(m)
-            first = sub["position"] + 1
-            assert [t["position"] for t in got] == list(range(first, first + len(got)))
-            assert {t["device"] for t in got} == {"sim-0001", "sim-0002", "sim-0003"}
-            # the pre-encoded frames say exactly what the log holds
-            recs = srv.call(srv.hub.log.read, first - 1, None, 50)
-            assert [r.as_tick() for r in recs] == got[:50]
-
-    run(main(), timeout=60)

@@ -92,3 +92,27 @@ def test_untrusted_ca_refused_by_default(tls_front: CutProxy) -> None:
 def test_wrong_host_name_refused(tls_front: CutProxy, ca: trustme.CA) -> None:
     # the CA is trusted, but the certificate names "localhost", not 127.0.0.1
     _refused(f"wss://127.0.0.1:{tls_front.port}", client_ctx(ca))
+
+
+def test_wss_through_http_connect_proxy(tls_front: CutProxy, ca: trustme.CA) -> None:
+    from test_client_support import ConnectProxy
+
+    proxy = ConnectProxy()
+    opened = threading.Event()
+    ws = WebSocket(
+        README_DEVICE_KEY,
+        README_DEVICE_ID,
+        "device",
+        url=f"wss://localhost:{tls_front.port}",
+        ssl=client_ctx(ca),
+        proxy=f"http://127.0.0.1:{proxy.port}",
+    )
+    ws.on_connect = lambda w: opened.set()
+    ws.connect(threaded=True)
+    try:
+        assert opened.wait(10), "no TLS connection through the proxy"
+        assert proxy.requests[0].startswith(f"CONNECT localhost:{tls_front.port} ")
+    finally:
+        ws.stop()
+        ws.join(10)
+        proxy.close()

@@ -29,6 +29,7 @@ class ServerConfig:
     max_head: int = 16 * 1024  # HTTP request head limit (431 above it)
     max_body: int = 2**20  # REST request body limit (413 above it)
     handshake_timeout: float = 10.0
+    close_timeout: float = 2.0  # wait this long for the peer's close frame after ours
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     write_high: int = 1024 * 1024  # pause a cursor above this many buffered bytes
@@ -99,7 +100,9 @@ class ReferenceServer:
                 self._tasks.append(loop.create_task(run_simulator(hub, sims, self.sim_rate)))
         if self.firehose:
             n = max(self.simulate, 1)
-            hub.refill = Firehose(hub.log, [sim_device_id(i) for i in range(1, n + 1)]).refill
+            fh = Firehose(hub.log, [sim_device_id(i) for i in range(1, n + 1)])
+            hub.refill = fh.refill
+            hub.binary_batch = fh.binary_batch
         self._server = await loop.create_server(
             lambda: ServerConnection(self), self.host, self._port, reuse_address=True, backlog=512
         )
@@ -129,7 +132,7 @@ class ReferenceServer:
         conns = list(self.hub.connections)
         for c in conns:
             if c.ws is not None:
-                c.close(1001, "server shutting down")
+                c.close(1001, "server shutting down", wait=True)
             else:
                 c.abort()
         loop = asyncio.get_running_loop()

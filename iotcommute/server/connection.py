@@ -88,6 +88,7 @@ class ServerConnection(asyncio.Protocol):
         self.ws: WSConnection | None = None
         self.closed = False
         self._close_sent = False
+        self._awaiting_close = False
         # identity (after the handshake)
         self.role = ""
         self.device_id: str | None = None  # set for the device role
@@ -173,14 +174,26 @@ class ServerConnection(asyncio.Protocol):
             err["id"] = msg_id
         self.send_json(err)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame (once) and close the transport after the write buffer drains."""
+    def close(self, code: int = 1000, reason: str = "", *, wait: bool = False) -> None:
+        """Send a close frame (once), then close the TCP connection.
+
+        With `wait` (a close we start: shutdown, keepalive), the peer gets close_timeout
+        to answer with its own close frame before we hang up, so a peer that is still
+        sending does not get a reset that could destroy our close frame in its buffers.
+        Otherwise (an echo of the peer's close, or failing the connection) we close now.
+        """
         if self.closed or self.transport is None:
             return
+        self.closed = True  # no more application messages either way
         if self.ws is not None and not self._close_sent:
             self._close_sent = True
-            self.write(close_frame(code, reason))
-        self.closed = True
+            self.transport.write(close_frame(code, reason))
+            if wait:
+                self._awaiting_close = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.loop.call_later(self.cfg.close_timeout, self.abort)
+                return
         self.transport.close()
 
     def abort(self) -> None:
@@ -423,6 +436,13 @@ class ServerConnection(asyncio.Protocol):
     def _ws_events(self) -> None:
         ws = self.ws
         assert ws is not None
+        if self._awaiting_close:
+            # We sent a close frame; only the peer's answer matters now.
+            for ev in ws.events():
+                if isinstance(ev, CloseConnection) and self.transport is not None:
+                    self.transport.close()
+                    return
+            return
         for ev in ws.events():
             if self.closed:
                 return
@@ -712,8 +732,14 @@ class ServerConnection(asyncio.Protocol):
                 if payload is None:
                     payload = importlib.import_module("iotcommute.payload")
                 frames = []
+                fast = self.hub.binary_batch
                 for i in range(0, len(recs), 100):
-                    frames += _binary_frames(payload, recs[i : i + 100])
+                    chunk = recs[i : i + 100]
+                    pre = fast(chunk) if fast is not None else None
+                    if pre is not None:
+                        frames.append(encode_frame(OP_BINARY, pre))
+                    else:
+                        frames += _binary_frames(payload, chunk)
             else:
                 frames = [r.frame() for r in recs]
             self.cursor = last
@@ -743,8 +769,7 @@ class ServerConnection(asyncio.Protocol):
         idle = time.monotonic() - self._last_rx
         if idle > self.cfg.ping_interval + self.cfg.ping_timeout:
             logger.info("%s: no data for %.0f s, closing", self.peer, idle)
-            self.close(1011, "keepalive timeout")
-            self.loop.call_later(1.0, self.abort)
+            self.close(1011, "keepalive timeout", wait=True)
             return
         self.write(encode_frame(OP_PING, str(int(time.time())).encode()))
         self._timer = self.loop.call_later(self.cfg.ping_interval, self._keepalive)

@@ -55,6 +55,8 @@ class Hub:
         self._ids = itertools.count(1)
         #: set by the firehose producer: called by a cursor that reached the tail
         self.refill: Callable[[], None] | None = None
+        #: set by the firehose: a pre-encoded tick batch for its records, or None
+        self.binary_batch: Callable[[list[Any]], bytes | None] | None = None
 
     # -- presence ----------------------------------------------------------
     def online(self, device_id: str) -> bool:

@@ -192,8 +192,9 @@ class Log:
     def read(
         self, after: int, devices: Collection[str] | None = None, limit: int = 1000
     ) -> list[Record]:
-        """Records with position > after (oldest retained first when trimmed), in order."""
-        return self.scan(after, devices, limit)[0]
+        """Records with position > after (oldest retained first when trimmed), in order;
+        scans as far as needed to find `limit` records of these devices."""
+        return self.scan(after, devices, limit, max_scan=len(self._items))[0]
 
     def scan(
         self,

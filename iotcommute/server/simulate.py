@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from typing import Any
 
 from .hub import Hub
-from .log import Log
+from .log import Log, Record
 from .registry import sim_device_id
 from .wire import OP_TEXT, dumps, frame_header
 
@@ -119,6 +120,11 @@ class Firehose:
             self._pool.append((s.id, head, data, b',"data":' + dumps(data) + b"}", shape))
         self._i = 0
         self._headers: dict[int, bytes] = {}
+        # Binary batches: pool data dict -> pool index (the pool keeps the dicts alive, so
+        # their ids cannot be reused), and verified batch templates by (first index, length).
+        self._index = {id(e[2]): i for i, e in enumerate(self._pool)}
+        self._templates: dict[tuple[int, int], _Template | None] = {}
+        self.binary_ok = True
 
     def refill(self) -> None:
         pool = self._pool
@@ -141,3 +147,104 @@ class Firehose:
             out.append((dev, data, ts, h + payload, shape))
         self._i = i
         self.log.extend_frames(out)
+
+    # -- binary batches ------------------------------------------------------------
+    def binary_batch(self, recs: list[Record]) -> bytes | None:
+        """The tick batch for consecutive firehose records, or None (then the caller encodes).
+
+        A batch of pool entries k..k+n-1 differs from another batch of the same entries
+        only in positions and timestamps, so it is encoded once as a template and then
+        patched in place. Each template is verified at build time by decoding a patched
+        copy, so a change of the batch format disables this path instead of corrupting it.
+        """
+        if not self.binary_ok or not recs:
+            return None
+        index = self._index
+        k = index.get(id(recs[0].data))
+        if k is None:
+            return None
+        npool = len(self._pool)
+        p0 = recs[0].position
+        i = k
+        for j, r in enumerate(recs):
+            if r.position != p0 + j or index.get(id(r.data)) != i:
+                return None
+            i = i + 1 if i + 1 < npool else 0
+        key = (k, len(recs))
+        t = self._templates.get(key, _MISSING)
+        if t is _MISSING:
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            t = self._templates[key] = self._build(k, len(recs))
+        if t is None:
+            return None
+        assert isinstance(t, _Template)
+        buf = bytearray(t.blob)
+        for r, po, to in zip(recs, t.pos_offsets, t.ts_offsets):
+            _Q.pack_into(buf, po, r.position)
+            _D.pack_into(buf, to, r.ts)
+        return bytes(buf)
+
+    def _build(self, k: int, n: int) -> _Template | None:
+        try:
+            from iotcommute import payload
+        except ImportError:
+            self.binary_ok = False
+            return None
+        pool = self._pool
+        npool = len(pool)
+
+        def ticks(base_pos: int, base_ts: float) -> list[dict[str, Any]]:
+            out = []
+            for j in range(n):
+                dev, _, data, _, _ = pool[(k + j) % npool]
+                pos = base_pos + j
+                ts = base_ts + j * 0.25
+                out.append({"type": "tick", "device": dev, "position": pos, "ts": ts, "data": data})
+            return out
+
+        try:
+            marks = ticks(0x0123456789A00000, 1234567890.0625)
+            blob = payload.encode_batch(marks)
+            pos_offsets = [_find_once(blob, _Q.pack(t["position"])) for t in marks]
+            ts_offsets = [_find_once(blob, _D.pack(t["ts"])) for t in marks]
+            # Verify: patch in other values and compare with a straight decode.
+            want = ticks(77, 1700000000.5)
+            buf = bytearray(blob)
+            for t, po, to in zip(want, pos_offsets, ts_offsets):
+                _Q.pack_into(buf, po, t["position"])
+                _D.pack_into(buf, to, t["ts"])
+            got = payload.decode_batch(bytes(buf))
+            ok = got == want and all(
+                type(a) is type(b)
+                for g, w in zip(got, want)
+                for a, b in zip(g["data"].values(), w["data"].values())
+            )
+        except Exception:
+            ok = False
+        if not ok:
+            logger.warning("binary firehose templates unavailable; encoding every batch")
+            self.binary_ok = False
+            return None
+        return _Template(blob, pos_offsets, ts_offsets)
+
+
+class _Template:
+    __slots__ = ("blob", "pos_offsets", "ts_offsets")
+
+    def __init__(self, blob: bytes, pos_offsets: list[int], ts_offsets: list[int]) -> None:
+        self.blob = blob
+        self.pos_offsets = pos_offsets
+        self.ts_offsets = ts_offsets
+
+
+_MISSING: Any = object()
+_Q = struct.Struct("<Q")
+_D = struct.Struct("<d")
+
+
+def _find_once(blob: bytes, needle: bytes) -> int:
+    at = blob.find(needle)
+    if at < 0 or blob.find(needle, at + 1) >= 0:
+        raise ValueError("marker not found exactly once")
+    return at
