@@ -60,6 +60,7 @@ from .exceptions import (
     NotFoundError,
     OperationTimeout,
     PermissionDenied,
+    RateLimitError,
     ServerError,
     SessionExpiredError,
     TokenError,
@@ -91,6 +92,17 @@ _BACKOFF_MAX = 5.0
 MAX_RESPONSE = 16 * 2**20
 
 
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds when it is a number (the only form our server sends)."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
 def checksum(api_key: str, request_token: str, api_secret: str) -> str:
     """sha256(api_key + request_token + api_secret), hex: what POST /session/token expects."""
     return hashlib.sha256((api_key + request_token + api_secret).encode()).hexdigest()
@@ -119,15 +131,14 @@ _STATUS_CLASSES: dict[int, type[IotCommuteError]] = {
     409: CommandError,
     413: InputError,
     422: InputError,
-    # 429: no RateLimitError class yet; InputError with code "rate" (the caller must slow down).
-    429: InputError,
+    429: RateLimitError,
 }
 # error_type from the server body -> (class, code)
 _TYPE_CLASSES: dict[str, tuple[type[IotCommuteError], str]] = {
     "SessionExpired": (SessionExpiredError, "session_expired"),
     "DeviceOffline": (CommandError, "device_offline"),
     "CommandTimeout": (CommandError, "command_timeout"),
-    "RateLimited": (InputError, "rate"),
+    "RateLimited": (RateLimitError, "rate"),
 }
 
 
@@ -337,6 +348,8 @@ class _ClientBase:
             cls = InputError
         hdrs = dict(headers.items())
         err = cls(message, code=code, status=status, request_id=rid, headers=hdrs)
+        if isinstance(err, RateLimitError):
+            err.retry_after = _retry_after_seconds(hdrs)
         if hook and isinstance(err, SessionExpiredError) and self.on_session_expired is not None:
             try:
                 self.on_session_expired()

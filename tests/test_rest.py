@@ -21,6 +21,7 @@ from iotcommute.exceptions import (
     IotCommuteError,
     NotFoundError,
     PermissionDenied,
+    RateLimitError,
     ServerError,
     SessionExpiredError,
     TokenError,
@@ -245,15 +246,17 @@ def test_server_error_when_the_hub_fails(
     assert any("REST handler failed" in r.getMessage() for r in caplog.records)
 
 
-def test_rate_limit_maps_to_input_error_with_rate_code(server: Any) -> None:
+def test_rate_limit_maps_to_rate_limit_error(server: Any) -> None:
     c = session(server, retries=0)
     rest_api.configure(server.hub, rate_limit=(0.01, 2))
     c.devices()
     c.devices()
-    with pytest.raises(InputError) as ei:
+    with pytest.raises(RateLimitError) as ei:
         c.devices()
+    assert isinstance(ei.value, InputError)  # still an input problem for broad handlers
     assert ei.value.status == 429 and ei.value.code == "rate"
     assert ei.value.headers.get("retry-after")
+    assert ei.value.retry_after is not None and ei.value.retry_after >= 1
 
 
 def test_login_posts_are_rate_limited_per_app(server: Any) -> None:
