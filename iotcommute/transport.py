@@ -574,6 +574,9 @@ class Engine:
         batch: list[dict[str, Any]] | None = (
             [] if (on_ticks is not None or sink is not None) else None
         )
+        # Binary frames are tick batches only for someone who wants ticks; a raw on_message
+        # consumer gets the bytes untouched (and pays nothing for decoding).
+        want_ticks = on_tick is not None or batch is not None
         last = self.position
         nmsg = 0
         dups = 0
@@ -615,7 +618,7 @@ class Engine:
                         self._anchored = True
                     self._control(kind, msg)
                     last = self.position
-                else:
+                elif want_ticks:
                     try:
                         ticks = payload.decode_batch(ev)
                     except DecodeError as exc:

@@ -545,3 +545,28 @@ def test_http_connect_proxy(server: ServerThread) -> None:
         assert len(proxy.requests) == 2
     finally:
         proxy.close()
+
+
+def test_raw_on_message_consumer_gets_binary_frames_untouched() -> None:
+    """Without tick consumers, binary frames are application data: no decode, no DecodeError."""
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer
+
+    srv = MiniServer()
+    raw: list[Any] = []
+    errors: list[BaseException] = []
+    ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url)
+    ws.on_error = lambda e, w: errors.append(e)
+    frames = [bytes([i]) * 32 for i in range(5)]
+    try:
+        start(ws)  # start() owns on_message while it waits for the subscription
+        ws.on_message = lambda m, w: raw.append(m)
+        for f in frames:
+            srv.broadcast(f)
+        wait_for(lambda: len(raw) >= 5, what="raw binary frames")
+        assert raw == frames
+        assert errors == []
+    finally:
+        finish(ws)
+        srv.close()
