@@ -1,9 +1,9 @@
 """iotcommute: fast, dependable client for the IOT commute device-messaging service.
 
-    from iotcommute import WebSocket
-    iws = WebSocket(device_key, device_id, "device")
-    iws.on_tick = lambda tick, ws: print(tick)
-    iws.connect()
+from iotcommute import WebSocket
+iws = WebSocket(device_key, device_id, "device")
+iws.on_tick = lambda tick, ws: print(tick)
+iws.connect()
 """
 
 from __future__ import annotations
