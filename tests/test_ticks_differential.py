@@ -253,3 +253,331 @@ def test_the_comparison_can_fail() -> None:
     assert same([math.nan], [math.nan])
     with pytest.raises(AssertionError):
         assert same(("err", DecodeError, "x", None), ("err", DecodeError, "y", None))
+
+
+# --- repetitive rows and repeated tables ------------------------------------------------------
+#
+# The compiled decoder starts each row from a copy of the previous row of the same device and
+# stores only the values whose bytes changed, and it reuses the parsed tables of the previous
+# batch when the next one repeats them byte for byte. Random batches rarely repeat a value or
+# a table, so these batches are built from raw bytes with 1-3 distinct values per column and
+# few devices, and decoded in sequences that share tables.
+
+F64, I64, I32, BOOL, F32 = 1, 2, 3, 4, 5
+CODE_SIZE = {F64: 8, I64: 8, I32: 4, BOOL: 1, F32: 4}
+_D = struct.Struct("<d")
+# Bit patterns a value-by-value comparison would confuse: signed zeros, NaN payloads.
+ODD_F64 = [
+    _D.pack(0.0),
+    _D.pack(-0.0),
+    _D.pack(math.inf),
+    bytes.fromhex("000000000000f87f"),  # quiet NaN
+    bytes.fromhex("010000000000f8ff"),  # negative NaN with a payload
+]
+ODD_F32 = [
+    struct.pack("<f", 0.0),
+    struct.pack("<f", -0.0),
+    bytes.fromhex("0000c07f"),  # quiet NaN
+    bytes.fromhex("0100c0ff"),  # negative NaN with a payload
+]
+
+
+def raw_values(code: int) -> st.SearchStrategy[bytes]:
+    """Wire bytes of one valid value of a field type."""
+    size = CODE_SIZE[code]
+    if code == BOOL:
+        return st.sampled_from([b"\x00", b"\x01"])
+    if code in (I64, I32):
+        small = st.integers(-3, 3).map(lambda v: v.to_bytes(size, "little", signed=True))
+    else:
+        fmt = "<d" if code == F64 else "<f"
+        small = st.sampled_from(ODD_F64 if code == F64 else ODD_F32) | st.integers(-3, 3).map(
+            lambda v: struct.pack(fmt, v / 2)
+        )
+    return small | st.binary(min_size=size, max_size=size)
+
+
+short_names = st.text(alphabet="ab\u00e9\u2603", min_size=1, max_size=3)
+
+
+class Table:
+    """A device table and a field table, and their wire bytes."""
+
+    def __init__(self, devices: list[str], fields: list[tuple[int, str]]) -> None:
+        self.devices = devices
+        self.fields = fields
+        raw = bytearray()
+        for dev in devices:
+            b = dev.encode()
+            raw += bytes([len(b)]) + b
+        for code, name in fields:
+            b = name.encode()
+            raw += bytes([code, len(b)]) + b
+        self.raw = bytes(raw)
+
+    def batch(self, rows: list[bytes], n_dev: int | None = None, n_fld: int | None = None) -> bytes:
+        """A batch of these tables; the counts can be made to lie about them."""
+        head = struct.pack(
+            "<4sBBHHI",
+            b"\xc1TKB",
+            1,
+            0,
+            len(self.devices) if n_dev is None else n_dev,
+            len(self.fields) if n_fld is None else n_fld,
+            len(rows),
+        )
+        return head + self.raw + b"".join(rows)
+
+
+@st.composite
+def tables(draw: st.DrawFn, max_devices: int = 6) -> Table:
+    devices = draw(st.lists(short_names, min_size=1, max_size=max_devices, unique=True))
+    fields = draw(
+        st.lists(
+            st.tuples(st.sampled_from([F64, I64, I32, BOOL, F32]), short_names),
+            max_size=5,
+            unique_by=lambda f: f[1],
+        )
+    )
+    return Table(devices, fields)
+
+
+@st.composite
+def repetitive_rows(draw: st.DrawFn, table: Table) -> list[bytes]:
+    """Rows whose every column takes only 1-3 distinct values, devices interleaved; sometimes
+    more rows than devices (a device repeats), sometimes fewer (every row a new device)."""
+    n_dev = len(table.devices)
+    regime = draw(st.sampled_from(["many", "few", "any"]))
+    if regime == "many":
+        n = draw(st.integers(n_dev + 1, 3 * n_dev + 4))
+    elif regime == "few" and n_dev > 1:
+        n = draw(st.integers(1, n_dev - 1))
+    else:
+        n = draw(st.integers(0, 10))
+    # A single device for every row, or the devices in turn, or drawn at random.
+    pattern = draw(st.sampled_from(["one", "round", "random"]))
+    dev_pool = draw(st.lists(st.integers(0, n_dev - 1), min_size=1, max_size=3))
+    positions = draw(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=3))
+    stamps = draw(st.lists(raw_values(F64), min_size=1, max_size=3))
+    pools = [draw(st.lists(raw_values(code), min_size=1, max_size=3)) for code, _ in table.fields]
+    rows = []
+    for i in range(n):
+        if pattern == "one":
+            idx = dev_pool[0]
+        elif pattern == "round":
+            idx = i % n_dev
+        else:
+            idx = draw(st.sampled_from(dev_pool))
+        row = struct.pack("<HQ", idx, draw(st.sampled_from(positions))) + draw(
+            st.sampled_from(stamps)
+        )
+        rows.append(row + b"".join(draw(st.sampled_from(pool)) for pool in pools))
+    return rows
+
+
+def bool_offsets(table: Table) -> list[int]:
+    """Offsets of the bool columns within a row."""
+    out, off = [], 18
+    for code, _ in table.fields:
+        if code == BOOL:
+            out.append(off)
+        off += CODE_SIZE[code]
+    return out
+
+
+@st.composite
+def damaged_rows(draw: st.DrawFn, table: Table, rows: list[bytes]) -> list[bytes]:
+    """Length-preserving damage right after repeats: row k is preceded by rows of its own
+    device holding the same valid values, then carries a bool byte other than 0/1 or a device
+    index past the table."""
+    rows = list(rows)
+    if not rows:
+        return rows
+    for _ in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(0, len(rows) - 1))
+        row = bytearray(rows[k])
+        if draw(st.booleans()) and k >= 1:
+            # make rows k-2 and k-1 exact repeats of row k (same device, same values)
+            for back in range(1, min(k, draw(st.integers(1, 2))) + 1):
+                rows[k - back] = bytes(row)
+        bools = bool_offsets(table)
+        if draw(st.booleans()) and bools:
+            row[draw(st.sampled_from(bools))] = draw(st.integers(2, 255))
+        else:
+            n_dev = len(table.devices)
+            idx = draw(st.one_of(st.integers(n_dev, n_dev + 1), st.integers(n_dev, 0xFFFF)))
+            row[0:2] = idx.to_bytes(2, "little")
+        rows[k] = bytes(row)
+    return rows
+
+
+@st.composite
+def repetitive_batches(draw: st.DrawFn) -> bytes:
+    table = draw(tables(max_devices=draw(st.sampled_from([2, 6, 20]))))
+    rows = draw(repetitive_rows(table))
+    if draw(st.booleans()):
+        rows = draw(damaged_rows(table, rows))
+    return table.batch(rows)
+
+
+def as_kind(raw: bytes, kind: str) -> bytes | bytearray | memoryview:
+    return bytearray(raw) if kind == "bytearray" else memoryview(raw) if kind == "mv" else raw
+
+
+def has_nan(obj: Any) -> bool:
+    if isinstance(obj, float):
+        return math.isnan(obj)
+    if isinstance(obj, dict):
+        return any(has_nan(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(has_nan(v) for v in obj)
+    return False
+
+
+def decode_both(buf: bytes | bytearray | memoryview) -> tuple[Any, ...]:
+    """Decode with both codecs; they must agree exactly (values, types, float bits, key
+    order, or error class, message and position). Returns the compiled outcome."""
+    got_c = outcome(C.decode_batch, buf)
+    got_p = outcome(P.decode_batch, buf)
+    assert same(got_c, got_p), (bytes(buf).hex(), got_c, got_p)
+    if not has_nan(got_p):
+        assert got_c == got_p, (bytes(buf).hex(), got_c, got_p)
+    return got_c
+
+
+def assert_isolated(ticks: list[dict[str, Any]]) -> None:
+    """Every tick dict and data dict is its own object: no id repeats, and a write to one is
+    seen through no other. Leaves the dicts as they were."""
+    ids = [id(t) for t in ticks] + [id(t["data"]) for t in ticks]
+    assert len(set(ids)) == len(ids)
+    mark = "\x00mark"
+    for i, t in enumerate(ticks):
+        t[mark] = i
+        t["data"][mark] = i
+        for key in list(t["data"]):
+            if key != mark:
+                t["data"][key] = (i, t["data"][key])
+    for i, t in enumerate(ticks):
+        assert t.pop(mark) == i
+        assert t["data"].pop(mark) == i
+        for key, val in t["data"].items():
+            assert type(val) is tuple and val[0] == i, (i, key, val)
+            t["data"][key] = val[1]
+
+
+# A table no generated batch uses (its device id is not in `short_names`' alphabet): decoding
+# it first puts the compiled table cache in the same state for every example and its replay.
+RESET = Table(["\x00reset"], [(F64, "x")]).batch([bytes(26)])
+REPEAT_SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@REPEAT_SETTINGS
+@given(repetitive_batches(), st.sampled_from(["bytes", "bytearray", "mv"]))
+def test_repetitive_rows_decode_identically(raw: bytes, kind: str) -> None:
+    decode_both(RESET)
+    got = decode_both(as_kind(raw, kind))
+    if got[0] == "ok":
+        assert_isolated(got[1])
+        assert same(got, outcome(P.decode_batch, raw))  # the check left them as decoded
+        # decoding again (now from the cached tables) gives equal but new dicts
+        again = decode_both(raw)
+        assert not {id(t) for t in got[1]} & {id(t) for t in again[1]}
+
+
+@st.composite
+def table_variant(draw: st.DrawFn, table: Table) -> Table:
+    """Another table with the same counts (so only the bytes tell it apart), or any other."""
+    how = draw(st.sampled_from(["code", "rotate", "rename", "other"]))
+    if how == "code" and table.fields:
+        code, name = table.fields[0]
+        new = draw(st.sampled_from([c for c in CODE_SIZE if c != code]))
+        return Table(table.devices, [(new, name), *table.fields[1:]])
+    if how == "rotate" and len(table.devices) > 1:
+        return Table(table.devices[1:] + table.devices[:1], table.fields)
+    if how == "rename" and (table.devices[-1] + "b") not in table.devices:
+        return Table([*table.devices[:-1], table.devices[-1] + "b"], table.fields)
+    return draw(tables())
+
+
+@st.composite
+def batch_sequences(draw: st.DrawFn) -> list[bytes]:
+    """Batches sharing byte-identical tables with different rows, then a batch with another
+    table, then the first table again; with damaged batches and lying counts mixed in."""
+    first = draw(tables())
+    other = draw(table_variant(first))
+    seq: list[bytes] = []
+
+    def some_of(table: Table, lo: int, hi: int) -> None:
+        for _ in range(draw(st.integers(lo, hi))):
+            rows = draw(repetitive_rows(table))
+            if draw(st.integers(0, 3)) == 0:
+                rows = draw(damaged_rows(table, rows))
+            seq.append(table.batch(rows))
+
+    some_of(first, 2, 4)
+    extra = draw(st.sampled_from(["none", "trailing", "truncated", "devices+1", "fields-1"]))
+    rows = draw(repetitive_rows(first))
+    if extra == "trailing":  # same tables, rows one byte too long
+        seq.append(first.batch(rows) + b"\x00")
+    elif extra == "truncated":  # cut inside the tables or the rows
+        full = first.batch(rows)
+        seq.append(full[: draw(st.integers(14, len(full) - 1))])
+    elif extra == "devices+1":  # same table bytes, counts that read them differently
+        seq.append(first.batch(rows, n_dev=len(first.devices) + 1))
+    elif extra == "fields-1" and first.fields:
+        seq.append(first.batch(rows, n_fld=len(first.fields) - 1))
+    some_of(other, 1, 2)
+    some_of(first, 1, 3)
+    return seq
+
+
+@REPEAT_SETTINGS
+@given(batch_sequences(), st.sampled_from(["bytes", "bytearray", "mv", "reused"]))
+def test_batches_sharing_tables_decode_identically(seq: list[bytes], kind: str) -> None:
+    decode_both(RESET)
+    scratch = bytearray()
+    kept: list[tuple[bytes, list[dict[str, Any]]]] = []
+    for raw in seq:
+        if kind == "reused":
+            # one receive buffer overwritten in place, as a reader reusing its buffer would
+            if len(scratch) == len(raw):
+                scratch[:] = raw
+            else:
+                scratch = bytearray(raw)
+            buf: bytes | bytearray | memoryview = scratch
+        else:
+            buf = as_kind(raw, kind)
+        got = decode_both(buf)
+        if got[0] == "ok":
+            kept.append((raw, got[1]))
+    # Later batches (cache hits and misses) changed nothing in earlier results, and no dict
+    # is shared between any two ticks of any of the batches.
+    everything = [t for _, ticks in kept for t in ticks]
+    assert_isolated(everything)
+    for raw, ticks in kept:
+        assert same(ticks, P.decode_batch(raw))
+    # Writing into the results does not reach the decoder's cached tables.
+    for _, ticks in kept:
+        for t in ticks:
+            t["device"] = t["type"] = None
+            t["data"]["\x00extra"] = 1
+    for raw in seq:
+        decode_both(raw)
+
+
+@pytest.mark.skipif(C is P, reason="compiled tick codec not in use")
+def test_uncached_big_table_alternating_with_a_small_one() -> None:
+    """Tables past the cache's size limit are parsed every time, and alternating them with a
+    cached one gives the same results as the twin."""
+    big = Table([chr(0x41 + i % 26) * 200 + str(i) for i in range(60)], [(BOOL, "on")])
+    small = Table(["d"], [(BOOL, "on"), (I32, "n")])
+    for i in range(4):
+        rows_big = [struct.pack("<HQd?", (i + k) % 60, k, 1.0, bool(k & 1)) for k in range(70)]
+        decode_both(big.batch(rows_big))
+        rows_small = [struct.pack("<HQd?i", 0, k, 1.0, True, i) for k in range(3)]
+        decode_both(small.batch(rows_small))
+        same_row = struct.pack("<HQd?", 7, 4, 1.0, True)
+        bad = [same_row] * 5 + [same_row[:-1] + b"\x07"]  # repeats, then a bad bool
+        assert decode_both(big.batch(bad))[3] == 4
