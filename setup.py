@@ -41,6 +41,19 @@ FALLBACK_WARNING = (
 )
 
 
+_warned: list[str] = []
+
+
+def _warn_fallback(reason: str) -> None:
+    """One warning per build, however many modules failed."""
+    if _warned:
+        return
+    _warned.append(reason)
+    msg = FALLBACK_WARNING.format(reason=reason)
+    warnings.warn(msg, stacklevel=2)
+    print("WARNING: " + msg, file=sys.stderr)
+
+
 def _stage_sources() -> list[Extension]:
     """Lay the Cython sources out as package `iotcommute` so module names come out right."""
     pkg = STAGE / "iotcommute"
@@ -73,7 +86,7 @@ def _extensions() -> list[Extension]:
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise
-        warnings.warn(FALLBACK_WARNING.format(reason=f"Cython missing: {exc}"), stacklevel=1)
+        _warn_fallback(f"Cython missing: {exc}")
         return []
     directives = {
         "language_level": "3",
@@ -99,8 +112,7 @@ def _extensions() -> list[Extension]:
         except Exception as exc:  # Cython errors are not one class
             if REQUIRE_EXTENSIONS:
                 raise
-            reason = f"cythonize {ext.name} failed: {exc}"
-            warnings.warn(FALLBACK_WARNING.format(reason=reason), stacklevel=1)
+            _warn_fallback(f"cythonize {ext.name} failed: {exc}")
     return built
 
 
@@ -122,9 +134,7 @@ class OptionalBuildExt(build_ext):
     def _fallback(self, exc: Exception) -> None:
         if REQUIRE_EXTENSIONS:
             raise exc
-        msg = FALLBACK_WARNING.format(reason=f"{type(exc).__name__}: {exc}")
-        warnings.warn(msg, stacklevel=1)
-        print("WARNING: " + msg, file=sys.stderr)
+        _warn_fallback(f"{type(exc).__name__}: {exc}")
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

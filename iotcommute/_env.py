@@ -17,3 +17,21 @@ NO_EXTENSIONS: bool = _truthy(os.environ.get("IOTCOMMUTE_NO_EXTENSIONS")) or (
 
 #: Default server URL for WebSocket and REST clients.
 DEFAULT_URL: str = os.environ.get("IOTCOMMUTE_URL", "ws://127.0.0.1:8765")
+
+
+def warn_fallback(what: str) -> None:
+    """Say once, loudly, that a compiled module is missing although nobody asked for that.
+
+    pip hides build output, so a failed compile would otherwise go unnoticed until the
+    throughput does; IOTCOMMUTE_NO_EXTENSIONS=1 silences it (the fallback was chosen).
+    """
+    import warnings
+
+    warnings.warn(
+        f"iotcommute: compiled speedups not available ({what} missing); using the pure-Python "
+        "fallback "
+        "(correct, several times slower). Reinstall with a C compiler to build it, or set "
+        "IOTCOMMUTE_NO_EXTENSIONS=1 to choose the fallback explicitly.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from . import _frames_py, _mask_py
-from ._env import NO_EXTENSIONS
+from ._env import NO_EXTENSIONS, warn_fallback
 
 logger = logging.getLogger("iotcommute.frames")
 
@@ -38,7 +38,7 @@ else:
         mask_impl = _mask
         SPEEDUPS = True
     except ImportError:  # pragma: no cover - depends on the build
-        logger.debug("compiled frame modules not built; using the pure-Python fallback")
+        warn_fallback("frame reader")
         from ._frames_py import FrameReader, close_code_valid
         from ._mask_py import apply_mask, encode_frame, frame_header, new_mask_key
 

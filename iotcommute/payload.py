@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._env import NO_EXTENSIONS
+from ._env import NO_EXTENSIONS, warn_fallback
 from .exceptions import DecodeError, InputError
 
 __all__ = [
@@ -36,6 +36,7 @@ else:
 
         SPEEDUPS = True
     except ImportError:  # pragma: no cover - depends on the build
+        warn_fallback("tick codec")
         from ._ticks_py import decode_batch, encode_batch, is_batch
 
         SPEEDUPS = False
