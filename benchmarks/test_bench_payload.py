@@ -20,7 +20,8 @@ import pytest
 from iotcommute import _ticks_py, payload
 from iotcommute._env import NO_EXTENSIONS
 
-SCALE = max(1, int(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1")))
+# Rounds scale with IOTCOMMUTE_BENCH_SCALE (fractions allowed), never below the given minimum.
+SCALE = float(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1"))
 BATCH = 100
 
 
@@ -75,7 +76,7 @@ def json_tick_256() -> bytes:
 
 
 def run(benchmark: Any, fn: Callable[[], Any], ticks_per_call: int, rounds: int) -> None:
-    benchmark.pedantic(fn, rounds=rounds * SCALE, iterations=10, warmup_rounds=2)
+    benchmark.pedantic(fn, rounds=max(3, int(rounds * SCALE)), iterations=10, warmup_rounds=2)
     mean = benchmark.stats.stats.min
     benchmark.extra_info["ticks_per_s"] = round(ticks_per_call / mean) if mean else None
 
