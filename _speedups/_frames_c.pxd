@@ -6,6 +6,23 @@ cdef int OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
 cdef Py_ssize_t DEFAULT_MAX_SIZE, DEFAULT_MAX_FRAGMENTS
 cdef bytes _DEFLATE_TAIL
 cdef object _Utf8Decoder
+cdef Py_ssize_t _PREALLOC_MAX
+cdef bint _COMPILED
+
+# Compiled-only helpers, used under `if _COMPILED:` in the .py (the fallback never runs them).
+cdef extern from *:
+    """
+    static PyObject *iotc_new_bytes(Py_ssize_t n) {
+        return PyBytes_FromStringAndSize(NULL, n);
+    }
+    static void iotc_copy_into(PyObject *dst, Py_ssize_t off, const unsigned char *src,
+                               Py_ssize_t n) {
+        memcpy(PyBytes_AS_STRING(dst) + off, src, (size_t)n);
+    }
+    """
+    bytes _new_bytes "iotc_new_bytes"(Py_ssize_t n)
+    void _copy_into "iotc_copy_into"(object dst, Py_ssize_t off, const unsigned char *src,
+                                     Py_ssize_t n)
 cdef object CloseReceived, Ping, Pong
 cdef object InvalidUTF8Error, MessageTooBigError, ProtocolError
 
@@ -23,10 +40,15 @@ cdef class FrameReader:
     cdef public bint deflate
     cdef public int window_bits
     cdef public bint no_context_takeover
-    cdef bytearray _tail
-    cdef Py_ssize_t _need
+    cdef bytes _tail
+    cdef int _pb0
+    cdef Py_ssize_t _plen
+    cdef object _pbuf
+    cdef Py_ssize_t _pfill
+    cdef int _pmode
     cdef int _frag_op
     cdef list _frag_parts
+    cdef bint _frag_ascii
     cdef Py_ssize_t _frag_size
     cdef Py_ssize_t _frag_wire
     cdef Py_ssize_t _frag_count
@@ -34,20 +56,31 @@ cdef class FrameReader:
     cdef object _decoder
     cdef object _inflater
     cdef object _pdec
+    cdef bint _pascii
 
+    @cython.locals(buf=bytes, n=Py_ssize_t, pos=Py_ssize_t, k=Py_ssize_t, m=Py_ssize_t,
+                   hdr=bytes, b1=int)
     cpdef void feed_data(self, object data)
 
-    @cython.locals(p="const unsigned char *", n=Py_ssize_t, pos=Py_ssize_t, avail=Py_ssize_t,
+    @cython.locals(p="const unsigned char *", n=Py_ssize_t, avail=Py_ssize_t,
                    start=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, b0="unsigned char",
                    b1="unsigned char", opcode=int, events=list, max_size=Py_ssize_t)
-    cdef Py_ssize_t _parse(self, bytes buf) except -1
+    cdef Py_ssize_t _parse(self, bytes buf, Py_ssize_t pos) except -1
 
-    cdef bint _start_partial_utf8(self, int opcode, bytes part) except -1
+    @cython.locals(opcode=int)
+    cdef void _begin(self, int b0, Py_ssize_t length, bytes buf, Py_ssize_t start,
+                     Py_ssize_t n) except *
+
+    @cython.locals(k=Py_ssize_t, q="const unsigned char *", part=bytes, grow=bytearray)
+    cdef bint _fill(self, bytes buf, Py_ssize_t a, Py_ssize_t b) except -1
+
+    @cython.locals(b0=int)
+    cdef bint _complete(self) except -1
 
     @cython.locals(opcode=int, fin=int, count=Py_ssize_t)
     cdef bint _check_header(self, int b0, int b1) except -1
 
-    @cython.locals(opcode=int, fin=bint)
+    @cython.locals(opcode=int, fin=bint, parts=list)
     cdef bint _frame(self, int b0, bytes payload) except -1
 
     @cython.locals(room=Py_ssize_t)

@@ -689,19 +689,61 @@ class WebsocketClient(Subject):
 
 
 # ---- iotcommute's public asyncio client: AsyncWebSocket with callbacks
-class IotcommuteAio(Subject):
-    """``iotcommute.AsyncWebSocket`` as the README shows it: ``on_tick`` for ticks (the
-    library decodes JSON and batches), ``on_message`` (raw) for the echo and the sink.
+def _recv_callback(
+    counter: Counter, kind: str, per_batch: bool, finish: Callable[[], None]
+) -> tuple[str, Callable[..., None]]:
+    """(attribute, callback) of the client API for one receive case.
 
-    The client decodes every message it receives (JSON text, tick-batch binary), so the
-    raw binary/text cases are not run for it (``ticks_only``); ``iotcommute-core``
-    covers them.
+    Raw cases use ``on_message`` (bytes/str untouched); tick cases let the library decode,
+    either one ``on_tick`` call per tick or (``per_batch``) one ``on_ticks`` call per
+    network read with the list of new ticks.
+    """
+    expected = counter.expected
+    if not kind.startswith("ticks"):
+
+        def on_message(msg: Any, ws: Any) -> None:
+            counter.last = msg
+            counter.count += 1
+            if counter.count >= expected:
+                finish()
+
+        return "on_message", on_message
+    if per_batch:
+
+        def on_ticks(ticks: list[dict[str, Any]], ws: Any) -> None:
+            counter.last = ticks[-1]
+            counter.count += len(ticks)
+            if counter.count >= expected:
+                finish()
+
+        return "on_ticks", on_ticks
+
+    def on_tick(tick: dict[str, Any], ws: Any) -> None:
+        counter.last = tick
+        counter.count += 1
+        if counter.count >= expected:
+            finish()
+
+    return "on_tick", on_tick
+
+
+class IotcommuteAio(Subject):
+    """``iotcommute.AsyncWebSocket`` as the README shows it: ``on_message`` (raw) for the
+    raw binary/text cases, the echo and the sink; ``on_tick`` for the tick cases (the
+    library decodes JSON and batches). The ``-ticks`` variant (``per_batch``) takes the
+    tick cases with ``on_ticks`` (one call per network read with a list of ticks).
     """
 
     name = "iotcommute-aio"
     module = "iotcommute.aio"
     decoders = ("iotcommute",)
-    ticks_only = True
+    per_batch = False
+
+    def __init__(self, per_batch: bool = False) -> None:
+        self.per_batch = per_batch
+        if per_batch:
+            self.name += "-ticks"
+            self.ticks_only = True
 
     def version(self) -> str:
         from iotcommute import __version__, frames
@@ -721,16 +763,14 @@ class IotcommuteAio(Subject):
         async def go() -> None:
             loop = asyncio.get_running_loop()
             done: asyncio.Future[None] = loop.create_future()
-            expected = counter.expected
 
-            def on_tick(tick: dict[str, Any], ws: Any) -> None:
-                counter.last = tick
-                counter.count += 1
-                if counter.count >= expected and not done.done():
+            def finish() -> None:
+                if not done.done():
                     done.set_result(None)
 
             ws = self._client(url, compressed)
-            ws.on_tick = on_tick
+            attr, callback = _recv_callback(counter, counter.case.kind, self.per_batch, finish)
+            setattr(ws, attr, callback)
             await ws.connect()
             ended = asyncio.ensure_future(ws.wait_closed())
             await asyncio.wait([done, ended], return_when=asyncio.FIRST_COMPLETED)
@@ -820,16 +860,9 @@ class IotcommuteSync(IotcommuteAio):
 
     def recv(self, url: str, counter: Counter, compressed: bool) -> None:
         done = threading.Event()
-        expected = counter.expected
-
-        def on_tick(tick: dict[str, Any], ws: Any) -> None:
-            counter.last = tick
-            counter.count += 1
-            if counter.count >= expected:
-                done.set()
-
         ws = self._sync_client(url, compressed)
-        ws.on_tick = on_tick
+        attr, callback = _recv_callback(counter, counter.case.kind, self.per_batch, done.set)
+        setattr(ws, attr, callback)
         ws.on_close = lambda *args: done.set()
         self._session(ws, lambda: done.wait(TIMEOUT))
 
@@ -946,6 +979,7 @@ class InWorker(Subject):
         self.deflate = inner.deflate
         self.decoders = inner.decoders
         self.ticks_only = inner.ticks_only
+        self.per_batch = getattr(inner, "per_batch", False)
 
     def version(self) -> str:
         return str(worker("fallback").call(op="version", subject=self.inner.name))
@@ -973,7 +1007,9 @@ class InWorker(Subject):
 
 LOCAL: list[Subject] = [
     IotcommuteAio(),
+    IotcommuteAio(per_batch=True),
     IotcommuteSync(),
+    IotcommuteSync(per_batch=True),
     IotcommuteCore(),
     Picows(),
     Aiohttp(),
@@ -982,11 +1018,21 @@ LOCAL: list[Subject] = [
     WebsocketClient(),
 ]
 SUBJECTS: dict[str, Subject] = {s.name: s for s in LOCAL}
-SUBJECTS["iotcommute-fallback-aio"] = InWorker(SUBJECTS["iotcommute-aio"])
-SUBJECTS["iotcommute-fallback-core"] = InWorker(SUBJECTS["iotcommute-core"])
+for _name in ("aio", "aio-ticks", "sync", "sync-ticks", "core"):
+    _fallback = InWorker(SUBJECTS[f"iotcommute-{_name}"])
+    SUBJECTS[_fallback.name] = _fallback
+#: send / latency / memory subjects (the "-ticks" variants differ only in receiving ticks)
 ORDER = [
     "iotcommute-aio", "iotcommute-sync", "iotcommute-core",
-    "iotcommute-fallback-aio", "iotcommute-fallback-core",
+    "iotcommute-fallback-aio", "iotcommute-fallback-sync", "iotcommute-fallback-core",
+    "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
+]
+#: receive subjects: ORDER plus the per-batch (on_ticks) variants next to their base
+RECV_ORDER = [
+    "iotcommute-aio", "iotcommute-aio-ticks", "iotcommute-sync", "iotcommute-sync-ticks",
+    "iotcommute-core",
+    "iotcommute-fallback-aio", "iotcommute-fallback-aio-ticks", "iotcommute-fallback-sync",
+    "iotcommute-fallback-sync-ticks", "iotcommute-fallback-core",
     "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
 ]
 

@@ -109,3 +109,41 @@ def test_encode_32b_frames(benchmark: Any, mod: Any) -> None:
 
     benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info["frames_per_s"] = n / benchmark.stats.stats.min
+
+
+# Bigger messages, read in 256 KiB chunks and in an odd size that splits frames and headers
+# anywhere: the split-frame path (payload assembled in place) is what these measure.
+def _hdr(b0: int, n: int) -> bytes:
+    if n < 126:
+        return bytes((b0, n))
+    if n < 65536:
+        return bytes((b0, 126)) + struct.pack("!H", n)
+    return bytes((b0, 127)) + struct.pack("!Q", n)
+
+
+def _big_stream(case: str) -> tuple[bytes, int]:
+    if case == "text16k-in-16":
+        row = b'{"k":"value","n":12345678,"t":"abcdefghij"}'
+        body = (row * (16384 // len(row) + 1))[:16384]
+        one = b"".join(
+            _hdr((0x01 if j == 0 else 0) | (0x80 if j == 15 else 0), 1024)
+            + body[j * 1024 : (j + 1) * 1024]
+            for j in range(16)
+        )
+        k = max(200, int(20_000 * SCALE))
+        return one * k, k
+    size = 65536 if case == "bin64k" else 6000
+    k = max(100, int((10_000 if size == 65536 else 100_000) * SCALE))
+    return b"".join(_hdr(0x82, size) + struct.pack("!Q", i) * (size // 8) for i in range(k)), k
+
+
+@pytest.mark.parametrize("read", [262144, 65521])
+@pytest.mark.parametrize("case", ["bin64k", "text16k-in-16", "bin6k"])
+@pytest.mark.parametrize("which", IMPLS[:2])
+def test_receive_big_messages(benchmark: Any, which: str, case: str, read: int) -> None:
+    mod = _frames_c if which == "compiled" else _frames_py
+    stream, k = _big_stream(case)
+    chunks = [stream[i : i + read] for i in range(0, len(stream), read)]
+    result = benchmark.pedantic(_ours(mod), args=(chunks,), rounds=3, iterations=1)
+    assert result == k
+    benchmark.extra_info["messages_per_s"] = k / benchmark.stats.stats.min

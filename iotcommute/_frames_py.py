@@ -12,6 +12,12 @@ caller never loops over data messages in Python. On the first violation it store
 typed error in ``self.error`` and ignores all further input. Results never depend on
 how the input is chunked: a frame is only acted on once it is complete, and header
 checks are pure functions of header bytes and reader state.
+
+Copies: a frame inside one read is sliced out once. A frame split across reads gets its
+payload buffer when its header arrives and each read's share is copied straight into it
+(compiled: uninitialised ``bytes`` + memcpy, so the payload is never copied again); only
+a split header (under 10 bytes) is kept aside. Text fragments that are ASCII are kept as
+bytes and decoded once at the end; UTF-8 is still validated as each piece arrives.
 """
 
 from __future__ import annotations
@@ -35,10 +41,20 @@ DEFAULT_MAX_FRAGMENTS = 1024
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
+# A frame split across reads gets its whole payload buffer when its header arrives (one copy
+# of each byte after the kernel's); above this size the buffer grows as data arrives instead,
+# so a huge max_size never turns a lying header into a huge allocation.
+_PREALLOC_MAX = 64 * 2**20
+
 
 def close_code_valid(code: int) -> bool:
     """RFC 6455 7.4: codes a peer may put on the wire (1012-1014 are IANA-registered)."""
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
+
+
+# True in the Cython build. Code under `if _COMPILED:` uses C helpers declared only in
+# _speedups/_frames_c.pxd (uninitialised bytes + memcpy); the pure fallback never runs it.
+_COMPILED = type(close_code_valid).__name__ != "function"
 
 
 class FrameReader:
@@ -67,18 +83,31 @@ class FrameReader:
         self.deflate = deflate
         self.window_bits = window_bits
         self.no_context_takeover = no_context_takeover
-        self._tail = bytearray()
-        self._need = 0
+        # Bytes of a frame header split across reads (under 10 bytes).
+        self._tail = b""
+        # The frame whose header arrived but whose payload is still arriving: its first
+        # byte, length, destination buffer, bytes filled so far and buffer kind
+        # (1: compiled, preallocated uninitialised bytes; 3: growing bytearray).
+        self._pb0 = 0
+        self._plen = 0
+        self._pbuf: bytes | bytearray | None = None
+        self._pfill = 0
+        self._pmode = 0
         self._frag_op = 0
+        # Uncompressed text fragments stay bytes while all ASCII (decoded once, joined once);
+        # from the first non-ASCII fragment on they are decoded incrementally into str parts.
         self._frag_parts: list[object] = []
+        self._frag_ascii = True
         self._frag_size = 0
         self._frag_wire = 0
         self._frag_count = 0
         self._frag_compressed = False
         self._decoder: codecs.IncrementalDecoder | None = None
         self._inflater: object = None
-        # Validates a text frame while it is still arriving, so bad UTF-8 fails fast.
+        # Validates a text frame while it is still arriving, so bad UTF-8 fails fast;
+        # `_pascii` skips the decoder while everything so far was ASCII.
         self._pdec: codecs.IncrementalDecoder | None = None
+        self._pascii = True
 
     # -- input -----------------------------------------------------------------------
 
@@ -86,39 +115,65 @@ class FrameReader:
         """Consume ``data`` (any chunk size); complete frames become events."""
         if self.error is not None or self.closed:
             return
-        if self._tail:
-            self._tail += data
-            if len(self._tail) < self._need:
-                # A big frame is still arriving: O(chunk), no re-parse.
-                if self._pdec is not None:
-                    try:
-                        self._pdec.decode(data, False)
-                    except UnicodeDecodeError:
-                        self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
+        buf = data if type(data) is bytes else bytes(data)
+        n = len(buf)
+        if self._pbuf is not None and n < self._plen - self._pfill:
+            # The middle of a big frame: all of this read belongs to it (the common case
+            # for small reads, kept to the fewest calls for the pure-Python path).
+            if self._pmode == 3 and self._pdec is None:
+                self._pbuf += buf
+                self._pfill += n
+            else:
+                self._fill(buf, 0, n)
+            return
+        pos = 0
+        while pos < n:
+            if self._pbuf is not None:
+                # A frame is still arriving: copy this read's share straight into place.
+                k = self._plen - self._pfill
+                if k > n - pos:
+                    k = n - pos
+                if self._pmode == 3 and self._pdec is None and pos == 0:
+                    self._pbuf += buf if k == n else memoryview(buf)[:k]
+                    self._pfill += k
+                elif not self._fill(buf, pos, pos + k):
+                    return
+                pos += k
+                if self._pfill == self._plen and not self._complete():
+                    return
+            elif self._tail:
+                # Complete the split header with exactly its missing bytes (a header alone
+                # is parsed as a frame whose payload has not arrived), so the rest of this
+                # read is parsed in place, not copied.
+                hdr = self._tail
+                k = len(hdr)
+                b1 = hdr[1] if k > 1 else buf[pos]
+                m = (2 if (b1 & 0x7F) < 126 else 4 if (b1 & 0x7F) == 126 else 10) - k
+                if m > n - pos:
+                    m = n - pos
+                hdr = hdr + buf[pos : pos + m]
+                self._tail = b""
+                self._parse(hdr, 0)
+                pos += m
+            else:
+                self._parse(buf, pos)
                 return
-            self._pdec = None  # the frame is complete: _parse validates it whole
-            buf = bytes(self._tail)
-            self._tail = bytearray()
-        elif type(data) is bytes:
-            buf = data
-        else:
-            buf = bytes(data)
-        pos = self._parse(buf)
-        if pos < len(buf) and self.error is None and not self.closed:
-            self._tail = bytearray(buf[pos:])
+            if self.error is not None or self.closed:
+                return
 
-    def _parse(self, buf: bytes) -> int:
-        """Parse complete frames from ``buf``; return the offset of the first unused byte."""
+    def _parse(self, buf: bytes, pos: int) -> int:
+        """Parse frames from ``buf[pos:]``; return the offset after what was used.
+        A split header is kept in ``_tail``, a split payload starts a fill."""
         p = buf
         n = len(buf)
-        pos = 0
         events = self.events
         max_size = self.max_size
         while True:
             avail = n - pos
             if avail < 2:
-                self._need = 2
-                return pos
+                if avail:
+                    self._tail = buf[pos:n]
+                return n
             b0 = p[pos]
             b1 = p[pos + 1]
             opcode = b0 & 0x0F
@@ -134,14 +189,14 @@ class FrameReader:
                 start = pos + 2
             elif length == 126:
                 if avail < 4:
-                    self._need = 4
-                    return pos
+                    self._tail = buf[pos:n]
+                    return n
                 length = (p[pos + 2] << 8) | p[pos + 3]
                 start = pos + 4
             else:
                 if avail < 10:
-                    self._need = 10
-                    return pos
+                    self._tail = buf[pos:n]
+                    return n
                 if p[pos + 2] & 0x80:
                     self._fail(ProtocolError("frame length has the most significant bit set"))
                     return pos
@@ -154,12 +209,8 @@ class FrameReader:
                 return pos
             end = start + length
             if end > n:
-                self._need = end - pos
-                if (opcode == OP_TEXT and not (b0 & 0x40)) or (
-                    opcode == OP_CONT and self._frag_op == OP_TEXT and not self._frag_compressed
-                ):
-                    self._start_partial_utf8(opcode, buf[start:n])
-                return pos
+                self._begin(b0, length, buf, start, n)
+                return n
             # Slicing `p` (a C pointer when compiled) copies straight out of the buffer.
             if b0 == 0x82:
                 events.append(p[start:end])
@@ -173,16 +224,74 @@ class FrameReader:
                 return pos
             pos = end
 
-    def _start_partial_utf8(self, opcode: int, part: bytes) -> bool:
-        """Validate the arrived part of an incomplete text frame (fail fast on bad UTF-8)."""
-        dec = _Utf8Decoder()
-        if opcode == OP_CONT and self._decoder is not None:
-            dec.setstate(self._decoder.getstate())
-        try:
-            dec.decode(part, False)
-        except UnicodeDecodeError:
-            return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
-        self._pdec = dec
+    def _begin(self, b0: int, length: int, buf: bytes, start: int, n: int) -> None:
+        """A frame whose payload is not all here: allocate its buffer once, start filling."""
+        opcode = b0 & 0x0F
+        self._pb0 = b0
+        self._plen = length
+        self._pfill = 0
+        if _COMPILED and length <= _PREALLOC_MAX:
+            # Uninitialised bytes, filled with memcpy before anyone can see them.
+            self._pbuf = _new_bytes(length)  # type: ignore[name-defined]  # noqa: F821
+            self._pmode = 1
+        else:
+            # Pure Python: `+=` of whole reads is the cheapest fill there is (one C call).
+            self._pmode = 3
+            if opcode != OP_TEXT and opcode != OP_CONT:
+                self._pbuf = bytearray(memoryview(buf)[start:n])
+                self._pfill = n - start
+                self._pdec = None
+                return
+            self._pbuf = bytearray()
+        self._pdec = None
+        if (opcode == OP_TEXT and not (b0 & 0x40)) or (
+            opcode == OP_CONT and self._frag_op == OP_TEXT and not self._frag_compressed
+        ):
+            dec = _Utf8Decoder()
+            self._pascii = True
+            if opcode == OP_CONT and not self._frag_ascii and self._decoder is not None:
+                dec.setstate(self._decoder.getstate())
+                self._pascii = False
+            self._pdec = dec
+        self._fill(buf, start, n)
+
+    def _fill(self, buf: bytes, a: int, b: int) -> bool:
+        """Append ``buf[a:b]`` to the arriving frame; False after failing on bad UTF-8."""
+        k = b - a
+        if k <= 0:
+            return True
+        if self._pdec is not None:
+            part = buf if (a == 0 and b == len(buf)) else buf[a:b]
+            if not (self._pascii and part.isascii()):
+                self._pascii = False
+                try:
+                    self._pdec.decode(part, False)
+                except UnicodeDecodeError:
+                    return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
+        if self._pmode == 1:
+            q = buf
+            _copy_into(self._pbuf, self._pfill, q + a, k)  # type: ignore[name-defined,operator]  # noqa: F821
+        else:
+            grow: bytearray = self._pbuf  # type: ignore[assignment]
+            grow += buf if k == len(buf) else memoryview(buf)[a:b]
+        self._pfill += k
+        return True
+
+    def _complete(self) -> bool:
+        """The arriving frame is whole: hand its payload to the usual frame logic."""
+        payload = self._pbuf if self._pmode == 1 else bytes(self._pbuf)  # type: ignore[arg-type]
+        b0 = self._pb0
+        self._pbuf = None
+        self._pdec = None  # the frame is complete: it is validated whole below
+        if b0 == 0x82:
+            self.events.append(payload)
+        elif b0 == 0x81:
+            try:
+                self.events.append(payload.decode("utf-8"))  # type: ignore[union-attr]
+            except UnicodeDecodeError:
+                return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
+        else:
+            return self._frame(b0, payload)  # type: ignore[arg-type]
         return True
 
     def _check_header(self, b0: int, b1: int) -> bool:
@@ -229,6 +338,7 @@ class FrameReader:
             self._frag_parts = []
             if self._frag_compressed and (self._inflater is None or self.no_context_takeover):
                 self._inflater = zlib.decompressobj(-self.window_bits)
+            self._frag_ascii = True
             if opcode == OP_TEXT:
                 if self._decoder is None:
                     self._decoder = _Utf8Decoder()
@@ -243,18 +353,29 @@ class FrameReader:
         else:
             data = payload
             self._frag_size += len(data)
+        parts = self._frag_parts
         if self._frag_op == OP_TEXT:
-            try:
-                self._frag_parts.append(self._decoder.decode(data, fin))  # type: ignore[union-attr]
-            except UnicodeDecodeError:
-                return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
-        else:
-            self._frag_parts.append(data)
-        if fin:
-            if self._frag_op == OP_TEXT:
-                self.events.append("".join(self._frag_parts))  # type: ignore[arg-type]
+            if self._frag_ascii and data.isascii():
+                parts.append(data)  # valid UTF-8 whatever comes next: decode it once at the end
             else:
-                self.events.append(b"".join(self._frag_parts))  # type: ignore[arg-type]
+                if self._frag_ascii:
+                    self._frag_ascii = False
+                    # The ASCII prefix cannot leave a partial sequence: the decoder starts clean.
+                    parts = [b"".join(parts).decode("ascii")]  # type: ignore[arg-type]
+                    self._frag_parts = parts
+                try:
+                    parts.append(self._decoder.decode(data, fin))  # type: ignore[union-attr]
+                except UnicodeDecodeError:
+                    return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
+        else:
+            parts.append(data)
+        if fin:
+            if self._frag_op != OP_TEXT:
+                self.events.append(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[arg-type]
+            elif self._frag_ascii:
+                self.events.append(b"".join(parts).decode("ascii"))  # type: ignore[arg-type]
+            else:
+                self.events.append("".join(parts))  # type: ignore[arg-type]
             self._frag_op = 0
             self._frag_wire = 0  # only a message in progress counts against max_size
             self._frag_parts = []
@@ -315,7 +436,8 @@ class FrameReader:
 
     def _fail(self, exc: ProtocolError) -> bool:
         self.error = exc
-        self._tail = bytearray()
+        self._tail = b""
+        self._pbuf = None
         self._pdec = None
         self._frag_parts = []
         return False

@@ -238,11 +238,21 @@ class AsyncWebSocket:
 
     # ------------------------------------------------------------------ sending
     async def _send(self, item: str | bytes) -> None:
-        self._engine.submit(item)
-        await self._engine.drain()
+        eng = self._engine
+        eng.send_in_loop(item)
+        if eng.write_paused:  # only above the transport's high-water mark
+            await eng.drain()
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        await self._send(data if isinstance(data, str) else bytes(data))
+        """Send a raw text (str) or binary message.
+
+        Small sends are corked into one socket write per loop iteration (or per 64 KiB);
+        the call waits only while the socket's write buffer is over its high-water mark.
+        """
+        eng = self._engine
+        eng.send_in_loop(data if isinstance(data, str) else bytes(data))
+        if eng.write_paused:
+            await eng.drain()
 
     async def publish(
         self, data: dict[str, Any], *, ts: float | None = None, id: Any = None

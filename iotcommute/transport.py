@@ -50,6 +50,10 @@ __all__ = ["Engine", "Options", "parse_url"]
 log = logging.getLogger("iotcommute.transport")
 
 DEFAULT_PATH = "/v1/stream"
+#: loop-thread sends are corked: one transport.write per loop iteration, or per this many
+#: queued bytes (chars for str), whichever comes first -- a syscall per small frame is what
+#: makes small sends expensive, and the bound keeps the outbox small
+CORK_BYTES = 65536
 _monotonic = time.monotonic
 _OPEN = State.OPEN
 
@@ -196,6 +200,10 @@ def default_ssl_context() -> ssl_module.SSLContext:
         return ssl_module.create_default_context()
 
 
+def _ignore(*args: Any) -> None:
+    """Stand-in for a missing on_message (keeps the raw loop free of None checks)."""
+
+
 class Owner(Protocol):
     """What the engine reads callbacks from (WebSocket / AsyncWebSocket)."""
 
@@ -292,8 +300,11 @@ class Engine:
         self._outbox: collections.deque[str | bytes] = collections.deque()
         self._offline: collections.deque[str | bytes] = collections.deque()
         self._flush_pending = False
+        self._corked = 0  # bytes (chars) queued in _outbox by loop-thread sends
         self._writable = threading.Event()
         self._writable.set()
+        #: mirror of "not _writable.is_set()" for the loop thread's per-send check
+        self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
         # pending commands: id -> (resolve(ack, exc), timer)
@@ -360,14 +371,35 @@ class Engine:
             loop = self.loop
             assert loop is not None
             if self._thread_id == threading.get_ident():
-                self._outbox.append(item)
-                self._flush()
+                self._cork(item)
                 return
             self._outbox.append(item)
             if self._flush_pending:
                 return
             self._flush_pending = True
         loop.call_soon_threadsafe(self._flush)
+
+    def send_in_loop(self, item: str | bytes) -> None:
+        """submit() for code on the loop thread (AsyncWebSocket): no lock, no thread check.
+
+        Writes are corked (see CORK_BYTES); backpressure is the caller's `write_paused`
+        check, which only the transport's high-water mark sets.
+        """
+        if not self._open:
+            self.submit(item)
+            return
+        self._cork(item)
+
+    def _cork(self, item: str | bytes) -> None:
+        self._outbox.append(item)
+        self._corked += len(item)
+        if self._corked >= CORK_BYTES:
+            self._flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            loop = self.loop
+            assert loop is not None
+            loop.call_soon(self._flush)
 
     def wait_writable(self, timeout: float | None = None) -> bool:
         """Block a producer thread while the socket write buffer is over its high mark."""
@@ -488,6 +520,8 @@ class Engine:
         ws, transport = self._ws, self._transport
         if ws is None or transport is None or transport.is_closing() or ws.state is not _OPEN:
             return
+        if self._outbox:
+            self._flush()  # corked sends go first: keep the caller's order
         if isinstance(item, str):
             ws.send_text(item)
         else:
@@ -499,6 +533,7 @@ class Engine:
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._corked = 0
         ws, transport = self._ws, self._transport
         if ws is None or transport is None or not self._open or ws.state is not _OPEN:
             return
@@ -522,6 +557,7 @@ class Engine:
             transport.write(data)
 
     def _set_writable(self, writable: bool) -> None:
+        self.write_paused = not writable
         if writable:
             self._writable.set()
             waiters, self._drain_waiters = self._drain_waiters, []
@@ -564,113 +600,197 @@ class Engine:
                 t.write(out)
 
     def _dispatch(self, events: list[Any]) -> None:
-        """The hot path: one call per network read, callbacks bound to locals."""
+        """The hot path: one call per network read, callbacks bound to locals.
+
+        Binary frames are tick batches only for someone who wants ticks; a raw on_message
+        consumer gets the bytes untouched and pays nothing for decoding (_dispatch_raw).
+        """
+        owner = self.owner
+        if owner.on_tick is None and owner.on_ticks is None and self.tick_sink is None:
+            self._dispatch_raw(events, owner.on_message)
+        else:
+            self._dispatch_ticks(events)
+        if self.checkpoint is not None and self.position:
+            self.checkpoint.save(self.position)
+
+    def _dispatch_raw(self, events: list[Any], on_message: Callable[..., Any] | None) -> None:
+        """No tick consumer: every data message goes straight to on_message.
+
+        Text is still parsed for control messages (subscribed, command, ack, ...) and tick
+        positions (resume point); text that is not protocol JSON is the application's own
+        data here, so it is not reported as a DecodeError.
+        """
+        owner = self.owner
+        if on_message is None:
+            on_message = _ignore
+        other = 0
+        for ev in events:
+            t = type(ev)
+            if t is bytes:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
+            elif t is str:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
+                self._raw_text(ev)
+            else:
+                other += 1
+                self._event(ev)
+        nmsg = len(events) - other
+        if nmsg:
+            self.messages_in += nmsg
+            self._last_msg = self._last_rx
+        if self.position:
+            self._anchored = True
+
+    def _raw_text(self, ev: str) -> None:
+        # Protocol messages are JSON objects: skip the parse (a failed parse of a big text
+        # costs more than delivering it) for anything that cannot be one.
+        doc = ev.strip()
+        if doc[:1] != "{" or doc[-1:] != "}":
+            return
+        try:
+            msg = payload.loads(doc)
+            kind = msg["type"]
+        except Exception:
+            return
+        if kind == "tick":
+            pos = msg.get("position")
+            if type(pos) is int and pos > self.position:
+                self.position = pos
+            return
+        if self.position:
+            self._anchored = True
+        self._control(kind, msg)
+
+    def _dispatch_ticks(self, events: list[Any]) -> None:
+        """Tick consumers present: JSON ticks and binary batches decode to dicts.
+
+        on_ticks/tick_sink get each binary batch frame as its own list (no copy; the ticks
+        of one frame die together, which keeps the garbage collector's young generation
+        small) and the JSON ticks of one read together, in stream order.
+        """
         owner = self.owner
         on_tick = owner.on_tick
         on_ticks = owner.on_ticks
         on_message = owner.on_message
         sink = self.tick_sink
         loads = payload.loads
-        batch: list[dict[str, Any]] | None = (
+        decode_batch = payload.decode_batch
+        pending: list[dict[str, Any]] | None = (
             [] if (on_ticks is not None or sink is not None) else None
         )
-        # Binary frames are tick batches only for someone who wants ticks; a raw on_message
-        # consumer gets the bytes untouched (and pays nothing for decoding).
-        want_ticks = on_tick is not None or batch is not None
         last = self.position
-        nmsg = 0
+        other = 0
         dups = 0
         for ev in events:
             t = type(ev)
-            if t is str or t is bytes:
-                nmsg += 1
+            if t is bytes:
                 if on_message is not None:
                     try:
                         on_message(ev, owner)
                     except Exception as exc:
                         self._callback_failed("on_message", exc)
-                if t is str:
+                try:
+                    ticks = decode_batch(ev)
+                except DecodeError as exc:
+                    self._report(exc)
+                    continue
+                except Exception as exc:
+                    self._report(DecodeError(f"undecodable tick batch: {exc}"))
+                    continue
+                if not ticks:
+                    continue
+                if on_tick is None and ticks[0]["position"] > last:
+                    # batch fast path: a batch is a slice of the log (positions
+                    # increasing), so one comparison proves the whole batch is new
+                    last = ticks[-1]["position"]
+                    if pending:
+                        self._deliver_ticks(pending, sink, on_ticks)
+                        pending = []
+                    self._deliver_ticks(ticks, sink, on_ticks)
+                    continue
+                for tick in ticks:
+                    pos = tick["position"]
+                    if pos <= last:
+                        dups += 1
+                        continue
+                    last = pos
+                    if on_tick is not None:
+                        try:
+                            on_tick(tick, owner)
+                        except Exception as exc:
+                            self._callback_failed("on_tick", exc)
+                    if pending is not None:
+                        pending.append(tick)
+            elif t is str:
+                if on_message is not None:
                     try:
-                        msg = loads(ev)
-                        kind = msg["type"]
+                        on_message(ev, owner)
                     except Exception as exc:
-                        self._report(DecodeError(f"undecodable text message: {exc!r}"))
-                        continue
-                    if kind == "tick":
-                        pos = msg.get("position")
-                        if type(pos) is int and pos > last:  # the common case first
-                            last = pos
-                            if on_tick is not None:
-                                try:
-                                    on_tick(msg, owner)
-                                except Exception as exc:
-                                    self._callback_failed("on_tick", exc)
-                            if batch is not None:
-                                batch.append(msg)
-                        elif type(pos) is int:
-                            dups += 1
-                        else:
-                            self._report(DecodeError("tick without an integer position"))
-                        continue
-                    # control messages may read/change the position: sync it around them
-                    self.position = last
-                    if last:
-                        self._anchored = True
-                    self._control(kind, msg)
-                    last = self.position
-                elif want_ticks:
-                    try:
-                        ticks = payload.decode_batch(ev)
-                    except DecodeError as exc:
-                        self._report(exc)
-                        continue
-                    except Exception as exc:
-                        self._report(DecodeError(f"undecodable tick batch: {exc}"))
-                        continue
-                    if not ticks:
-                        continue
-                    if on_tick is None and ticks[0]["position"] > last:
-                        # batch fast path: a batch is a slice of the log (positions
-                        # increasing), so one comparison proves the whole batch is new
-                        last = ticks[-1]["position"]
-                        if batch is not None:
-                            batch.extend(ticks)
-                        continue
-                    for tick in ticks:
-                        pos = tick["position"]
-                        if pos <= last:
-                            dups += 1
-                            continue
+                        self._callback_failed("on_message", exc)
+                try:
+                    msg = loads(ev)
+                    kind = msg["type"]
+                except Exception as exc:
+                    self._report(DecodeError(f"undecodable text message: {exc!r}"))
+                    continue
+                if kind == "tick":
+                    pos = msg.get("position")
+                    if type(pos) is int and pos > last:  # the common case first
                         last = pos
                         if on_tick is not None:
                             try:
-                                on_tick(tick, owner)
+                                on_tick(msg, owner)
                             except Exception as exc:
                                 self._callback_failed("on_tick", exc)
-                        if batch is not None:
-                            batch.append(tick)
+                        if pending is not None:
+                            pending.append(msg)
+                    elif type(pos) is int:
+                        dups += 1
+                    else:
+                        self._report(DecodeError("tick without an integer position"))
+                    continue
+                # control messages may read/change the position: sync it around them
+                self.position = last
+                if last:
+                    self._anchored = True
+                self._control(kind, msg)
+                last = self.position
             else:
+                other += 1
                 self.position = last
                 self._event(ev)
                 last = self.position
         self.position = last
         if last:
             self._anchored = True
+        nmsg = len(events) - other
         if nmsg:
             self.messages_in += nmsg
             self._last_msg = self._last_rx
         if dups:
             self.duplicates += dups
-        if batch:
-            if sink is not None:
-                sink(batch)
-            if on_ticks is not None:
-                try:
-                    on_ticks(batch, owner)
-                except Exception as exc:
-                    self._callback_failed("on_ticks", exc)
-        if self.checkpoint is not None and last:
-            self.checkpoint.save(last)
+        if pending:
+            self._deliver_ticks(pending, sink, on_ticks)
+
+    def _deliver_ticks(
+        self,
+        ticks: list[dict[str, Any]],
+        sink: Callable[[list[dict[str, Any]]], None] | None,
+        on_ticks: Callable[..., Any] | None,
+    ) -> None:
+        if sink is not None:
+            sink(ticks)
+        if on_ticks is not None:
+            try:
+                on_ticks(ticks, self.owner)
+            except Exception as exc:
+                self._callback_failed("on_ticks", exc)
 
     def _control(self, kind: Any, msg: Any) -> None:
         owner = self.owner
@@ -766,6 +886,7 @@ class Engine:
             if self._outbox:
                 self._offline.extendleft(reversed(self._outbox))
                 self._outbox.clear()
+                self._corked = 0
                 while len(self._offline) > self.opts.offline_queue:
                     self._offline.pop()
         self._set_writable(True)
@@ -830,6 +951,8 @@ class Engine:
         if ws is None or t is None or t.is_closing():
             return
         if ws.state is State.OPEN:
+            if self._outbox:
+                self._flush()  # corked sends go out before the close frame
             ws.close(code, reason)
             out = ws.data_to_send()
             if out:

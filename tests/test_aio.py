@@ -228,3 +228,149 @@ def test_callback_only_use_never_stalls_on_a_full_queue(server: ServerThread, ru
             assert ws.stats()["queued_ticks"] == 0 and not ws.stats()["reading_paused"]
 
     run(main())
+
+
+def test_corked_sends_keep_order_and_go_out_before_close(run: Any) -> None:
+    """Small sends are coalesced per loop iteration; nothing is lost or reordered, a
+    protocol write (subscribe) and the close frame wait for the sends queued before them."""
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer, wait_for
+
+    from iotcommute.transport import CORK_BYTES
+
+    def note(i: int) -> str:  # JSON of a type the server ignores
+        return f'{{"type":"note","i":"{i:05d}","pad":"{"x" * 20}"}}'
+
+    srv = MiniServer()
+    n = 3000  # > CORK_BYTES worth of text: the size bound flushes too, not only the loop
+
+    async def main() -> None:
+        ws = AsyncWebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url, subscribe=None)
+        async with ws:
+            for i in range(n // 2):
+                await ws.send(note(i))
+            ws.subscribe("*")  # written at once, but after the sends queued above
+            for i in range(n // 2, n):
+                await ws.send(f"m{i:05d}".encode() + b"y" * 40)
+        # the context exit closed right after the last send, without yielding first
+
+    try:
+        assert n * 46 > CORK_BYTES
+        run(main())
+        # the server app may still be draining its receive queue after the close
+        wait_for(lambda: sum(isinstance(m, bytes) for m in srv.received) >= n // 2,
+                 what="every frame at the server")
+        got = list(srv.received)
+        texts = [m for m in got if isinstance(m, str) and m.startswith('{"type":"note"')]
+        binaries = [m for m in got if isinstance(m, bytes)]
+        assert texts == [note(i) for i in range(n // 2)]
+        assert binaries == [f"m{i:05d}".encode() + b"y" * 40 for i in range(n // 2, n)]
+        sub = next(i for i, m in enumerate(got) if isinstance(m, str) and '"subscribe"' in m)
+        assert sub == n // 2  # after every earlier send, before every later one
+    finally:
+        srv.close()
+
+
+class _StalledPeer:
+    """Accepts one WebSocket upgrade and then reads nothing until `release()`; counts the
+    bytes it eventually reads (so a test can check every frame arrived) and answers with a
+    close frame and hangs up once `expect` bytes arrived (the client's close completes)."""
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(30)
+        self.port = self.sock.getsockname()[1]
+        self.upgraded = threading.Event()
+        self._go = threading.Event()
+        self.received = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import base64
+        import hashlib
+
+        conn, _ = self.sock.accept()
+        conn.settimeout(30)
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            request, _, rest = head.partition(b"\r\n\r\n")
+            key = b""
+            for line in request.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"sec-websocket-key":
+                    key = value.strip()
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            self.upgraded.set()
+            self._go.wait(30)
+            self.received = len(rest)
+            while self.received < self.expect:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                self.received += len(chunk)
+            conn.sendall(b"\x88\x02\x03\xe8")  # close 1000, then hang up like a server
+
+    def release(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self._go.set()
+        self.thread.join(30)
+        self.sock.close()
+
+
+def test_send_waits_for_drain_only_above_the_high_water_mark(run: Any) -> None:
+    """A peer that stops reading: sends complete until the socket buffers fill, then the
+    sender waits (memory stays bounded) and resumes once the peer reads again."""
+    n = 200_000  # 256-byte frames: ~53 MB, far more than loopback buffers hold
+    frame = "z" * 256
+    wire_size = 2 + 2 + 4 + 256  # header, 16-bit length, mask key, payload
+    peer = _StalledPeer(n * wire_size + 8)  # + our close frame (code 1000, masked)
+
+    async def main() -> None:
+        ws = AsyncWebSocket(
+            KEY, DEV, "device", url=f"ws://127.0.0.1:{peer.port}", subscribe=None,
+            ping_interval=None, reconnect=False, close_timeout=10,
+        )
+        await ws.connect()
+        sent = 0
+
+        async def producer() -> None:
+            nonlocal sent
+            for _ in range(n):
+                await ws.send(frame)
+                sent += 1
+
+        task = asyncio.ensure_future(producer())
+        while not ws._engine.write_paused:  # the stalled peer fills the buffers
+            assert not task.done(), "every send completed although the peer reads nothing"
+            await asyncio.sleep(0.01)
+        stalled_at = sent
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert sent == stalled_at and not task.done()  # waiting for drain, not queueing
+        assert ws.stats()["outbox"] == 0 and ws.stats()["buffered_bytes"] < 4 * 2**20
+        peer.release()
+        await asyncio.wait_for(task, 40)
+        await ws.close()
+
+    try:
+        run(main())
+        peer.thread.join(30)
+        assert peer.received >= n * wire_size  # + the close frame
+    finally:
+        peer.close()

@@ -570,3 +570,78 @@ def test_raw_on_message_consumer_gets_binary_frames_untouched() -> None:
     finally:
         finish(ws)
         srv.close()
+
+
+def test_raw_consumer_gets_any_text_and_control_messages_still_work() -> None:
+    """Only on_message set: text that is not protocol JSON is the application's data (no
+    DecodeError), while control messages (a command here) still reach their callbacks."""
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer
+
+    srv = MiniServer()
+    raw: list[Any] = []
+    commands: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url)
+    ws.on_error = lambda e, w: errors.append(e)
+    ws.on_command = lambda c, w: commands.append(c)
+    texts = ["plain words", '{"k":1}{"k":2}', "[1, 2]", '{"no_type": true}']
+    command = '{"type":"command","id":"c-7","from":"dev-2","data":{"fan":1}}'
+    try:
+        start(ws)
+        ws.on_message = lambda m, w: raw.append(m)
+        before = ws.stats()["messages_in"]
+        for t in texts:
+            srv.broadcast(t)
+        srv.broadcast(b"\x00binary")
+        srv.broadcast(command)
+        wait_for(lambda: len(raw) >= 6 and len(commands) == 1, what="raw text and command")
+        assert raw == [*texts, b"\x00binary", command]
+        assert commands[0]["id"] == "c-7" and commands[0]["data"] == {"fan": 1}
+        assert errors == []
+        assert ws.stats()["messages_in"] - before == 6
+    finally:
+        finish(ws)
+        srv.close()
+
+
+def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
+    """on_ticks without on_tick: a new binary batch is delivered as one list (fast path);
+    an overlapping batch goes through the per-tick duplicate filter; order is kept."""
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer
+
+    from iotcommute import payload
+
+    def batch(lo: int, hi: int) -> bytes:
+        return bytes(payload.encode_batch([
+            {"type": "tick", "device": "dev-2", "position": p, "ts": 1.5, "data": {"v": p}}
+            for p in range(lo, hi)
+        ]))
+
+    srv = MiniServer()
+    calls: list[list[int]] = []
+    raw: list[Any] = []
+    ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url, subscribe=None)
+    ws.on_ticks = lambda ts, w: calls.append([t["position"] for t in ts])
+    try:
+        start(ws)  # start() owns on_message while it connects
+        ws.on_message = lambda m, w: raw.append(m)
+        srv.broadcast(batch(1, 101))
+        srv.broadcast(batch(101, 201))
+        srv.broadcast(batch(150, 251))  # overlaps: 150..200 are duplicates
+        srv.broadcast(batch(10, 20))  # entirely old
+        srv.broadcast(batch(251, 261))
+        wait_for(lambda: sum(map(len, calls)) >= 260, what="ticks")
+        # on_message sees the batches too (and maybe the welcome text, which races start())
+        wait_for(lambda: sum(isinstance(m, bytes) for m in raw) == 5, what="raw frames")
+        flat = [p for c in calls for p in c]
+        assert flat == list(range(1, 261))
+        assert all(c == list(range(c[0], c[-1] + 1)) for c in calls)
+        assert ws.position == 260
+        assert ws.stats()["duplicates_dropped"] == 51 + 10
+    finally:
+        finish(ws)
+        srv.close()

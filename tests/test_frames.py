@@ -7,6 +7,7 @@ IOTCOMMUTE_REQUIRE_EXTENSIONS=1 and then a missing build is a failure (see test_
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import struct
 import zlib
@@ -163,6 +164,76 @@ def test_any_chunking_identical(impl: ModuleType) -> None:
     assert e is None and len(whole) == 5
     for chunk in (1, 2, 5, 127, 65536, 10**6):
         assert run(impl, stream, chunk) == (whole, None)
+
+
+def test_every_split_point(impl: ModuleType) -> None:
+    # Split headers and split payloads (assembled in place) at every offset, including a
+    # split inside a multi-byte character and fragments that switch from ASCII to UTF-8.
+    stream = (
+        frame(2, b"")
+        + frame(1, "é€".encode() * 40)
+        + frame(2, bytes(range(256)) * 2)
+        + frame(1, b"abc", fin=False)
+        + frame(9, b"ping")
+        + frame(0, "dé".encode(), fin=False)
+        + frame(0, b"f" * 130)
+        + frame(1, "€".encode() * 3, fin=False)
+        + frame(0, b"xyz")
+        + frame(2, b"\x07")
+    )
+    whole, e = run(impl, stream)
+    assert e is None and len(whole) == 7
+    assert whole[4] == "abcdé" + "f" * 130 and whole[5] == "€€€xyz"
+    for i in range(len(stream) + 1):
+        r = impl.FrameReader()
+        r.feed_data(stream[:i])
+        r.feed_data(stream[i:])
+        assert (r.events, r.error) == (whole, None), i
+    for i in range(0, len(stream), 97):
+        r = impl.FrameReader()
+        cuts = [0, i, i + 1, i + 3, i + 50, len(stream)]
+        for a, b in itertools.pairwise(cuts):
+            r.feed_data(stream[a:b])
+        assert (r.events, r.error) == (whole, None), i
+
+
+def test_big_frame_split_headers(impl: ModuleType) -> None:
+    # 64-bit and 16-bit length headers split at each byte, then the payload in odd reads.
+    payload = bytes(i & 0xFF for i in range(70001))
+    stream = frame(2, payload) + frame(1, b"t" * 300) + frame(2, b"end")
+    for cut in range(1, 14):
+        r = impl.FrameReader()
+        r.feed_data(stream[:cut])
+        for i in range(cut, len(stream), 9973):
+            r.feed_data(stream[i : i + 9973])
+        assert (r.events, r.error) == ([payload, "t" * 300, b"end"], None), cut
+
+
+def test_fragmented_text_ascii_then_multibyte(impl: ModuleType) -> None:
+    data = frame(1, b"abc", fin=False) + frame(0, b"d\xc3", fin=False) + frame(0, b"\xa9e")
+    assert run(impl, data) == (["abcdée"], None)
+    data = frame(1, b"\xc3", fin=False) + frame(0, b"\xa9", fin=False) + frame(0, b"zz")
+    assert run(impl, data) == (["ézz"], None)
+    bad = frame(1, b"abc", fin=False) + frame(0, b"ok", fin=False) + frame(0, b"\xc3(")
+    assert type(err(impl, bad)) is InvalidUTF8Error
+    assert run(impl, bad[:-4])[1] is None  # the ASCII prefix alone is fine
+
+
+def test_frame_larger_than_preallocation(impl: ModuleType) -> None:
+    # Over _PREALLOC_MAX the payload buffer grows as data arrives instead.
+    size = impl._PREALLOC_MAX + 5 if hasattr(impl, "_PREALLOC_MAX") else 64 * 2**20 + 5
+    chunk = b"z" * 2**22
+    r = impl.FrameReader(max_size=2**30)
+    r.feed_data(bytes((0x82, 127)) + size.to_bytes(8, "big"))
+    left = size
+    while left:
+        piece = chunk if left >= len(chunk) else chunk[:left]
+        r.feed_data(piece)
+        left -= len(piece)
+    r.feed_data(frame(2, b"next"))
+    assert r.error is None and len(r.events) == 2
+    assert len(r.events[0]) == size and r.events[0][-3:] == b"zzz" and r.events[1] == b"next"
+    del r
 
 
 def test_accepts_bytearray_and_memoryview(impl: ModuleType) -> None:
