@@ -15,6 +15,7 @@ import time (in smoke mode they keep their own small default).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_min_rounds = 1
         config.option.benchmark_max_time = 0.0
         config.option.benchmark_warmup = False
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`pytest --benchmark` alone runs benchmarks/ only (explicit paths are honoured)."""
+    if not config.getoption("benchmark"):
+        return None
+    if config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return None
+    tests = config.rootpath / "tests"
+    if collection_path == tests or tests in collection_path.parents:
+        return True
+    return None
