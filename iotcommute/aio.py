@@ -12,6 +12,11 @@ The callback attributes (on_tick, on_gap, ...) work too and run on the loop. Tic
 queued for `async for` unless on_tick/on_ticks is set and no iteration has started (a
 callback-only user never drains the queue, which would otherwise pause the stream);
 iterate=False turns the queue off entirely.
+
+send()/publish() are corked: the frames of one loop iteration (at most 64 KiB of them)
+go out in one socket write, and a send waits only while the socket's write buffer is over
+its high-water mark -- so a tight `await ws.send(...)` loop costs no syscall per frame
+and still cannot queue without bound.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ loop thread (a private uvloop/asyncio loop created per connect(): no process-glo
 reactor, and a stopped client can connect again). A callback that raises is logged and
 passed to on_error; it never kills the connection.
 
-Callbacks: on_connect(ws), on_tick(tick, ws), on_ticks(ticks, ws) -- every new tick of
-one network read (a binary batch, or the JSON ticks that arrived together), after on_tick
-ran for each --, on_message(raw, ws), on_command(command, ws) (answer with ws.ack()),
+Callbacks: on_connect(ws), on_tick(tick, ws), on_ticks(ticks, ws) -- the new ticks of
+one binary batch frame, or of up to 32 JSON ticks that arrived in one network read, in
+stream order and after on_tick ran for each --, on_message(raw, ws) (every text/binary message
+as received; with no tick consumer set, binary frames are not decoded at all),
+on_command(command, ws) (answer with ws.ack()),
 on_close(code, reason, ws), on_error(error, ws), on_reconnect(attempt, ws),
 on_noreconnect(ws), on_gap(gap, ws).
 

@@ -230,66 +230,32 @@ def test_callback_only_use_never_stalls_on_a_full_queue(server: ServerThread, ru
     run(main())
 
 
-def test_corked_sends_keep_order_and_go_out_before_close(run: Any) -> None:
-    """Small sends are coalesced per loop iteration; nothing is lost or reordered, a
-    protocol write (subscribe) and the close frame wait for the sends queued before them."""
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer, wait_for
+class _Peer:
+    """A bare WebSocket peer on a thread: accepts one upgrade, then (after `release()` when
+    `stall`) reads and parses every client frame. `frames` keeps (opcode, payload) when
+    `keep`, `count` counts data frames. On the client's close frame it answers with a close
+    and hangs up, like a server, so the client's close completes at once."""
 
-    from iotcommute.transport import CORK_BYTES
-
-    def note(i: int) -> str:  # JSON of a type the server ignores
-        return f'{{"type":"note","i":"{i:05d}","pad":"{"x" * 20}"}}'
-
-    srv = MiniServer()
-    n = 3000  # > CORK_BYTES worth of text: the size bound flushes too, not only the loop
-
-    async def main() -> None:
-        ws = AsyncWebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url, subscribe=None)
-        async with ws:
-            for i in range(n // 2):
-                await ws.send(note(i))
-            ws.subscribe("*")  # written at once, but after the sends queued above
-            for i in range(n // 2, n):
-                await ws.send(f"m{i:05d}".encode() + b"y" * 40)
-        # the context exit closed right after the last send, without yielding first
-
-    try:
-        assert n * 46 > CORK_BYTES
-        run(main())
-        # the server app may still be draining its receive queue after the close
-        wait_for(lambda: sum(isinstance(m, bytes) for m in srv.received) >= n // 2,
-                 what="every frame at the server")
-        got = list(srv.received)
-        texts = [m for m in got if isinstance(m, str) and m.startswith('{"type":"note"')]
-        binaries = [m for m in got if isinstance(m, bytes)]
-        assert texts == [note(i) for i in range(n // 2)]
-        assert binaries == [f"m{i:05d}".encode() + b"y" * 40 for i in range(n // 2, n)]
-        sub = next(i for i, m in enumerate(got) if isinstance(m, str) and '"subscribe"' in m)
-        assert sub == n // 2  # after every earlier send, before every later one
-    finally:
-        srv.close()
-
-
-class _StalledPeer:
-    """Accepts one WebSocket upgrade and then reads nothing until `release()`; counts the
-    bytes it eventually reads (so a test can check every frame arrived) and answers with a
-    close frame and hangs up once `expect` bytes arrived (the client's close completes)."""
-
-    def __init__(self, expect: int) -> None:
-        self.expect = expect
+    def __init__(self, *, stall: bool = False, keep: bool = True) -> None:
         import socket
         import threading
 
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(30)
         self.port = self.sock.getsockname()[1]
-        self.upgraded = threading.Event()
+        self.keep = keep
+        self.frames: list[tuple[int, bytes]] = []
+        self.count = 0
+        self.closed = threading.Event()
         self._go = threading.Event()
-        self.received = 0
+        if not stall:
+            self._go.set()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         import base64
@@ -301,7 +267,7 @@ class _StalledPeer:
             head = b""
             while b"\r\n\r\n" not in head:
                 head += conn.recv(4096)
-            request, _, rest = head.partition(b"\r\n\r\n")
+            request, _, buf = head.partition(b"\r\n\r\n")
             key = b""
             for line in request.split(b"\r\n"):
                 name, _, value = line.partition(b":")
@@ -314,15 +280,40 @@ class _StalledPeer:
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
             )
-            self.upgraded.set()
             self._go.wait(30)
-            self.received = len(rest)
-            while self.received < self.expect:
+            while True:
+                buf = self._parse(buf)
+                if self.closed.is_set():
+                    conn.sendall(b"\x88\x02\x03\xe8")  # close 1000, then hang up
+                    return
                 chunk = conn.recv(1 << 20)
                 if not chunk:
-                    break
-                self.received += len(chunk)
-            conn.sendall(b"\x88\x02\x03\xe8")  # close 1000, then hang up like a server
+                    return
+                buf += chunk
+
+    def _parse(self, buf: bytes) -> bytes:
+        """Consume the complete masked client frames at the start of buf; return the rest."""
+        pos = 0
+        while len(buf) - pos >= 6:
+            op, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            hdr = 2
+            if n == 126:
+                n, hdr = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif n == 127:
+                n, hdr = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            end = pos + hdr + 4 + n
+            if end > len(buf):
+                break
+            if op == 8:
+                self.closed.set()
+                return b""
+            self.count += 1
+            if self.keep:
+                mask = buf[pos + hdr : pos + hdr + 4]
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(buf[pos + hdr + 4 : end]))
+                self.frames.append((op, data))
+            pos = end
+        return buf[pos:]
 
     def release(self) -> None:
         self._go.set()
@@ -333,19 +324,53 @@ class _StalledPeer:
         self.sock.close()
 
 
+def _bare_client(peer: _Peer, **kw: Any) -> AsyncWebSocket:
+    return AsyncWebSocket(
+        KEY, DEV, "device", url=peer.url, subscribe=None, ping_interval=None,
+        reconnect=False, **kw,
+    )
+
+
+def test_corked_sends_keep_order_and_go_out_before_close(run: Any) -> None:
+    """Small sends are coalesced per loop iteration; nothing is lost or reordered, a
+    protocol write (subscribe) and the close frame wait for the sends queued before them."""
+    from iotcommute.transport import CORK_BYTES
+
+    peer = _Peer()
+    n = 3000  # > CORK_BYTES worth of frames: the size bound flushes too, not only the loop
+
+    async def main() -> None:
+        async with _bare_client(peer) as ws:
+            for i in range(n // 2):
+                await ws.send(f"text {i}")
+            ws.subscribe("*")  # written at once, but after the sends queued above
+            for i in range(n // 2, n):
+                await ws.send(f"binary {i}".encode() + b"y" * 32)
+        # the context exit closed right after the last send, without yielding first
+
+    try:
+        assert n * 40 > CORK_BYTES
+        run(main())
+        peer.thread.join(30)
+        assert peer.closed.is_set()
+        texts = [(1, f"text {i}".encode()) for i in range(n // 2)]
+        binaries = [(2, f"binary {i}".encode() + b"y" * 32) for i in range(n // 2, n)]
+        assert peer.frames[: n // 2] == texts
+        assert peer.frames[n // 2][0] == 1 and b'"subscribe"' in peer.frames[n // 2][1]
+        assert peer.frames[n // 2 + 1 :] == binaries
+    finally:
+        peer.close()
+
+
 def test_send_waits_for_drain_only_above_the_high_water_mark(run: Any) -> None:
     """A peer that stops reading: sends complete until the socket buffers fill, then the
     sender waits (memory stays bounded) and resumes once the peer reads again."""
     n = 200_000  # 256-byte frames: ~53 MB, far more than loopback buffers hold
     frame = "z" * 256
-    wire_size = 2 + 2 + 4 + 256  # header, 16-bit length, mask key, payload
-    peer = _StalledPeer(n * wire_size + 8)  # + our close frame (code 1000, masked)
+    peer = _Peer(stall=True, keep=False)
 
     async def main() -> None:
-        ws = AsyncWebSocket(
-            KEY, DEV, "device", url=f"ws://127.0.0.1:{peer.port}", subscribe=None,
-            ping_interval=None, reconnect=False, close_timeout=10,
-        )
+        ws = _bare_client(peer)
         await ws.connect()
         sent = 0
 
@@ -371,6 +396,6 @@ def test_send_waits_for_drain_only_above_the_high_water_mark(run: Any) -> None:
     try:
         run(main())
         peer.thread.join(30)
-        assert peer.received >= n * wire_size  # + the close frame
+        assert peer.closed.is_set() and peer.count == n
     finally:
         peer.close()

@@ -607,8 +607,8 @@ def test_raw_consumer_gets_any_text_and_control_messages_still_work() -> None:
 
 
 def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
-    """on_ticks without on_tick: a new binary batch is delivered as one list (fast path);
-    an overlapping batch goes through the per-tick duplicate filter; order is kept."""
+    """A new binary batch is delivered as one list (fast path); an overlapping batch goes
+    through the per-tick duplicate filter; on_tick and on_ticks see the same ticks in order."""
     from test_client_support import DEVICE as MINI_DEV
     from test_client_support import KEY as MINI_KEY
     from test_client_support import MiniServer
@@ -626,6 +626,8 @@ def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
     raw: list[Any] = []
     ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url, subscribe=None)
     ws.on_ticks = lambda ts, w: calls.append([t["position"] for t in ts])
+    singles: list[int] = []
+    ws.on_tick = lambda t, w: singles.append(t["position"])
     try:
         start(ws)  # start() owns on_message while it connects
         ws.on_message = lambda m, w: raw.append(m)
@@ -639,9 +641,27 @@ def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
         wait_for(lambda: sum(isinstance(m, bytes) for m in raw) == 5, what="raw frames")
         flat = [p for c in calls for p in c]
         assert flat == list(range(1, 261))
+        assert singles == flat  # on_tick saw the same ticks, each once
         assert all(c == list(range(c[0], c[-1] + 1)) for c in calls)
         assert ws.position == 260
         assert ws.stats()["duplicates_dropped"] == 51 + 10
     finally:
         finish(ws)
         srv.close()
+
+
+def test_on_ticks_json_lists_are_bounded_and_in_order(server: ServerThread) -> None:
+    """JSON ticks reach on_ticks in stream order, in lists of at most JSON_TICKS_CHUNK."""
+    from iotcommute.transport import JSON_TICKS_CHUNK
+
+    calls: list[list[int]] = []
+    ws = client(server)
+    ws.on_ticks = lambda ts, w: calls.append([t["position"] for t in ts])
+    start(ws)
+    try:
+        expected = append(server, 1000)
+        wait_for(lambda: sum(map(len, calls)) >= 1000, what="ticks")
+        assert [p for c in calls for p in c] == expected
+        assert max(map(len, calls)) <= JSON_TICKS_CHUNK
+    finally:
+        finish(ws)
