@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotcommute.server import Log, Registry, demo_registry, load_registry
+from iotcommute.server.log import Block, Record
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY, SessionStore
+from iotcommute.server.simulate import Firehose
 
 
 def test_positions_start_at_one_and_increase() -> None:
@@ -119,6 +122,95 @@ def test_sqlite_keeps_positions_and_data(tmp_path: Path) -> None:
     assert again.append("d", {}, 0.0) == 9
     again.close()
     assert Log(retain=100, db=db).last_position == 9
+
+
+class _Dev2Block(Block):
+    """Positions alternate between devices "a" and "b"; data {"p": position}."""
+
+    def __init__(self, start: int, n: int) -> None:
+        super().__init__(start, n, frozenset({"a", "b"}))
+        self.made: dict[int, Record] = {}
+
+    def record(self, position: int) -> Record:
+        assert self.start <= position < self.end
+        r = self.made.get(position)
+        if r is None:
+            dev = "ab"[position % 2]
+            r = self.made[position] = Record(position, dev, 1.0, {"p": position})
+        return r
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(st.one_of(st.none(), st.integers(1, 40)), min_size=1, max_size=30),
+    retain=st.integers(1, 120),
+    after=st.integers(0, 400),
+    limit=st.integers(1, 50),
+)
+def test_blocks_read_like_appended_records(
+    ops: list[int | None], retain: int, after: int, limit: int
+) -> None:
+    """A log fed with blocks reads exactly like one fed record by record."""
+    log, model = Log(retain=retain), Log(retain=retain)
+    for op in ops:
+        if op is None:
+            p = model.last_position + 1
+            model.append("ab"[p % 2], {"p": p}, 1.0)
+            log.append("ab"[p % 2], {"p": p}, 1.0)
+        else:
+            for p in range(model.last_position + 1, model.last_position + op + 1):
+                model.append("ab"[p % 2], {"p": p}, 1.0)
+            assert log.extend_block(_Dev2Block(log.last_position + 1, op)) == model.last_position
+    assert (log.first_position, log.last_position, len(log)) == (
+        model.first_position,
+        model.last_position,
+        len(model),
+    )
+    assert log.read(after, None, limit) == model.read(after, None, limit)
+    assert log.read(after, {"b"}, limit) == model.read(after, {"b"}, limit)
+    assert log.scan(after, {"a"}, limit, 7) == model.scan(after, {"a"}, limit, 7)
+    assert log.gap(after) == model.gap(after)
+    assert log.last_record() == model.last_record()
+    blk = log.block_after(after)
+    if blk is not None:
+        assert blk.start <= after + 1 < blk.end
+        assert log.read(after, None, 1)[0] is blk.record(after + 1)
+
+
+def test_extend_block_must_continue_the_positions() -> None:
+    log = Log()
+    log.append("a", {}, 1.0)
+    with pytest.raises(ValueError):
+        log.extend_block(_Dev2Block(5, 3))
+    with pytest.raises(ValueError):
+        log.extend_block(_Dev2Block(2, 0))
+    assert log.block_after(0) is None and log.last_position == 1
+
+
+def test_firehose_block_frames_match_its_records() -> None:
+    """Pre-encoded JSON frames and patched binary batches say what the records say."""
+    log = Log(retain=100_000)
+    fh = Firehose(log, ["sim-0001", "sim-0002", "sim-0003"], block=700)
+    while log.last_position < 2500:  # crosses the 3- to 4-digit boundary of positions
+        fh.refill()
+    assert log.read(998, None, 3)[0].position == 999  # blocks split at digit boundaries
+    for a, b in ((1, 10), (999, 1001), (1000, 1700), (1234, 1500), (2000, 2001)):
+        blk = log.block_after(a - 1)
+        assert blk is not None
+        b = min(b, blk.end)
+        recs = log.read(a - 1, None, b - a)
+        assert [r.position for r in recs] == list(range(a, b))
+        assert bytes(blk.json_frames(a, b) or b"") == b"".join(r.frame() for r in recs)
+        for r in recs[:5]:
+            assert json.loads(r.frame()[4 if r.frame()[1] == 126 else 2 :]) == r.as_tick()
+        payload = pytest.importorskip("iotcommute.payload")
+        frames = blk.binary_frames(a, b)
+        assert frames is not None
+        got = []
+        for f in frames:
+            assert f[0] == 0x82
+            got += payload.decode_batch(f[4 if f[1] == 126 else 2 :])
+        assert got == [r.as_tick() for r in recs]
 
 
 def test_registry_checks_credentials() -> None:

@@ -277,6 +277,55 @@ def test_slow_consumer_buffer_stays_bounded(
     ws.close()
 
 
+@pytest.mark.parametrize("fmt", ["json", "binary"])
+def test_firehose_slow_consumer_buffer_stays_bounded(
+    ref_server_factory: Callable[..., ServerThread], fmt: str
+) -> None:
+    """The firehose's pre-encoded writes obey write_high too, and it produces only as fast
+    as the reader takes ticks (one block ahead at most)."""
+    high, low = 64 * 1024, 16 * 1024
+    srv = ref_server_factory(
+        firehose=True,
+        simulate=3,
+        write_high=high,
+        write_low=low,
+        write_batch=20,
+        track_buffer=True,
+        retain=200_000,
+    )
+    payload = pytest.importorskip("iotcommute.payload") if fmt == "binary" else None
+    ws = RawWS(srv.port, rcvbuf=8192)
+    ws.recv_json()
+    ws.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": None, "format": fmt})
+
+    def conn_state() -> tuple[bool, int, int, int]:
+        (c,) = [c for c in srv.hub.connections if c.peer_id == README_DEVICE_ID]
+        assert c.transport is not None
+        return c.paused, c.sent_ticks, c.max_buffer_seen, srv.hub.log.last_position
+
+    deadline = time.monotonic() + 20
+    while not srv.call(conn_state)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    paused, sent, max_seen, last = srv.call(conn_state)
+    assert paused, f"the cursor should pause on a client that does not read ({sent} sent)"
+    # one write is at most max(write_batch, write_high // 1024) ticks of < 400 bytes
+    assert max_seen <= high + (high // 1024) * 400
+    assert last <= sent + 2048 + 1  # lazily produced: not a runaway log
+    got: list[int] = []
+    while len(got) < 20_000:
+        op, data = ws.recv_frame()
+        if op == 2:
+            assert payload is not None
+            got += [t["position"] for t in payload.decode_batch(data)]
+        elif op == 1:
+            m = json.loads(data)
+            if m["type"] == "tick":
+                got.append(m["position"])
+    assert got == list(range(got[0], got[0] + len(got)))
+    assert srv.call(conn_state)[2] <= high + (high // 1024) * 400
+    ws.close()
+
+
 def test_stuck_consumer_is_dropped(ref_server_factory: Callable[..., ServerThread]) -> None:
     srv = ref_server_factory(write_high=32 * 1024, write_low=8 * 1024, stuck_timeout=0.5)
     srv.call(
@@ -352,7 +401,8 @@ def test_session_user_is_the_command_sender(ref_server: ServerThread) -> None:
 def test_firehose_streams_real_positions(
     ref_server_factory: Callable[..., ServerThread], fmt: str
 ) -> None:
-    srv = ref_server_factory(firehose=True, simulate=3, retain=50_000)
+    # retain: the firehose runs ahead of this reader by what the socket buffers hold
+    srv = ref_server_factory(firehose=True, simulate=3, retain=200_000)
     payload = pytest.importorskip("iotcommute.payload") if fmt == "binary" else None
     ws = RawWS(srv.port)
     ws.recv_json()
@@ -376,6 +426,47 @@ def test_firehose_streams_real_positions(
         fh = srv.hub.binary_batch.__self__  # type: ignore[union-attr]
         assert fh.binary_ok and any(t is not None for t in fh._templates.values())
     ws.close()
+
+
+@pytest.mark.parametrize("fmt", ["json", "binary"])
+def test_firehose_resume_mid_block_and_filtered(
+    ref_server_factory: Callable[..., ServerThread], fmt: str
+) -> None:
+    """Resuming inside a firehose block, for every device or only one, loses nothing."""
+    srv = ref_server_factory(firehose=True, simulate=3, retain=50_000)
+    payload = pytest.importorskip("iotcommute.payload") if fmt == "binary" else None
+    refill = srv.hub.refill
+    assert refill is not None
+    while srv.call(lambda: srv.hub.log.last_position) < 30_000:
+        srv.call(refill)
+    frm = 9017  # not a block boundary
+    for devices, want in (("*", None), (["sim-0002"], "sim-0002")):
+        # read what to expect first: the firehose may run far ahead and trim these
+        recs = srv.call(srv.hub.log.read, frm, None if want is None else {want}, 4000)
+        assert len(recs) == 4000
+        ws = RawWS(srv.port)
+        ws.recv_json()
+        sub = {"type": "subscribe", "id": 1, "devices": devices, "from": frm, "format": fmt}
+        ws.send_json(sub)
+        ok = ws.recv_json()
+        assert ok["type"] == "subscribed", ok
+        got: list[dict[str, Any]] = []
+        while len(got) < 4000:
+            op, data = ws.recv_frame()
+            if op == 2:
+                assert payload is not None
+                got += payload.decode_batch(data)
+            elif op == 1:
+                got.append(json.loads(data))
+        del got[4000:]
+        assert got == [r.as_tick() for r in recs]
+        pos = [t["position"] for t in got]
+        if want is None:
+            assert pos == list(range(frm + 1, frm + 4001))
+        else:
+            assert {t["device"] for t in got} == {want} and pos == sorted(set(pos))
+            assert pos[0] <= frm + 3
+        ws.close()
 
 
 @settings(

@@ -4,6 +4,11 @@ Positions start at 1 and grow by exactly one per record, so the record at positi
 at index p - first_position: reads are O(1) to locate. The log is capped at `retain`
 records; older ones are trimmed and a cursor that asks for them gets a gap first.
 
+A bulk producer (the firehose) appends a `Block` instead of one Record per position: the
+log holds one reference to the block per position (a C-level list repeat, no per-record
+Python object), readers that need Records get them materialized on demand, and a cursor
+reading every device can ask the block for its pre-encoded frames directly.
+
 Readers wait at the tail on a future that the next append resolves (one future for all
 waiters, replaced after each wake-up), so an idle cursor costs nothing.
 
@@ -82,6 +87,37 @@ class Record:
     __hash__ = None  # type: ignore[assignment]
 
 
+class Block:
+    """Records start..start+n-1 appended in one call; subclasses say what they hold.
+
+    `record(p)` must always return the same Record for a position (materialized once);
+    the frame methods may return None to make the caller fall back to Records.
+    """
+
+    __slots__ = ("devices", "n", "start")
+
+    def __init__(self, start: int, n: int, devices: frozenset[str]) -> None:
+        self.start = start
+        self.n = n
+        self.devices = devices  # every device with a record in the block (a superset is fine)
+
+    @property
+    def end(self) -> int:
+        """One past the last position of the block."""
+        return self.start + self.n
+
+    def record(self, position: int) -> Record:
+        raise NotImplementedError
+
+    def json_frames(self, a: int, b: int) -> bytes | memoryview | None:
+        """The JSON tick frames of positions a..b-1, concatenated, or None."""
+        return None
+
+    def binary_frames(self, a: int, b: int) -> list[bytes] | None:
+        """Binary tick-batch frames of positions a..b-1, in order, or None."""
+        return None
+
+
 def _wake(w: asyncio.Future[None]) -> None:
     if not w.done():
         w.set_result(None)
@@ -94,7 +130,8 @@ class Log:
         if retain < 1:
             raise ValueError("retain must be >= 1")
         self.retain = retain
-        self._items: list[Record] = []
+        self._items: list[Record | Block] = []
+        self._blocks = False  # a Block was ever appended: reads must materialize
         self._head = 0  # index of the first retained record in _items
         self._last = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -113,8 +150,12 @@ class Log:
     @property
     def first_position(self) -> int:
         """Position of the oldest retained record (last_position + 1 when empty)."""
-        if self._head < len(self._items):
-            return self._items[self._head].position
+        items = self._items
+        if self._head < len(items):
+            r = items[self._head]
+            if type(r) is Record:
+                return r.position
+            return self._last - (len(items) - self._head) + 1
         return self._last + 1
 
     def __len__(self) -> int:
@@ -137,6 +178,11 @@ class Log:
             self._pending.append((pos, device, rec.ts, dumps(data)))
             if len(self._pending) >= 2000:
                 self.flush()
+        if self._waiter is not None:
+            self._wake()
+        return pos
+
+    def _wake(self) -> None:
         w = self._waiter
         if w is not None:
             self._waiter = None
@@ -146,47 +192,53 @@ class Log:
                     w.set_result(None)
             else:  # appended from another thread (a test): wake the loop safely
                 loop.call_soon_threadsafe(_wake, w)
-        return pos
 
-    def extend_frames(
-        self, items: list[tuple[str, dict[str, Any], float, bytes, tuple[Any, ...]]]
-    ) -> int:
-        """Append many records whose JSON frame and shape are already known (the firehose);
-        the frame must encode exactly `Record.as_tick()`. Returns the last position."""
-        pos = self._last
-        items_ = self._items
-        db_rows = self._pending if self._db is not None else None
-        for device, data, ts, frame, shape in items:
-            pos += 1
-            rec = Record(pos, device, ts, data)
-            rec._frame = frame
-            rec._shape = shape
-            items_.append(rec)
-            if db_rows is not None:
-                db_rows.append((pos, device, ts, dumps(data)))
-        self.appended += pos - self._last
-        self._last = pos
-        excess = len(items_) - self._head - self.retain
+    def _trim(self) -> None:
+        items = self._items
+        excess = len(items) - self._head - self.retain
         if excess > 0:
             self._head += excess
-            if self._head > 4096 and self._head * 2 > len(items_):
-                del items_[: self._head]
+            if self._head > 4096 and self._head * 2 > len(items):
+                del items[: self._head]
                 self._head = 0
-        if db_rows is not None and len(db_rows) >= 2000:
-            self.flush()
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            loop = w.get_loop()
-            if asyncio._get_running_loop() is loop:
-                if not w.done():
-                    w.set_result(None)
-            else:
-                loop.call_soon_threadsafe(_wake, w)
-        return pos
+
+    def extend_block(self, block: Block) -> int:
+        """Append the records of a block (block.start must be last_position + 1): one
+        list operation and one wake-up for the whole block. Returns the last position."""
+        if block.start != self._last + 1 or block.n < 1:
+            raise ValueError("a block must start right after the last position")
+        self._items += [block] * block.n
+        self._blocks = True
+        self._last = block.start + block.n - 1
+        self.appended += block.n
+        self._trim()
+        if self._db is not None:
+            rows = self._pending
+            for p in range(block.start, block.start + block.n):
+                r = block.record(p)
+                rows.append((p, r.device, r.ts, dumps(r.data)))
+            if len(rows) >= 2000:
+                self.flush()
+        if self._waiter is not None:
+            self._wake()
+        return self._last
+
+    def block_after(self, after: int) -> Block | None:
+        """The block holding position after + 1, if that record came in a block."""
+        if not self._blocks or after >= self._last:
+            return None
+        first = self.first_position
+        if after < first - 1:
+            return None
+        r = self._items[self._head + (after + 1 - first)]
+        return r if type(r) is not Record else None  # type: ignore[return-value]
 
     def last_record(self) -> Record:
-        return self._items[-1]
+        return self._at(self._last, self._items[-1])
+
+    @staticmethod
+    def _at(position: int, r: Record | Block) -> Record:
+        return r if isinstance(r, Record) else r.record(position)
 
     # -- reading ---------------------------------------------------------
     def read(
@@ -212,21 +264,29 @@ class Log:
             return [], after
         start = self._head + (after + 1 - first)
         items = self._items
+        blocks = self._blocks
         if devices is None:
             end = min(len(items), start + limit)
             out = items[start:end]
-            return out, out[-1].position
-        out = []
+            if blocks:
+                at = self._at
+                out = [at(p, r) for p, r in enumerate(out, after + 1)]
+            return out, after + len(out)  # type: ignore[return-value]
+        found: list[Record] = []
         end = min(len(items), start + max_scan)
         i = start
+        p = after
         while i < end:
             r = items[i]
             i += 1
-            if r.device in devices:
-                out.append(r)
-                if len(out) >= limit:
+            p += 1
+            if blocks and type(r) is not Record:
+                r = r.record(p)  # type: ignore[union-attr]
+            if r.device in devices:  # type: ignore[union-attr]
+                found.append(r)  # type: ignore[arg-type]
+                if len(found) >= limit:
                     break
-        return out, items[i - 1].position
+        return found, p
 
     def gap(self, after: int) -> tuple[int, int, int] | None:
         """(from, to, missed) when records after `after` were trimmed, else None."""

@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from .hub import Hub
-from .log import Log, Record
+from .log import Block, Log, Record
 from .registry import sim_device_id
-from .wire import OP_TEXT, dumps, frame_header
+from .wire import OP_BINARY, OP_TEXT, dumps, encode_frame, frame_header
 
 logger = logging.getLogger("iotcommute.server.simulate")
 
@@ -98,13 +98,17 @@ async def run_simulator(hub: Hub, sims: list[SimDevice], rate: float) -> None:
 
 
 class Firehose:
-    """Refills the log whenever a cursor reaches the tail, with frames encoded once.
+    """Refills the log whenever a cursor reaches the tail, a whole block per call.
 
-    Telemetry values come from a small pool of pre-generated ticks, so the cost per record
-    is an append plus one bytes concatenation; positions and timestamps are real.
+    Telemetry values come from a small pool of pre-generated ticks. A refill appends one
+    `FirehoseBlock` (no Python object per record): its JSON frames are built for the whole
+    block with one join over cached pieces (only positions and the timestamp differ from
+    block to block), its binary batches are patched copies of verified templates, and a
+    Record is materialized only for a reader that asks for one. Positions and timestamps
+    are real, so resuming from any position works as for any other record.
     """
 
-    def __init__(self, log: Log, device_ids: list[str], block: int = 2000, pool: int = 256) -> None:
+    def __init__(self, log: Log, device_ids: list[str], block: int = 2048, pool: int = 256) -> None:
         self.log = log
         self.block = block
         ids = device_ids or ["sim-0001"]
@@ -118,8 +122,10 @@ class Firehose:
             shape = (tuple(data), tuple(map(type, data.values())))
             shape = shapes.setdefault(shape, shape)  # one object per shape: `is` compares fast
             self._pool.append((s.id, head, data, b',"data":' + dumps(data) + b"}", shape))
+        self.devices = frozenset(e[0] for e in self._pool)
         self._i = 0
-        self._headers: dict[int, bytes] = {}
+        # JSON pieces and frame offsets by (first pool index, count, digits, len(ts part))
+        self._json: dict[tuple[int, int, int, int], tuple[list[bytes], list[int]]] = {}
         # Binary batches: pool data dict -> pool index (the pool keeps the dicts alive, so
         # their ids cannot be reused), and verified batch templates by (first index, length).
         self._index = {id(e[2]): i for i, e in enumerate(self._pool)}
@@ -127,26 +133,70 @@ class Firehose:
         self.binary_ok = True
 
     def refill(self) -> None:
-        pool = self._pool
-        n = len(pool)
-        i = self._i
-        pos = self.log.last_position
-        ts = time.time()
+        a = self.log.last_position + 1
+        n = self.block
+        top = 10 ** len(str(a))
+        if a + n > top:  # every position of a block has the same number of digits
+            n = top - a
+        k = self._i
+        self._i = (k + n) % len(self._pool)
+        self.log.extend_block(FirehoseBlock(self, a, n, k, time.time()))
+
+    def json_blob(self, a: int, n: int, k: int, ts: float) -> tuple[bytes, list[int]]:
+        """Frames of n records from pool index k at positions a.., timestamp ts, joined;
+        with the n + 1 frame boundaries."""
+        digits = len(str(a))
         ts_b = b',"ts":' + dumps(ts)
-        headers = self._headers
-        out: list[tuple[str, dict[str, Any], float, bytes, tuple[Any, ...]]] = []
-        for _ in range(self.block):
-            dev, head, data, tail, shape = pool[i]
-            i = (i + 1) % n
-            pos += 1
-            payload = head + str(pos).encode() + ts_b + tail
-            size = len(payload)
-            h = headers.get(size)
-            if h is None:
-                h = headers[size] = frame_header(OP_TEXT, size)
-            out.append((dev, data, ts, h + payload, shape))
-        self._i = i
-        self.log.extend_frames(out)
+        key = (k, n, digits, len(ts_b))
+        t = self._json.get(key)
+        if t is None:
+            if len(self._json) > 256:
+                self._json.clear()
+            pool = self._pool
+            npool = len(pool)
+            pieces: list[bytes] = []
+            offsets = [0]
+            for j in range(n):
+                _, head, _, tail, _ = pool[(k + j) % npool]
+                size = len(head) + digits + len(ts_b) + len(tail)
+                pieces += (frame_header(OP_TEXT, size) + head, b"", b"", tail)
+                offsets.append(offsets[-1] + len(pieces[-4]) + size - len(head))
+            t = self._json[key] = (pieces, offsets)
+        pieces, offsets = t
+        pieces[1::4] = " ".join(map(str, range(a, a + n))).encode().split()
+        pieces[2::4] = [ts_b] * n
+        return b"".join(pieces), offsets
+
+    def binary_run(self, k: int, a: int, n: int, ts: float) -> bytes | None:
+        """The tick batch of n pool records from index k at positions a.. (timestamp ts)."""
+        if not self.binary_ok:
+            return None
+        key = (k, n)
+        t = self._templates.get(key, _MISSING)
+        if t is _MISSING:
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            t = self._templates[key] = self._build(k, n)
+        if t is None:
+            return None
+        assert isinstance(t, _Template)
+        buf = bytearray(t.blob)
+        if t.stride:
+            # Rows of one size: patch the position and timestamp columns byte by byte
+            # (16 strided copies) instead of two struct calls per tick.
+            mv = memoryview(buf)
+            stop = t.pos_offsets[-1] + 1
+            pos_b = struct.pack(f"<{n}Q", *range(a, a + n))
+            for i in range(8):
+                mv[t.pos_offsets[0] + i : stop + i : t.stride] = pos_b[i::8]
+            stop = t.ts_offsets[-1] + 1
+            for i, c in enumerate(_D.pack(ts)):
+                mv[t.ts_offsets[0] + i : stop + i : t.stride] = bytes((c,)) * n
+        else:
+            for j, (po, to) in enumerate(zip(t.pos_offsets, t.ts_offsets)):
+                _Q.pack_into(buf, po, a + j)
+                _D.pack_into(buf, to, ts)
+        return bytes(buf)
 
     # -- binary batches ------------------------------------------------------------
     def binary_batch(self, recs: list[Record]) -> bytes | None:
@@ -170,20 +220,10 @@ class Firehose:
             if r.position != p0 + j or index.get(id(r.data)) != i:
                 return None
             i = i + 1 if i + 1 < npool else 0
-        key = (k, len(recs))
-        t = self._templates.get(key, _MISSING)
-        if t is _MISSING:
-            if len(self._templates) > 4096:
-                self._templates.clear()
-            t = self._templates[key] = self._build(k, len(recs))
-        if t is None:
+        ts = recs[0].ts
+        if any(r.ts != ts for r in recs):
             return None
-        assert isinstance(t, _Template)
-        buf = bytearray(t.blob)
-        for r, po, to in zip(recs, t.pos_offsets, t.ts_offsets):
-            _Q.pack_into(buf, po, r.position)
-            _D.pack_into(buf, to, r.ts)
-        return bytes(buf)
+        return self.binary_run(k, p0, len(recs), ts)
 
     def _build(self, k: int, n: int) -> _Template | None:
         try:
@@ -229,13 +269,72 @@ class Firehose:
         return _Template(blob, pos_offsets, ts_offsets)
 
 
+class FirehoseBlock(Block):
+    """`n` firehose records from pool index `k` at positions start.., one timestamp."""
+
+    __slots__ = ("_json", "_offsets", "_recs", "fh", "k", "ts")
+
+    def __init__(self, fh: Firehose, start: int, n: int, k: int, ts: float) -> None:
+        super().__init__(start, n, fh.devices)
+        self.fh = fh
+        self.k = k
+        self.ts = ts
+        self._json: bytes | None = None
+        self._offsets: list[int] = []
+        self._recs: list[Record | None] | None = None
+
+    def _blob(self) -> tuple[bytes, list[int]]:
+        if self._json is None:
+            self._json, self._offsets = self.fh.json_blob(self.start, self.n, self.k, self.ts)
+        return self._json, self._offsets
+
+    def json_frames(self, a: int, b: int) -> memoryview:
+        blob, off = self._blob()
+        return memoryview(blob)[off[a - self.start] : off[b - self.start]]
+
+    def binary_frames(self, a: int, b: int) -> list[bytes] | None:
+        fh = self.fh
+        npool = len(fh._pool)
+        out = []
+        while a < b:
+            n = min(100, b - a)
+            batch = fh.binary_run((self.k + a - self.start) % npool, a, n, self.ts)
+            if batch is None:
+                return None
+            out.append(encode_frame(OP_BINARY, batch))
+            a += n
+        return out
+
+    def record(self, position: int) -> Record:
+        recs = self._recs
+        if recs is None:
+            recs = self._recs = [None] * self.n
+        j = position - self.start
+        r = recs[j]
+        if r is None:
+            blob, off = self._blob()
+            dev, _, data, _, shape = self.fh._pool[(self.k + j) % len(self.fh._pool)]
+            r = recs[j] = Record(position, dev, self.ts, data)
+            r._frame = blob[off[j] : off[j + 1]]
+            r._shape = shape
+        return r
+
+
 class _Template:
-    __slots__ = ("blob", "pos_offsets", "ts_offsets")
+    __slots__ = ("blob", "pos_offsets", "stride", "ts_offsets")
 
     def __init__(self, blob: bytes, pos_offsets: list[int], ts_offsets: list[int]) -> None:
         self.blob = blob
         self.pos_offsets = pos_offsets
         self.ts_offsets = ts_offsets
+        # One row size for every tick (the usual case): columns can be patched in one go.
+        stride = pos_offsets[1] - pos_offsets[0] if len(pos_offsets) > 1 else 0
+        uniform = stride > 8 and all(
+            pos_offsets[j] - pos_offsets[j - 1] == stride
+            and ts_offsets[j] - ts_offsets[j - 1] == stride
+            for j in range(1, len(pos_offsets))
+        )
+        self.stride = stride if uniform else 0
 
 
 _MISSING: Any = object()
