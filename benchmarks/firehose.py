@@ -124,8 +124,13 @@ CASES: dict[str, Case] = {
         Case("bin4k", "binary", "4 KiB binary frames", 30_000),
         Case("bin64k", "binary", "64 KiB binary frames", 2_000),
         Case("text16k", "text", "16 KiB text in 16 fragments", 5_000, 1, 16),
-        Case("deflate", "ticks-json", "compressed JSON ticks (permessage-deflate)", 50_000,
-             compressed=True),
+        Case(
+            "deflate",
+            "ticks-json",
+            "compressed JSON ticks (permessage-deflate)",
+            50_000,
+            compressed=True,
+        ),
     )
 }
 
@@ -328,8 +333,10 @@ def handshake(conn: Conn) -> tuple[str, bool] | None:
     known = (parts[0] == "echo" and len(parts) == 1) or (
         len(parts) == 3
         and parts[2].isdigit()
-        and ((parts[0] == "sink" and parts[1].isdigit()) or (parts[0] in ("recv", "prepare")
-             and parts[1] in CASES))
+        and (
+            (parts[0] == "sink" and parts[1].isdigit())
+            or (parts[0] in ("recv", "prepare") and parts[1] in CASES)
+        )
     )
     if not known:
         conn.sock.sendall(_http_error(404, "Not Found"))

@@ -368,7 +368,10 @@ class Picows(CallbackSubject):
         loop = asyncio.get_running_loop()
         closed: asyncio.Future[None] = loop.create_future()
         TEXT, BINARY, CONT, CLOSE = (
-            WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.CLOSE,
+            WSMsgType.TEXT,
+            WSMsgType.BINARY,
+            WSMsgType.CONTINUATION,
+            WSMsgType.CLOSE,
         )
 
         class Listener(WSListener):
@@ -380,7 +383,8 @@ class Picows(CallbackSubject):
                 if mt is BINARY or mt is TEXT:
                     if frame.fin:
                         on_message(
-                            frame.get_payload_as_utf8_text() if mt is TEXT
+                            frame.get_payload_as_utf8_text()
+                            if mt is TEXT
                             else frame.get_payload_as_bytes()
                         )
                     else:
@@ -564,9 +568,10 @@ class Aiohttp(Subject):
 
         async def go() -> None:
             feed = counter.feed
-            async with aiohttp.ClientSession() as session, session.ws_connect(
-                url, compress=15 if compressed else 0, max_msg_size=0
-            ) as ws:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(url, compress=15 if compressed else 0, max_msg_size=0) as ws,
+            ):
                 async for msg in ws:
                     if (msg.type is TEXT or msg.type is BINARY) and feed(msg.data):
                         break
@@ -577,9 +582,10 @@ class Aiohttp(Subject):
         import aiohttp
 
         async def go() -> None:
-            async with aiohttp.ClientSession() as session, session.ws_connect(
-                url, compress=0
-            ) as ws:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(url, compress=0) as ws,
+            ):
                 for _ in range(n):
                     await ws.send_str(text)
                 await ws.receive()
@@ -590,9 +596,10 @@ class Aiohttp(Subject):
         import aiohttp
 
         async def go() -> list[float]:
-            async with aiohttp.ClientSession() as session, session.ws_connect(
-                url, compress=0
-            ) as ws:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(url, compress=0) as ws,
+            ):
 
                 async def one() -> float:
                     t0 = time.perf_counter()
@@ -754,8 +761,15 @@ class IotcommuteAio(Subject):
         from iotcommute import AsyncWebSocket
 
         return AsyncWebSocket(
-            "bench-key", "bench-device", "client", url=url, ping_interval=None,
-            reconnect=False, compression=compressed, max_size=2**26, subscribe=None,
+            "bench-key",
+            "bench-device",
+            "client",
+            url=url,
+            ping_interval=None,
+            reconnect=False,
+            compression=compressed,
+            max_size=2**26,
+            subscribe=None,
             iterate=False,
         )
 
@@ -841,8 +855,15 @@ class IotcommuteSync(IotcommuteAio):
         from iotcommute import WebSocket
 
         return WebSocket(
-            "bench-key", "bench-device", "client", url=url, ping_interval=None,
-            reconnect=False, compression=compressed, max_size=2**26, subscribe=None,
+            "bench-key",
+            "bench-device",
+            "client",
+            url=url,
+            ping_interval=None,
+            reconnect=False,
+            compression=compressed,
+            max_size=2**26,
+            subscribe=None,
         )
 
     def _session(self, ws: Any, body: Callable[[], T]) -> T:
@@ -988,8 +1009,13 @@ class InWorker(Subject):
         # The worker builds its own Counter from the case and reports the count back.
         counter.count = int(
             worker("fallback").call(
-                op="recv", subject=self.inner.name, url=url, case=counter.case.name,
-                n=counter.n_messages, decoder=counter.decoder, compressed=compressed,
+                op="recv",
+                subject=self.inner.name,
+                url=url,
+                case=counter.case.name,
+                n=counter.n_messages,
+                decoder=counter.decoder,
+                compressed=compressed,
             )
         )
 
@@ -999,7 +1025,11 @@ class InWorker(Subject):
     def latency(self, url: str, m: int, rate: float, payload: str) -> list[float]:
         return list(
             worker("fallback").call(
-                op="latency", subject=self.inner.name, url=url, m=m, rate=rate,
+                op="latency",
+                subject=self.inner.name,
+                url=url,
+                m=m,
+                rate=rate,
                 payload=payload,
             )
         )
@@ -1023,17 +1053,35 @@ for _name in ("aio", "aio-ticks", "sync", "sync-ticks", "core"):
     SUBJECTS[_fallback.name] = _fallback
 #: send / latency / memory subjects (the "-ticks" variants differ only in receiving ticks)
 ORDER = [
-    "iotcommute-aio", "iotcommute-sync", "iotcommute-core",
-    "iotcommute-fallback-aio", "iotcommute-fallback-sync", "iotcommute-fallback-core",
-    "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
+    "iotcommute-aio",
+    "iotcommute-sync",
+    "iotcommute-core",
+    "iotcommute-fallback-aio",
+    "iotcommute-fallback-sync",
+    "iotcommute-fallback-core",
+    "picows",
+    "aiohttp",
+    "websockets",
+    "wsproto",
+    "websocket-client",
 ]
 #: receive subjects: ORDER plus the per-batch (on_ticks) variants next to their base
 RECV_ORDER = [
-    "iotcommute-aio", "iotcommute-aio-ticks", "iotcommute-sync", "iotcommute-sync-ticks",
+    "iotcommute-aio",
+    "iotcommute-aio-ticks",
+    "iotcommute-sync",
+    "iotcommute-sync-ticks",
     "iotcommute-core",
-    "iotcommute-fallback-aio", "iotcommute-fallback-aio-ticks", "iotcommute-fallback-sync",
-    "iotcommute-fallback-sync-ticks", "iotcommute-fallback-core",
-    "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
+    "iotcommute-fallback-aio",
+    "iotcommute-fallback-aio-ticks",
+    "iotcommute-fallback-sync",
+    "iotcommute-fallback-sync-ticks",
+    "iotcommute-fallback-core",
+    "picows",
+    "aiohttp",
+    "websockets",
+    "wsproto",
+    "websocket-client",
 ]
 
 

@@ -19,8 +19,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-LIBS = ["iotcommute", "picows", "aiohttp", "websockets", "wsproto", "websocket-client",
-        "uvloop", "orjson", "Cython", "pytest-benchmark"]
+LIBS = [
+    "iotcommute",
+    "picows",
+    "aiohttp",
+    "websockets",
+    "wsproto",
+    "websocket-client",
+    "uvloop",
+    "orjson",
+    "Cython",
+    "pytest-benchmark",
+]
 
 
 def cpu_model() -> str:
@@ -75,9 +85,12 @@ def _column(info: dict[str, Any]) -> str:
 def _ratio_table(title: str, rows: dict[str, dict[str, float]], order: list[str]) -> list[str]:
     """rows: row label -> {subject column -> items/s}."""
     ours = [c for c in order if _is_ours(c)]
-    out = [f"### {title}", "",
-           "| case | best peer | " + " | ".join(ours) + " |",
-           "|---|---|" + "---|" * len(ours)]
+    out = [
+        f"### {title}",
+        "",
+        "| case | best peer | " + " | ".join(ours) + " |",
+        "|---|---|" + "---|" * len(ours),
+    ]
     for label, cols in rows.items():
         peers = {k: v for k, v in cols.items() if not _is_ours(k)}
         best = max(peers.items(), key=lambda kv: kv[1]) if peers else None
@@ -95,8 +108,11 @@ def _ratio_table(title: str, rows: dict[str, dict[str, float]], order: list[str]
     out.append("| case | " + " | ".join(order) + " |")
     out.append("|---|" + "---|" * len(order))
     for label, cols in rows.items():
-        out.append(f"| {label} | " + " | ".join(
-            f"{rate(cols[c])}" if c in cols else "-" for c in order) + " |")
+        out.append(
+            f"| {label} | "
+            + " | ".join(f"{rate(cols[c])}" if c in cols else "-" for c in order)
+            + " |"
+        )
     out.append("")
     return out
 
@@ -141,12 +157,17 @@ def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
 
     lat = [r for r in records if r.get("section") == "latency"]
     if lat:
-        lines += ["### Round-trip latency (echo, steady rate)", "",
-                  "| subject | rate msg/s | messages | p50 µs | p99 µs | max µs |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "### Round-trip latency (echo, steady rate)",
+            "",
+            "| subject | rate msg/s | messages | p50 µs | p99 µs | max µs |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in lat:
-            lines.append(f"| {r['subject']} | {r['rate']:g} | {r['messages']} | "
-                         f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['max_us']:.0f} |")
+            lines.append(
+                f"| {r['subject']} | {r['rate']:g} | {r['messages']} | "
+                f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['max_us']:.0f} |"
+            )
         lines.append("")
     mem = [r for r in records if r.get("section") == "memory"]
     if mem:
@@ -156,19 +177,22 @@ def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
             by[str(r["subject"])][int(r["messages"])] = (
                 f"{r['base_mib'] + r['peak_growth_mib']:.1f} (+{r['peak_growth_mib']:.1f})"
             )
-        lines += [f"### Peak RSS receiving {mem[0]['case']}: MiB (+ growth over the RSS before the "
-                  "stream; warm process)", "",
-                  "| subject | " + " | ".join(f"{n} msgs" for n in lengths) + " |",
-                  "|---|" + "---|" * len(lengths)]
+        lines += [
+            f"### Peak RSS receiving {mem[0]['case']}: MiB (+ growth over the RSS before the "
+            "stream; warm process)",
+            "",
+            "| subject | " + " | ".join(f"{n} msgs" for n in lengths) + " |",
+            "|---|" + "---|" * len(lengths),
+        ]
         for subject, vals in by.items():
-            lines.append(f"| {subject} | " + " | ".join(
-                vals.get(n, "-") for n in lengths) + " |")
+            lines.append(f"| {subject} | " + " | ".join(vals.get(n, "-") for n in lengths) + " |")
         lines.append("")
     if others:
         lines += ["### Other benchmarks", "", "| benchmark | median s | rates |", "|---|---|---|"]
         for m, med, info in others:
             rates = ", ".join(
-                f"{k} {rate(float(v))}" for k, v in info.items()
+                f"{k} {rate(float(v))}"
+                for k, v in info.items()
                 if k.endswith("_per_s") and isinstance(v, int | float)
             )
             lines.append(f"| {getattr(m, 'name', '?')} | {med:.4f} | {rates or '-'} |")
@@ -181,8 +205,11 @@ def write(text: str, metas: list[Any], records: list[dict[str, Any]], folder: Pa
     path = folder / "summary.md"
     path.write_text(text + "\n")
     raw = [
-        {"name": getattr(m, "name", "?"), "median_s": _median(m),
-         "extra_info": getattr(m, "extra_info", {})}
+        {
+            "name": getattr(m, "name", "?"),
+            "median_s": _median(m),
+            "extra_info": getattr(m, "extra_info", {}),
+        }
         for m in metas
     ]
     (folder / "summary.json").write_text(

@@ -39,8 +39,14 @@ def test_latency(
     assert len(rtts) == m
     assert all(r > 0 for r in rtts)
     rtts.sort()
-    bench_record({
-        "section": "latency", "subject": subject_name, "rate": RATE, "messages": m,
-        "p50_us": percentile(rtts, 0.50) * 1e6, "p99_us": percentile(rtts, 0.99) * 1e6,
-        "max_us": rtts[-1] * 1e6,
-    })
+    bench_record(
+        {
+            "section": "latency",
+            "subject": subject_name,
+            "rate": RATE,
+            "messages": m,
+            "p50_us": percentile(rtts, 0.50) * 1e6,
+            "p99_us": percentile(rtts, 0.99) * 1e6,
+            "max_us": rtts[-1] * 1e6,
+        }
+    )

@@ -38,7 +38,11 @@ def test_memory(
     worker = peers.Worker(env)  # fresh process: ru_maxrss is a process-lifetime peak
     try:
         got = worker.call(
-            op="mem", subject=inner.name, case=CASE, n=n, decoder=inner.decoders[0],
+            op="mem",
+            subject=inner.name,
+            case=CASE,
+            n=n,
+            decoder=inner.decoders[0],
             url=firehose_server.url(f"/recv/{CASE}/{n}"),
             url_warm=firehose_server.url(f"/recv/{CASE}/10"),
         )
@@ -46,8 +50,13 @@ def test_memory(
         worker.close()
     assert got["count"] == firehose.CASES[CASE].expected(n)
     assert got["base_kib"] > 0 and got["peak_kib"] > 0
-    bench_record({
-        "section": "memory", "subject": subject_name, "case": CASE, "messages": n,
-        "peak_growth_mib": max(0, got["peak_kib"] - got["base_kib"]) / 1024,
-        "base_mib": got["base_kib"] / 1024,
-    })
+    bench_record(
+        {
+            "section": "memory",
+            "subject": subject_name,
+            "case": CASE,
+            "messages": n,
+            "peak_growth_mib": max(0, got["peak_kib"] - got["base_kib"]) / 1024,
+            "base_mib": got["base_kib"] / 1024,
+        }
+    )

@@ -67,8 +67,12 @@ def test_recv(
 
     benchmark.group = f"recv {case_name}: {case.description}"
     benchmark.extra_info.update(
-        section="recv", case=case_name, subject=subject_name, decoder=decoder,
-        items=case.expected(n), messages=n,
+        section="recv",
+        case=case_name,
+        subject=subject_name,
+        decoder=decoder,
+        items=case.expected(n),
+        messages=n,
     )
     counter = benchmark.pedantic(
         one_round, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1

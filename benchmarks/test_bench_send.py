@@ -39,10 +39,14 @@ def test_send(
     url = firehose_server.url(f"/sink/{n}/{SIZE}")
 
     benchmark.group = f"send {SIZE}-byte text frames into a sink"
-    benchmark.extra_info.update(section="send", case=f"{SIZE}B text", subject=subject_name,
-                                items=n, messages=n)
+    benchmark.extra_info.update(
+        section="send", case=f"{SIZE}B text", subject=subject_name, items=n, messages=n
+    )
     # The sink replies only after n frames' worth of bytes arrived: returning is the check.
     benchmark.pedantic(
-        subject.send, args=(url, n, text), rounds=bench_scale.rounds,
-        warmup_rounds=bench_scale.warmup, iterations=1,
+        subject.send,
+        args=(url, n, text),
+        rounds=bench_scale.rounds,
+        warmup_rounds=bench_scale.warmup,
+        iterations=1,
     )

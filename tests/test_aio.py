@@ -326,8 +326,14 @@ class _Peer:
 
 def _bare_client(peer: _Peer, **kw: Any) -> AsyncWebSocket:
     return AsyncWebSocket(
-        KEY, DEV, "device", url=peer.url, subscribe=None, ping_interval=None,
-        reconnect=False, **kw,
+        KEY,
+        DEV,
+        "device",
+        url=peer.url,
+        subscribe=None,
+        ping_interval=None,
+        reconnect=False,
+        **kw,
     )
 
 

@@ -616,10 +616,14 @@ def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
     from iotcommute import payload
 
     def batch(lo: int, hi: int) -> bytes:
-        return bytes(payload.encode_batch([
-            {"type": "tick", "device": "dev-2", "position": p, "ts": 1.5, "data": {"v": p}}
-            for p in range(lo, hi)
-        ]))
+        return bytes(
+            payload.encode_batch(
+                [
+                    {"type": "tick", "device": "dev-2", "position": p, "ts": 1.5, "data": {"v": p}}
+                    for p in range(lo, hi)
+                ]
+            )
+        )
 
     srv = MiniServer()
     calls: list[list[int]] = []
