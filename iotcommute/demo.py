@@ -156,5 +156,7 @@ def run(args: argparse.Namespace) -> int:
     lossless = missing == 0 and meter.out_of_order == 0
     print(f"  lossless resume  {'yes' if lossless else 'NO'}", file=out)
     for e in errors[:3]:
-        print(f"  note: {e}", file=out)
+        print(f"  on_error         {e}", file=out)
+    if errors and not args.no_cut:
+        print("                   (a 1006 'aborted' close is the demo's own cut)", file=out)
     return 0 if lossless else 1
