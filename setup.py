@@ -96,7 +96,7 @@ def _extensions() -> list[Extension]:
         "cdivision": True,
         "embedsignature": True,
     }
-    macros = []
+    macros: list[tuple[str, str | None]] = []
     if _truthy("IOTCOMMUTE_CYTHON_TRACE"):
         directives["linetrace"] = True
         macros.append(("CYTHON_TRACE", "1"))
