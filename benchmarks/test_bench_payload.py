@@ -18,7 +18,6 @@ import orjson
 import pytest
 
 from iotcommute import _ticks_py, payload
-from iotcommute._env import NO_EXTENSIONS
 
 # Rounds scale with IOTCOMMUTE_BENCH_SCALE (fractions allowed), never below the given minimum.
 SCALE = float(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1"))
@@ -26,13 +25,8 @@ BATCH = 100
 
 
 def _compiled() -> ModuleType | None:
-    if NO_EXTENSIONS:
-        return None
-    try:
-        from iotcommute import _ticks
-    except ImportError:
-        return None
-    return _ticks
+    """The compiled tick codec when the package selected it (see payload.ticks_impl)."""
+    return payload.ticks_impl if payload.SPEEDUPS else None
 
 
 C = _compiled()

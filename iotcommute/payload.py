@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import _ticks_py
 from ._env import NO_EXTENSIONS, warn_fallback
 from .exceptions import DecodeError, InputError
 
@@ -26,14 +28,19 @@ __all__ = [
     "loads",
 ]
 
+#: the tick codec module in use (the compiled one, or its pure twin), as frames.frames_impl
+ticks_impl: ModuleType = _ticks_py
+
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ticks_py import decode_batch, encode_batch, is_batch
 
     SPEEDUPS = False
 else:
     try:
+        from . import _ticks
         from ._ticks import decode_batch, encode_batch, is_batch
 
+        ticks_impl = _ticks
         SPEEDUPS = True
     except ImportError:  # pragma: no cover - depends on the build
         warn_fallback("tick codec")

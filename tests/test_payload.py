@@ -27,13 +27,8 @@ VECTORS = json.loads((Path(__file__).parent / "vectors" / "ticks_v1.json").read_
 
 
 def _compiled() -> ModuleType | None:
-    if NO_EXTENSIONS:
-        return None
-    try:
-        from iotcommute import _ticks
-    except ImportError:
-        return None
-    return _ticks
+    """The compiled tick codec when the package selected it (see payload.ticks_impl)."""
+    return payload.ticks_impl if payload.SPEEDUPS else None
 
 
 _C = _compiled()

@@ -21,19 +21,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from iotcommute import _ticks_py
-from iotcommute._env import NO_EXTENSIONS
+from iotcommute import _ticks_py, payload
 from iotcommute.exceptions import DecodeError, InputError
 
 
 def _compiled() -> ModuleType | None:
-    if NO_EXTENSIONS:
-        return None
-    try:
-        from iotcommute import _ticks
-    except ImportError:
-        return None
-    return _ticks
+    """The compiled tick codec when the package selected it (see payload.ticks_impl)."""
+    return payload.ticks_impl if payload.SPEEDUPS else None
 
 
 C = _compiled() or _ticks_py
