@@ -4,19 +4,22 @@
 The format is docs/protocol-binary.md. Every check runs in the same order and raises the
 same message as the twin (tests/test_ticks_differential.py compares them).
 
-Decode (100-tick batches, 5 fields, Python 3.11, this 2-core box): ~5.1-5.3 M ticks/s decode +
-free, ~2770 instructions per tick (callgrind), up from ~3.5 M/s and ~4090. Dict construction
-is the floor, so the wins are doing fewer dict stores and allocations:
+Decode (100-tick batches, Python 3.11, this 2-core box), decode + free: 5-field ticks ~5 M
+ticks/s; the benchmark's 11-field ticks from 100 devices per batch 4.3 M/s, up from 2.3 M/s.
+Dict construction is the floor, so the wins are doing fewer dict operations and allocations:
 - each row starts from PyDict_Copy of the previous row *of the same device* (the first row
   from a template with its keys laid out) and stores only the values whose bytes changed, so a
   repeated reading is the earlier row's immutable object; the copies are distinct dicts;
-- the parsed device/field tables of the last batch are kept and reused when the next batch's
-  table bytes are identical (no UTF-8 decoding, hashing or sets per batch);
-- stores use the cached hashes of the interned keys (_PyDict_SetItem_KnownHash).
-GC behaviour is CPython's own: copies of a tracked tick dict are tracked, data dicts holding
-only numbers stay untracked exactly as PyDict_SetItem would leave them. Writing values into
-a copied dict's entries directly would be faster again but depends on private dict layout,
-so it is not done; nor is untracking tick dicts (it can leak user-made cycles).
+- a store into such a fresh copy writes the entry's value slot directly (no lookup): the keys
+  object's layout is private, so it is mirrored for CPython 3.11-3.14, proven at import
+  (_direct_stores_work), and re-checked per dict and per key; anywhere else every store goes
+  through _PyDict_SetItem_KnownHash / PyDict_SetItem with the interned keys' cached hashes;
+- device ids are interned across batches, keyed by their bytes (no decoding, hashing or
+  allocation for an id seen before), and the field table and the device table of the last
+  batch are reused when the next batch repeats their bytes.
+GC behaviour is CPython's own: tick dicts are tracked (they hold a dict), data dicts holding
+only numbers stay untracked, exactly as PyDict_SetItem would leave them (tests compare with
+the twin). Tick dicts are never untracked: that could leak cycles a user makes through them.
 
 Encode: ~7 M ticks/s, up from ~1.5 M/s: exact dict/int/float/bool inputs take C fast paths
 (the Mapping ABC isinstance check dominated), the row heads go into a C array and the values
@@ -179,6 +182,83 @@ cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssi
     return off + ln
 
 
+cdef extern from *:
+    """
+    /* Direct value stores into a fresh dict copy. PyDictObject's fields are public
+       (Include/cpython/dictobject.h); the keys object is private, so its layout (unchanged
+       from 3.11 to 3.14 in GIL builds) is mirrored here, used only where those versions
+       built us, and proven at import by _direct_stores_work() before it is ever relied on.
+       Each use re-checks the dict's shape and each entry's key, so a dict that is not the
+       expected clean str-keyed combined table takes the PyDict_SetItem path instead. */
+    #if !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED) && \
+        PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000
+    typedef struct {
+        Py_ssize_t refcnt;
+        uint8_t log2_size;
+        uint8_t log2_index_bytes;
+        uint8_t kind;            /* DICT_KEYS_UNICODE == 1 */
+        uint32_t version;
+        Py_ssize_t usable;
+        Py_ssize_t nentries;
+        char indices[];
+    } ict_keys;
+    typedef struct { PyObject *key; PyObject *value; } ict_entry;
+    static inline ict_entry *ict_entries(PyObject *d, Py_ssize_t n) {
+        PyDictObject *o = (PyDictObject *)d;
+        ict_keys *k = (ict_keys *)o->ma_keys;
+        if (n <= 0 || o->ma_values != NULL || o->ma_used != n || k->kind != 1 ||
+                k->nentries != n || k->log2_index_bytes > 40)
+            return NULL;
+        return (ict_entry *)(k->indices + ((size_t)1 << k->log2_index_bytes));
+    }
+    #define ICT_DIRECT_BUILT 1
+    #else
+    typedef struct { PyObject *key; PyObject *value; } ict_entry;
+    static inline ict_entry *ict_entries(PyObject *d, Py_ssize_t n) {
+        (void)d; (void)n; return NULL;
+    }
+    #define ICT_DIRECT_BUILT 0
+    #endif
+    /* Replace the value of entry e (key k, hash h) of dict d, consuming v: straight into the
+       entry when e is that key's live entry, else through the dict API. */
+    static inline int ict_put(PyObject *d, ict_entry *e, PyObject *k, PyObject *v, Py_hash_t h) {
+        PyObject *old;
+        if (v == NULL) return -1;
+        if (e != NULL && e->key == k) {
+            old = e->value;
+            e->value = v;
+            Py_XDECREF(old);
+            return 0;
+        }
+        return ict_set_steal(d, k, v, h);
+    }
+    /* FNV-1a, 64 bit: device ids are short, and this is only a cache index. */
+    static inline uint64_t ict_fnv(const unsigned char *p, Py_ssize_t n) {
+        uint64_t h = 1469598103934665603ULL;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ULL; }
+        return h;
+    }
+    """
+    ctypedef struct ict_entry:
+        PyObject* key
+        PyObject* value
+    ict_entry* ict_entries(PyObject* d, Py_ssize_t n)
+    int ict_put(PyObject* d, ict_entry* e, PyObject* k, PyObject* v, Py_hash_t h) except -1
+    uint64_t ict_fnv(const unsigned char* p, Py_ssize_t n) nogil
+    int ICT_DIRECT_BUILT
+
+cdef extern from "Python.h":
+    bint PyObject_GC_IsTracked_raw "PyObject_GC_IsTracked"(PyObject* o)
+    void PyObject_GC_Track_raw "PyObject_GC_Track"(PyObject* o)
+    const char* PyUnicode_AsUTF8AndSize_raw "PyUnicode_AsUTF8AndSize"(
+        PyObject* s, Py_ssize_t* size) except NULL
+    void Py_DECREF_raw "Py_DECREF"(PyObject* o)
+    PyObject* PyTuple_New_raw "PyTuple_New"(Py_ssize_t n) except NULL
+    void PyTuple_SET_ITEM_raw "PyTuple_SET_ITEM"(PyObject* t, Py_ssize_t i, PyObject* o)
+    PyObject* PyTuple_GET_ITEM_raw "PyTuple_GET_ITEM"(object t, Py_ssize_t i)
+
+
 cdef struct _Prev:
     const unsigned char* row  # NULL until the device has a row
     PyObject* tick
@@ -186,31 +266,108 @@ cdef struct _Prev:
 
 
 cdef enum:
-    TABLE_CACHE_MAX = 8192  # table bytes worth remembering between batches
+    TABLE_CACHE_MAX = 8192   # table bytes worth remembering between batches
+    DEV_CACHE_SLOTS = 16384  # power of two, > 2 * (DEV_CACHE_FILL + C_MAX_DEVICES)
+    DEV_CACHE_FILL = 4096    # the cache is emptied before a batch when it holds more
 
 
-cdef class _Tables:
-    """The parsed device and field tables of one batch, reusable for identical tables."""
-    cdef bytes raw            # the table bytes (after the header) these were parsed from
-    cdef uint32_t n_dev, n_fld
+# Device ids, interned across batches: a firehose's batches carry changing subsets of a
+# device population, so their tables rarely repeat byte for byte, but the ids do. Keyed by
+# the id's UTF-8 bytes (no decoding, hashing or allocation on a hit). `stamp` is the number
+# of the table that last named the id, which finds a repeated id in one batch. Only the
+# device-table pass touches this, and it allocates no GC object, so no other decode (a
+# finalizer run by a collection) can interleave with it.
+cdef struct _DevSlot:
+    uint64_t h
+    PyObject* s             # owned str; NULL marks an empty slot
+    const char* utf8        # s's own UTF-8 (cached in s), valid while s lives
+    Py_ssize_t size
+    uint32_t stamp
+
+cdef _DevSlot* _dev_cache = <_DevSlot*>PyMem_Calloc(DEV_CACHE_SLOTS, sizeof(_DevSlot))
+if _dev_cache == NULL:
+    raise MemoryError()
+cdef Py_ssize_t _dev_count = 0
+cdef uint32_t _dev_epoch = 0
+
+
+cdef void _dev_cache_clear():
+    global _dev_count
+    cdef Py_ssize_t i
+    for i in range(DEV_CACHE_SLOTS):
+        if _dev_cache[i].s != NULL:
+            Py_DECREF_raw(_dev_cache[i].s)
+        _dev_cache[i].s = NULL
+        _dev_cache[i].stamp = 0
+    _dev_count = 0
+
+
+cdef class _Fields:
+    """One batch's parsed field table, reused while the next batches repeat its bytes."""
+    cdef bytes raw            # the table bytes these were parsed from
+    cdef uint32_t n_fld
     cdef Py_ssize_t size      # len(raw)
     cdef Py_ssize_t row_size
-    cdef list devices         # str, shared by every tick of the device
     cdef list names
     cdef dict data_tpl        # {name: None, ...} in field order, for the first row's copy
-    cdef dict tick_tpl
     cdef uint8_t[C_MAX_FIELDS] codes
     cdef Py_hash_t[C_MAX_FIELDS] name_hash
 
 
-# The last batch's tables: a stream's batches nearly always repeat them byte for byte, and
-# comparing bytes is far cheaper than decoding and hashing every id again. Only ever replaced
-# (never mutated), so a decode holding its own reference is unaffected by another decode.
-cdef _Tables _last_tables = None
+cdef class _Devices:
+    """One batch's device ids, reused while the next batches repeat the table's bytes."""
+    cdef bytes raw
+    cdef uint32_t n_dev
+    cdef Py_ssize_t size
+    cdef tuple ids
+
+
+# The last tables seen. Only ever replaced (never mutated), so a decode holding its own
+# reference is unaffected by another decode.
+cdef _Fields _last_fields = None
+cdef _Devices _last_devices = None
+cdef dict _TICK_TPL = {K_TYPE: V_TICK, K_DEVICE: None, K_POSITION: None, K_TS: None, K_DATA: None}
 cdef Py_hash_t H_DEVICE = hash(K_DEVICE)
 cdef Py_hash_t H_POSITION = hash(K_POSITION)
 cdef Py_hash_t H_TS = hash(K_TS)
 cdef Py_hash_t H_DATA = hash(K_DATA)
+
+
+def _direct_stores_work():
+    """Prove the mirrored dict layout on this interpreter: copies of key templates of
+    several sizes expose their entries in key order, and a direct store reads back through
+    the dict API exactly as PyDict_SetItem would have left it."""
+    cdef Py_ssize_t n, j
+    cdef ict_entry* e
+    if not ICT_DIRECT_BUILT:
+        return False
+    for n in (1, 2, 5, 6, 11, 22, 43, 255):
+        names = [f"f{j}_{n}" for j in range(n)]
+        tpl = dict.fromkeys(names)
+        for _ in range(2):  # a copy, then a copy of that copy (as rows chain)
+            c = tpl.copy()
+            e = ict_entries(<PyObject*>c, n)
+            if e == NULL:
+                return False
+            for j in range(n):
+                nm = names[j]
+                if e[j].key != <PyObject*>nm or e[j].value != <PyObject*>None:
+                    return False
+            vals = [float(j) + 0.5 for j in range(n)]
+            for j in range(n):
+                nm = names[j]
+                v = vals[j]
+                ict_put(<PyObject*>c, e + j, <PyObject*>nm, ict_newref(<PyObject*>v), 0)
+            if (len(c) != n or list(c) != names or list(c.values()) != vals
+                    or any(c[names[j]] is not vals[j] for j in range(n))
+                    or any(tpl[k] is not None for k in names)):
+                return False
+            tpl = dict.fromkeys(names)
+    return True
+
+
+cdef bint _DIRECT = _direct_stores_work()
+DIRECT_STORES = _DIRECT  # for tests and the benchmark notes
 
 
 def decode_batch(buf):
@@ -223,23 +380,94 @@ def decode_batch(buf):
         PyBuffer_Release(&view)
 
 
-cdef _Tables _parse_tables(const unsigned char* p, Py_ssize_t n, uint32_t n_dev,
-                           uint32_t n_fld):
-    """Checks 6 and 7 of the spec: the device and field tables, entry by entry."""
-    cdef _Tables t = _Tables.__new__(_Tables)
-    cdef Py_ssize_t off = C_HEADER, i, j
-    cdef uint8_t code
+cdef PyObject* _intern_device(const unsigned char* p, Py_ssize_t ln, Py_ssize_t i) except NULL:
+    """The cached str for device id bytes p[:ln] (borrowed), decoding it on a miss; raises the
+    table's DecodeError for invalid UTF-8 or an id already named in this table."""
+    global _dev_count
+    cdef uint64_t h = ict_fnv(p, ln)
+    cdef Py_ssize_t k = <Py_ssize_t>(h & (DEV_CACHE_SLOTS - 1))
+    cdef _DevSlot* s
+    cdef Py_ssize_t size
+    while True:
+        s = &_dev_cache[k]
+        if s.s == NULL:
+            break
+        if s.h == h and s.size == ln and memcmp(s.utf8, p, ln) == 0:
+            if s.stamp == _dev_epoch:
+                raise DecodeError(f"device {i} repeats an earlier device id")
+            s.stamp = _dev_epoch
+            return s.s
+        k = (k + 1) & (DEV_CACHE_SLOTS - 1)
+    try:
+        obj = PyUnicode_DecodeUTF8(<const char*>p, ln, "strict")
+    except UnicodeDecodeError:
+        raise DecodeError(f"device {i} is not valid UTF-8") from None
+    s.utf8 = PyUnicode_AsUTF8AndSize_raw(<PyObject*>obj, &size)
+    s.h = h
+    s.size = size
+    s.stamp = _dev_epoch
+    s.s = ict_newref(<PyObject*>obj)
+    _dev_count += 1
+    return s.s
+
+
+cdef _Devices _parse_devices(const unsigned char* p, Py_ssize_t n, uint32_t n_dev):
+    """Check 6 of the spec: the device table, entry by entry."""
+    global _dev_epoch
+    cdef Py_ssize_t off = C_HEADER, i, ln
+    cdef _Devices t = _Devices.__new__(_Devices)
+    if _dev_count > DEV_CACHE_FILL:
+        _dev_cache_clear()
+    _dev_epoch += 1
+    if _dev_epoch == 0:  # wrapped: no old stamp may look like this table's
+        for i in range(DEV_CACHE_SLOTS):
+            _dev_cache[i].stamp = 0
+        _dev_epoch = 1
+    # Owned references: the tuple's allocation below can run a collection, and a finalizer
+    # could decode another batch that empties the cache.
+    cdef PyObject** ids = <PyObject**>PyMem_Malloc(n_dev * sizeof(PyObject*) + 1)
+    if ids == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t owned = 0
+    cdef PyObject* tup = NULL
+    try:
+        for i in range(n_dev):
+            if off >= n:
+                raise DecodeError("tick batch truncated in the device table")
+            ln = p[off]
+            off += 1
+            if ln == 0:
+                raise DecodeError(f"device {i} has an empty name")
+            if off + ln > n:
+                raise DecodeError("tick batch truncated in the device table")
+            ids[i] = ict_newref(_intern_device(p + off, ln, i))
+            owned += 1
+            off += ln
+        tup = PyTuple_New_raw(n_dev)
+        for i in range(n_dev):
+            PyTuple_SET_ITEM_raw(tup, i, ids[i])  # steals
+        owned = 0
+    finally:
+        for i in range(owned):
+            Py_DECREF_raw(ids[i])
+        PyMem_Free(ids)
+    t.ids = <tuple>tup
+    Py_DECREF_raw(tup)
     t.n_dev = n_dev
+    t.size = off - C_HEADER
+    t.raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, t.size)
+    return t
+
+
+cdef _Fields _parse_fields(const unsigned char* p, Py_ssize_t n, Py_ssize_t off,
+                           uint32_t n_fld):
+    """Check 7 of the spec: the field table (starting at `off`), entry by entry."""
+    cdef _Fields t = _Fields.__new__(_Fields)
+    cdef Py_ssize_t start = off, j
+    cdef uint8_t code
     t.n_fld = n_fld
-    t.devices = []
-    cdef set seen = set()
-    for i in range(n_dev):
-        off = _read_name(p, off, n, "device", i, t.devices)
-        if t.devices[i] in seen:
-            raise DecodeError(f"device {i} repeats an earlier device id")
-        seen.add(t.devices[i])
     t.names = []
-    seen = set()
+    cdef set seen = set()
     t.row_size = ROW_PREFIX
     for j in range(n_fld):
         if off >= n:
@@ -254,17 +482,16 @@ cdef _Tables _parse_tables(const unsigned char* p, Py_ssize_t n, uint32_t n_dev,
         t.codes[j] = code
         t.name_hash[j] = hash(t.names[j])
         t.row_size += TYPE_SIZE[code]
-    t.size = off - C_HEADER
-    t.raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, t.size)
-    # Templates: copying a dict whose keys are already laid out clones its key table in one
-    # memcpy, and each store then replaces a value instead of inserting a new key.
+    t.size = off - start
+    t.raw = PyBytes_FromStringAndSize(<const char*>p + start, t.size)
+    # A copy of a dict whose keys are already laid out clones its key table in one memcpy,
+    # and each store then replaces a value instead of inserting a key.
     t.data_tpl = dict.fromkeys(t.names)
-    t.tick_tpl = {K_TYPE: V_TICK, K_DEVICE: None, K_POSITION: None, K_TS: None, K_DATA: None}
     return t
 
 
 cdef list _decode(const unsigned char* p, Py_ssize_t n):
-    global _last_tables
+    global _last_fields, _last_devices
     cdef uint32_t hdr_version, hdr_flags, n_dev, n_fld, n_ticks
     cdef Py_ssize_t off, i, j, row_size, expected
     cdef uint8_t code
@@ -288,26 +515,33 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     if n_ticks > C_MAX_TICKS:
         raise DecodeError(f"tick batch declares {n_ticks} ticks, the limit is {MAX_TICKS}")
 
-    # The same counts and table bytes parse to the same tables (or the same error, but a
-    # cached table parsed without one), so a byte-identical table skips checks 6 and 7.
-    cdef _Tables t = _last_tables
-    if (t is None or t.n_dev != n_dev or t.n_fld != n_fld or n - C_HEADER < t.size
-            or memcmp(p + C_HEADER, PyBytes_AS_STRING(t.raw), t.size) != 0):
-        t = _parse_tables(p, n, n_dev, n_fld)
-        if t.size <= TABLE_CACHE_MAX:
-            _last_tables = t
-    off = C_HEADER + t.size
-    row_size = t.row_size
+    # The same count and table bytes parse to the same table (or the same error, but a
+    # cached table parsed without one), so a byte-identical table skips its check.
+    cdef _Devices dt = _last_devices
+    if (dt is None or dt.n_dev != n_dev or n - C_HEADER < dt.size
+            or memcmp(p + C_HEADER, PyBytes_AS_STRING(dt.raw), dt.size) != 0):
+        dt = _parse_devices(p, n, n_dev)
+        if dt.size <= TABLE_CACHE_MAX:
+            _last_devices = dt
+    off = C_HEADER + dt.size
+    cdef _Fields ft = _last_fields
+    if (ft is None or ft.n_fld != n_fld or n - off < ft.size
+            or memcmp(p + off, PyBytes_AS_STRING(ft.raw), ft.size) != 0):
+        ft = _parse_fields(p, n, off, n_fld)
+        if ft.size <= TABLE_CACHE_MAX:
+            _last_fields = ft
+    off += ft.size
+    row_size = ft.row_size
 
     expected = <Py_ssize_t>n_ticks * row_size
     if n - off != expected:
         raise DecodeError(
             f"tick batch rows need {expected} bytes for {n_ticks} ticks, {n - off} present"
         )
-    cdef list devices = t.devices
-    cdef list names = t.names
-    cdef const uint8_t* codes = t.codes
-    cdef const Py_hash_t* name_hash = t.name_hash
+    cdef tuple devices = dt.ids
+    cdef list names = ft.names
+    cdef const uint8_t* codes = ft.codes
+    cdef const Py_hash_t* name_hash = ft.name_hash
     cdef list out = PyList_New(n_ticks)
     if n_ticks == 0:
         return out
@@ -325,9 +559,14 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     cdef PyObject* tick
     cdef PyObject* data
     cdef PyObject* key
+    cdef ict_entry* te
+    cdef ict_entry* de
+    cdef ict_entry* e
     cdef Py_hash_t h
     cdef uint8_t b
     cdef Py_ssize_t d
+    cdef bint direct = _DIRECT
+    cdef PyObject* tick_tpl = <PyObject*>_TICK_TPL
     try:
         for i in range(n_ticks):
             idx = ict_ld16(r)
@@ -340,35 +579,38 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
             s = prev + (idx if n_slots > 1 else 0)
             # Ownership first: the list owns the tick and the tick owns `data` before any
             # value is made, so an error anywhere below leaks nothing.
+            # A device's rows repeat much of its previous row (steady readings): start from
+            # copies of that row's dicts and store only what changed, so a repeated value is
+            # the previous row's (immutable) object.
+            tick = PyDict_Copy_raw(tick_tpl if s.row == NULL else s.tick)
+            PyList_SET_ITEM_raw(out, i, tick)
+            te = ict_entries(tick, 5) if direct else NULL
             if s.row == NULL:
-                tick = PyDict_Copy_raw(<PyObject*>t.tick_tpl)
-                PyList_SET_ITEM_raw(out, i, tick)
-                ict_set_steal(tick, <PyObject*>K_DEVICE,
-                              ict_newref(PyList_GET_ITEM_raw(devices, idx)), H_DEVICE)
-                ict_set_steal(tick, <PyObject*>K_POSITION,
-                              PyLong_FromUnsignedLongLong_raw(pos), H_POSITION)
-                ict_set_steal(tick, <PyObject*>K_TS,
-                              PyFloat_FromDouble_raw(ict_ldf64(r + 10)), H_TS)
-                data = PyDict_Copy_raw(<PyObject*>t.data_tpl)
+                ict_put(tick, te + 1 if te != NULL else NULL, <PyObject*>K_DEVICE,
+                        ict_newref(PyTuple_GET_ITEM_raw(devices, idx)), H_DEVICE)
+                ict_put(tick, te + 2 if te != NULL else NULL, <PyObject*>K_POSITION,
+                        PyLong_FromUnsignedLongLong_raw(pos), H_POSITION)
+                ict_put(tick, te + 3 if te != NULL else NULL, <PyObject*>K_TS,
+                        PyFloat_FromDouble_raw(ict_ldf64(r + 10)), H_TS)
+                data = PyDict_Copy_raw(<PyObject*>ft.data_tpl)
                 d = 0
             else:
-                # A device's rows repeat much of its previous row (steady readings): start
-                # from copies of that row's dicts and store only what changed, so a repeated
-                # value is the previous row's (immutable) object.
-                tick = PyDict_Copy_raw(s.tick)
-                PyList_SET_ITEM_raw(out, i, tick)
                 if ict_ld16(s.row) != idx:
-                    ict_set_steal(tick, <PyObject*>K_DEVICE,
-                                  ict_newref(PyList_GET_ITEM_raw(devices, idx)), H_DEVICE)
+                    ict_put(tick, te + 1 if te != NULL else NULL, <PyObject*>K_DEVICE,
+                            ict_newref(PyTuple_GET_ITEM_raw(devices, idx)), H_DEVICE)
                 if ict_ld64(s.row + 2) != pos:
-                    ict_set_steal(tick, <PyObject*>K_POSITION,
-                                  PyLong_FromUnsignedLongLong_raw(pos), H_POSITION)
+                    ict_put(tick, te + 2 if te != NULL else NULL, <PyObject*>K_POSITION,
+                            PyLong_FromUnsignedLongLong_raw(pos), H_POSITION)
                 if ict_ld64(s.row + 10) != ict_ld64(r + 10):
-                    ict_set_steal(tick, <PyObject*>K_TS,
-                                  PyFloat_FromDouble_raw(ict_ldf64(r + 10)), H_TS)
+                    ict_put(tick, te + 3 if te != NULL else NULL, <PyObject*>K_TS,
+                            PyFloat_FromDouble_raw(ict_ldf64(r + 10)), H_TS)
                 data = PyDict_Copy_raw(s.data)
                 d = s.row - r  # from a value to the same value in that row
-            ict_set_steal(tick, <PyObject*>K_DATA, data, H_DATA)
+            if te != NULL and te[4].key == <PyObject*>K_DATA:
+                # What PyDict_SetItem does for a dict value: track the holder.
+                if not PyObject_GC_IsTracked_raw(tick):
+                    PyObject_GC_Track_raw(tick)
+            ict_put(tick, te + 4 if te != NULL else NULL, <PyObject*>K_DATA, data, H_DATA)
             Py_INCREF_raw(tick)
             Py_XDECREF_raw(s.tick)
             s.tick = tick
@@ -376,28 +618,30 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
             Py_XDECREF_raw(s.data)
             s.data = data
             s.row = r
+            de = ict_entries(data, n_fld) if direct else NULL
             q = r + ROW_PREFIX
             for j in range(n_fld):
                 code = codes[j]
                 key = PyList_GET_ITEM_raw(names, j)
                 h = name_hash[j]
+                e = de + j if de != NULL else NULL
                 if code == 1 or code == 2:
                     if d == 0 or ict_ld64(q) != ict_ld64(q + d):
                         if code == 1:
-                            ict_set_steal(data, key, PyFloat_FromDouble_raw(ict_ldf64(q)), h)
+                            ict_put(data, e, key, PyFloat_FromDouble_raw(ict_ldf64(q)), h)
                         else:
-                            ict_set_steal(
-                                data, key, PyLong_FromLongLong_raw(<int64_t>ict_ld64(q)), h
+                            ict_put(
+                                data, e, key, PyLong_FromLongLong_raw(<int64_t>ict_ld64(q)), h
                             )
                     q += 8
                 elif code == 3 or code == 5:
                     if d == 0 or ict_ld32(q) != ict_ld32(q + d):
                         if code == 3:
-                            ict_set_steal(
-                                data, key, PyLong_FromLongLong_raw(<int32_t>ict_ld32(q)), h
+                            ict_put(
+                                data, e, key, PyLong_FromLongLong_raw(<int32_t>ict_ld32(q)), h
                             )
                         else:
-                            ict_set_steal(data, key, PyFloat_FromDouble_raw(ict_ldf32(q)), h)
+                            ict_put(data, e, key, PyFloat_FromDouble_raw(ict_ldf32(q)), h)
                     q += 4
                 else:
                     b = q[0]
@@ -406,7 +650,7 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
                             raise DecodeError(
                                 f"tick at position {pos}: bool field {j} holds {b}", position=pos
                             )
-                        ict_set_steal(data, key, ict_newref(Py_True_raw if b else Py_False_raw), h)
+                        ict_put(data, e, key, ict_newref(Py_True_raw if b else Py_False_raw), h)
                     q += 1
             r += row_size
     finally:

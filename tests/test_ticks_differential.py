@@ -598,3 +598,127 @@ def test_uncached_big_table_alternating_with_a_small_one() -> None:
         same_row = struct.pack("<HQd?", 7, 4, 1.0, True)
         bad = [same_row] * 5 + [same_row[:-1] + b"\x07"]  # repeats, then a bad bool
         assert decode_both(big.batch(bad))[3] == 4
+
+
+# --- device ids interned across batches -------------------------------------------------------
+#
+# The compiled decoder keeps the str of every device id it has seen, keyed by its bytes, and
+# finds an id repeated within one table by stamping it with the table's number. Batches of a
+# firehose name changing subsets of a population, so these sequences draw subsets, repeat ids
+# inside a table, and spoil some ids' UTF-8 between cache hits.
+
+POPULATION = [f"dev-{i:04d}" for i in range(64)] + ["\u00e9t\u00e9", "\u2603-1", "a"]
+
+
+def device_table_batch(ids: list[bytes]) -> bytes:
+    """A one-field batch naming `ids` (raw bytes, possibly invalid), one row per id."""
+    head = struct.pack("<4sBBHHI", b"\xc1TKB", 1, 0, len(ids), 1, len(ids))
+    table = b"".join(bytes([len(b)]) + b for b in ids) + bytes([I32, 1]) + b"n"
+    rows = b"".join(struct.pack("<HQdi", k, k + 1, 0.5, k) for k in range(len(ids)))
+    return head + table + rows
+
+
+@st.composite
+def device_subsets(draw: st.DrawFn) -> list[bytes]:
+    ids = [d.encode() for d in draw(st.lists(st.sampled_from(POPULATION), max_size=12))]
+    how = draw(st.sampled_from(["as is", "as is", "repeat", "bad utf8", "empty", "cut"]))
+    if how == "repeat" and ids:
+        ids.insert(draw(st.integers(0, len(ids))), draw(st.sampled_from(ids)))
+    elif how == "bad utf8" and ids:
+        k = draw(st.integers(0, len(ids) - 1))
+        ids[k] = ids[k][:-1] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"]))
+    elif how == "empty":
+        ids.insert(draw(st.integers(0, len(ids))), b"")
+    raw = device_table_batch(ids)
+    if how == "cut":
+        raw = raw[: draw(st.integers(14, len(raw)))]
+    return [raw]
+
+
+@settings(REPEAT_SETTINGS, max_examples=200)
+@given(st.lists(device_subsets(), min_size=1, max_size=8))
+def test_device_subsets_decode_identically(seq: list[list[bytes]]) -> None:
+    for (raw,) in seq:
+        decode_both(raw)
+        decode_both(raw)  # the same table again: the cached-table path
+
+
+def test_repeated_device_found_after_cache_hits() -> None:
+    ids = [b"dev-0001", b"dev-0002", b"dev-0003"]
+    decode_both(device_table_batch(ids))  # all three now cached
+    for dup in (ids + [b"dev-0002"], [b"x", b"dev-0003", b"dev-0003"], [b"y", b"y"]):
+        got = decode_both(device_table_batch(dup))
+        assert got[0] == "err" and "repeats an earlier device id" in got[2], got
+
+
+def test_device_population_bigger_than_the_cache() -> None:
+    """More distinct ids than the compiled cache keeps (it empties itself): same results, and
+    a repeat inside one table is still found on either side of the emptying."""
+    population = [f"sensor-{i:05d}".encode() for i in range(12_000)]
+    for start in range(0, len(population), 1500):
+        ids = population[start : start + 1500]
+        got = decode_both(device_table_batch(ids))
+        assert got[0] == "ok" and [t["device"] for t in got[1]] == [i.decode() for i in ids]
+        got = decode_both(device_table_batch(ids[:700] + [ids[3]] + ids[700:]))
+        assert got[0] == "err" and got[2] == "device 700 repeats an earlier device id"
+
+
+# --- what the dicts are -----------------------------------------------------------------------
+
+
+def test_decoded_dicts_track_like_the_twin() -> None:
+    """The garbage collector sees the compiled decoder's dicts exactly as the twin's: tick
+    dicts (they hold a dict) tracked, number-only data dicts untracked, at every row."""
+    import gc
+
+    rows = [struct.pack("<HQdd", k % 2, k + 1, 0.5, float(k % 3)) for k in range(6)]
+    raw = Table(["a", "b"], [(F64, "x")]).batch(rows)
+    got = decode_both(raw)[1]
+    want = P.decode_batch(raw)
+    assert [gc.is_tracked(t) for t in got] == [gc.is_tracked(t) for t in want] == [True] * 6
+    assert [gc.is_tracked(t["data"]) for t in got] == [gc.is_tracked(t["data"]) for t in want]
+    # A cycle made through a decoded tick is collected.
+    t = got[0]
+    t["data"]["self"] = t
+    del got, t
+    assert gc.collect() >= 2
+
+
+def test_decoded_dicts_behave_as_dicts() -> None:
+    """Values stored straight into the dicts' entries read back through every dict
+    operation: lookup, iteration, update, deletion, copy, comparison and resizing."""
+    rows = [struct.pack("<HQdddd", 0, k + 1, 1.5 + k, k, -k, 2 * k) for k in range(4)]
+    raw = Table(["dev"], [(F64, "x"), (F64, "y"), (F64, "z")]).batch(rows)
+    ticks = decode_both(raw)[1]
+    for k, t in enumerate(ticks):
+        assert t == {
+            "type": "tick",
+            "device": "dev",
+            "position": k + 1,
+            "ts": 1.5 + k,
+            "data": {"x": float(k), "y": -float(k), "z": 2.0 * k},
+        }
+        d = t["data"]
+        assert d.get("x") == float(k) and "y" in d and list(d.items())[0] == ("x", float(k))
+        del d["x"]
+        d.update({f"k{i}": i for i in range(40)})  # forces a resize of the copied table
+        assert d["k39"] == 39 and d["y"] == -float(k) and "x" not in d
+        assert dict(t) == t and t.copy() == t
+        t.pop("ts")
+        assert list(t) == ["type", "device", "position", "data"]
+
+
+@pytest.mark.skipif(C is P, reason="compiled tick codec not in use")
+def test_direct_stores_proven_on_this_interpreter() -> None:
+    """On the CPython versions the layout mirror was written for, the import-time proof
+    passed, so the fast path is the one being tested here."""
+    import platform
+    import sys
+
+    expected = platform.python_implementation() == "CPython" and (3, 11) <= sys.version_info < (
+        3,
+        15,
+    )
+    if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
+        expected = False
+    assert C.DIRECT_STORES is expected
