@@ -257,6 +257,7 @@ cdef extern from "Python.h":
     PyObject* PyTuple_New_raw "PyTuple_New"(Py_ssize_t n) except NULL
     void PyTuple_SET_ITEM_raw "PyTuple_SET_ITEM"(PyObject* t, Py_ssize_t i, PyObject* o)
     PyObject* PyTuple_GET_ITEM_raw "PyTuple_GET_ITEM"(object t, Py_ssize_t i)
+    PyObject* PyTuple_GET_ITEM_ptr "PyTuple_GET_ITEM"(PyObject* t, Py_ssize_t i)
 
 
 cdef struct _Prev:
@@ -309,6 +310,7 @@ cdef class _Fields:
     cdef Py_ssize_t size      # len(raw)
     cdef Py_ssize_t row_size
     cdef list names
+    cdef tuple names_tuple    # what decode_batch_rows returns as the field names
     cdef dict data_tpl        # {name: None, ...} in field order, for the first row's copy
     cdef uint8_t[C_MAX_FIELDS] codes
     cdef Py_hash_t[C_MAX_FIELDS] name_hash
@@ -487,14 +489,15 @@ cdef _Fields _parse_fields(const unsigned char* p, Py_ssize_t n, Py_ssize_t off,
     # A copy of a dict whose keys are already laid out clones its key table in one memcpy,
     # and each store then replaces a value instead of inserting a key.
     t.data_tpl = dict.fromkeys(t.names)
+    t.names_tuple = tuple(t.names)
     return t
 
 
-cdef list _decode(const unsigned char* p, Py_ssize_t n):
+cdef tuple _prepare(const unsigned char* p, Py_ssize_t n):
+    """Checks 1-8 of the spec: (devices, fields, offset of the rows, n_ticks)."""
     global _last_fields, _last_devices
     cdef uint32_t hdr_version, hdr_flags, n_dev, n_fld, n_ticks
-    cdef Py_ssize_t off, i, j, row_size, expected
-    cdef uint8_t code
+    cdef Py_ssize_t off, expected
     if n < C_HEADER:
         raise DecodeError(f"tick batch truncated: {n} bytes, the header needs {HEADER_SIZE}")
     if p[0] != 0xC1 or p[1] != 0x54 or p[2] != 0x4B or p[3] != 0x42:
@@ -531,13 +534,25 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
         if ft.size <= TABLE_CACHE_MAX:
             _last_fields = ft
     off += ft.size
-    row_size = ft.row_size
 
-    expected = <Py_ssize_t>n_ticks * row_size
+    expected = <Py_ssize_t>n_ticks * ft.row_size
     if n - off != expected:
         raise DecodeError(
             f"tick batch rows need {expected} bytes for {n_ticks} ticks, {n - off} present"
         )
+    return dt, ft, off, n_ticks
+
+
+cdef list _decode(const unsigned char* p, Py_ssize_t n):
+    cdef Py_ssize_t off, i, j, row_size
+    cdef uint32_t n_dev, n_fld, n_ticks
+    cdef uint8_t code
+    cdef _Devices dt
+    cdef _Fields ft
+    dt, ft, off, n_ticks = _prepare(p, n)
+    n_dev = dt.n_dev
+    n_fld = ft.n_fld
+    row_size = ft.row_size
     cdef tuple devices = dt.ids
     cdef list names = ft.names
     cdef const uint8_t* codes = ft.codes
@@ -659,6 +674,100 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
             Py_XDECREF_raw(prev[i].data)
         PyMem_Free(prev)
     return out
+
+
+def decode_batch_rows(buf):
+    """Decode one v1 tick batch leanly: (field names, rows); see iotcommute._ticks_py."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        return _decode_rows(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef tuple _decode_rows(const unsigned char* p, Py_ssize_t n):
+    """One tuple per row, (device, position, ts, *values). A value whose bytes equal the
+    previous row's is that row's (immutable) object, as in _decode."""
+    cdef Py_ssize_t off, i, j, row_size, width
+    cdef uint32_t n_dev, n_fld, n_ticks
+    cdef uint8_t code, b
+    cdef _Devices dt
+    cdef _Fields ft
+    dt, ft, off, n_ticks = _prepare(p, n)
+    n_dev = dt.n_dev
+    n_fld = ft.n_fld
+    row_size = ft.row_size
+    width = 3 + n_fld
+    cdef tuple devices = dt.ids
+    cdef const uint8_t* codes = ft.codes
+    cdef list out = PyList_New(n_ticks)
+    cdef const unsigned char* r = p + off
+    cdef const unsigned char* q
+    cdef PyObject* row
+    cdef PyObject* prow = NULL  # the previous row's tuple (owned by `out`)
+    cdef PyObject* v
+    cdef Py_ssize_t d = 0       # from a value to the same value in the previous row
+    cdef uint16_t idx
+    cdef uint64_t pos
+    for i in range(n_ticks):
+        idx = ict_ld16(r)
+        pos = ict_ld64(r + 2)
+        if idx >= n_dev:
+            raise DecodeError(
+                f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
+                position=pos,
+            )
+        # The list owns the row before any value is made; unset slots are NULL, which a
+        # tuple's traversal and deallocation skip, so an error below leaks nothing.
+        row = PyTuple_New_raw(width)
+        PyList_SET_ITEM_raw(out, i, row)
+        PyTuple_SET_ITEM_raw(row, 0, ict_newref(PyTuple_GET_ITEM_raw(devices, idx)))
+        v = PyLong_FromUnsignedLongLong_raw(pos)
+        if v == NULL:
+            ict_raise_pending()
+        PyTuple_SET_ITEM_raw(row, 1, v)
+        if d != 0 and ict_ld64(r + 10) == ict_ld64(r + 10 + d):
+            v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 2))
+        else:
+            v = PyFloat_FromDouble_raw(ict_ldf64(r + 10))
+            if v == NULL:
+                ict_raise_pending()
+        PyTuple_SET_ITEM_raw(row, 2, v)
+        q = r + ROW_PREFIX
+        for j in range(n_fld):
+            code = codes[j]
+            if code == 1 or code == 2:
+                if d != 0 and ict_ld64(q) == ict_ld64(q + d):
+                    v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 3 + j))
+                elif code == 1:
+                    v = PyFloat_FromDouble_raw(ict_ldf64(q))
+                else:
+                    v = PyLong_FromLongLong_raw(<int64_t>ict_ld64(q))
+                q += 8
+            elif code == 3 or code == 5:
+                if d != 0 and ict_ld32(q) == ict_ld32(q + d):
+                    v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 3 + j))
+                elif code == 3:
+                    v = PyLong_FromLongLong_raw(<int32_t>ict_ld32(q))
+                else:
+                    v = PyFloat_FromDouble_raw(ict_ldf32(q))
+                q += 4
+            else:
+                b = q[0]
+                if b > 1:
+                    raise DecodeError(
+                        f"tick at position {pos}: bool field {j} holds {b}", position=pos
+                    )
+                v = ict_newref(Py_True_raw if b else Py_False_raw)
+                q += 1
+            if v == NULL:
+                ict_raise_pending()
+            PyTuple_SET_ITEM_raw(row, 3 + j, v)
+        prow = row
+        d = -row_size
+        r += row_size
+    return (ft.names_tuple, out)
 
 
 _U64_MAX = 2**64 - 1

@@ -66,6 +66,23 @@ def make_tick(i: int) -> dict[str, Any]:
     }
 
 
+def make_small_tick(i: int) -> dict[str, Any]:
+    """A compact telemetry tick: the same devices and positions, 5 readings instead of 11."""
+    return {
+        "type": "tick",
+        "device": f"dev-{i % 500:04d}",
+        "position": 1_000_000 + i,
+        "ts": 1764128635.123456 + i * 0.001,
+        "data": {
+            "temperature": 21.5 + (i % 7) * 0.25,
+            "humidity": 40.25 + (i % 11) * 0.5,
+            "battery": 3.71,
+            "rssi": -67 - (i % 9),
+            "moving": i % 2 == 0,
+        },
+    }
+
+
 def tick_json(i: int) -> bytes:
     return json.dumps(make_tick(i), separators=(",", ":")).encode()
 
@@ -121,6 +138,13 @@ CASES: dict[str, Case] = {
         Case("bin32", "binary", "32-byte binary frames", 300_000),
         Case("json256", "ticks-json", "256-byte JSON ticks -> dicts", 100_000),
         Case("batch100", "ticks-batch", "binary tick batches of 100 -> dicts", 2_000, 100),
+        Case(
+            "batch100x5",
+            "ticks-batch",
+            "binary tick batches of 100 five-reading ticks -> dicts",
+            2_000,
+            100,
+        ),
         Case("bin4k", "binary", "4 KiB binary frames", 30_000),
         Case("bin64k", "binary", "64 KiB binary frames", 2_000),
         Case("text16k", "text", "16 KiB text in 16 fragments", 5_000, 1, 16),
@@ -152,9 +176,9 @@ def case_messages(case: Case, k: int) -> list[bytes]:
     if case.kind == "ticks-batch":
         from iotcommute import payload
 
+        make = make_small_tick if case.name == "batch100x5" else make_tick
         return [
-            bytes(payload.encode_batch([make_tick(j * 100 + t) for t in range(100)]))
-            for j in range(k)
+            bytes(payload.encode_batch([make(j * 100 + t) for t in range(100)])) for j in range(k)
         ]
     raise KeyError(case.name)
 

@@ -15,3 +15,8 @@ def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]: .
 def encode_batch(
     ticks: Iterable[Mapping[str, Any]], types: Mapping[str, str] | None = None
 ) -> bytes: ...
+def decode_batch_rows(
+    buf: bytes | bytearray | memoryview,
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]: ...
+
+DIRECT_STORES: bool

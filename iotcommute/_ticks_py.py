@@ -27,6 +27,7 @@ __all__ = [
     "MAX_TICKS",
     "VERSION",
     "decode_batch",
+    "decode_batch_rows",
     "encode_batch",
     "is_batch",
 ]
@@ -94,8 +95,11 @@ def _read_name(mv: memoryview, off: int, n: int, what: str, i: int) -> tuple[str
     return s, off + ln
 
 
-def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
-    """Decode one v1 tick batch into tick dicts (the same dicts as JSON ticks)."""
+def _parse(
+    buf: bytes | bytearray | memoryview,
+) -> tuple[memoryview, int, list[str], list[str], list[int], struct.Struct, int]:
+    """Checks 1-8 of the spec: (view, n_ticks, devices, field names, bool columns, row
+    struct, offset of the rows)."""
     mv = memoryview(buf)
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
@@ -150,35 +154,68 @@ def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
         raise DecodeError(
             f"tick batch rows need {expected} bytes for {n_ticks} ticks, {n - off} present"
         )
+    return mv, n_ticks, devices, names, bool_cols, row, off
+
+
+def _device(devices: list[str], rec: tuple[Any, ...]) -> str:
+    """Check 9a: the row's device index is in the table."""
+    try:
+        return devices[rec[0]]
+    except IndexError:
+        pos = rec[1]
+        raise DecodeError(
+            f"tick at position {pos} refers to device {rec[0]}, the table has {len(devices)}",
+            position=pos,
+        ) from None
+
+
+def _with_bools(vals: list[Any], bool_cols: list[int], pos: int) -> list[Any]:
+    """Check 9b: bool columns hold 0 or 1 (converted in place)."""
+    bools = _BOOLS
+    for j in bool_cols:
+        try:
+            vals[j] = bools[vals[j]]
+        except IndexError:
+            raise DecodeError(
+                f"tick at position {pos}: bool field {j} holds {vals[j]}", position=pos
+            ) from None
+    return vals
+
+
+def decode_batch(buf: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+    """Decode one v1 tick batch into tick dicts (the same dicts as JSON ticks)."""
+    mv, n_ticks, devices, names, bool_cols, row, off = _parse(buf)
     out: list[dict[str, Any]] = []
     if n_ticks == 0:
         return out
     append = out.append
-    bools = _BOOLS
     for rec in row.iter_unpack(mv[off:]):
-        pos = rec[1]
-        try:
-            device = devices[rec[0]]
-        except IndexError:
-            raise DecodeError(
-                f"tick at position {pos} refers to device {rec[0]}, the table has {n_dev}",
-                position=pos,
-            ) from None
+        device = _device(devices, rec)
         if bool_cols:
-            vals = list(rec[3:])
-            for j in bool_cols:
-                try:
-                    vals[j] = bools[vals[j]]
-                except IndexError:
-                    raise DecodeError(
-                        f"tick at position {pos}: bool field {j} holds {vals[j]}",
-                        position=pos,
-                    ) from None
-            data = dict(zip(names, vals))
+            data = dict(zip(names, _with_bools(list(rec[3:]), bool_cols, rec[1])))
         else:
             data = dict(zip(names, rec[3:]))
-        append({"type": "tick", "device": device, "position": pos, "ts": rec[2], "data": data})
+        append({"type": "tick", "device": device, "position": rec[1], "ts": rec[2], "data": data})
     return out
+
+
+def decode_batch_rows(
+    buf: bytes | bytearray | memoryview,
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """Decode one v1 tick batch leanly: (field names, rows), each row a tuple
+    ``(device, position, ts, *values)`` with the values in field order. The same checks
+    and errors as decode_batch; the values are the ones its dicts would hold."""
+    mv, n_ticks, devices, names, bool_cols, row, off = _parse(buf)
+    out: list[tuple[Any, ...]] = []
+    if n_ticks:
+        append = out.append
+        for rec in row.iter_unpack(mv[off:]):
+            device = _device(devices, rec)
+            if bool_cols:
+                append((device, *rec[1:3], *_with_bools(list(rec[3:]), bool_cols, rec[1])))
+            else:
+                append((device, *rec[1:]))
+    return tuple(names), out
 
 
 def _utf8_name(value: object, what: str) -> bytes:

@@ -4,6 +4,9 @@ JSON goes through orjson when it is importable (it parses bytes, bytearray and m
 without a copy and is the fastest decoder measured for our tick objects), else the stdlib.
 Tick batches (docs/protocol-binary.md) use the compiled `iotcommute._ticks` unless
 IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_ticks_py` is the identical pure twin.
+decode_batch gives tick dicts (the default everywhere); decode_batch_rows gives the lean
+form, (field names, [(device, position, ts, *values), ...]), several times faster where a
+consumer does not need dicts (see benchmarks/).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "JSON_BACKEND",
     "SPEEDUPS",
     "decode_batch",
+    "decode_batch_rows",
     "dumps",
     "encode_batch",
     "encode_batches",
@@ -32,19 +36,19 @@ __all__ = [
 ticks_impl: ModuleType = _ticks_py
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._ticks_py import decode_batch, encode_batch, is_batch
+    from ._ticks_py import decode_batch, decode_batch_rows, encode_batch, is_batch
 
     SPEEDUPS = False
 else:
     try:
         from . import _ticks
-        from ._ticks import decode_batch, encode_batch, is_batch
+        from ._ticks import decode_batch, decode_batch_rows, encode_batch, is_batch
 
         ticks_impl = _ticks
         SPEEDUPS = True
     except ImportError:  # pragma: no cover - depends on the build
         warn_fallback("tick codec")
-        from ._ticks_py import decode_batch, encode_batch, is_batch
+        from ._ticks_py import decode_batch, decode_batch_rows, encode_batch, is_batch
 
         SPEEDUPS = False
 

@@ -99,8 +99,16 @@ def test_decoder_never_crashes_and_output_roundtrips(buf: bytes) -> None:
         ticks = IMPL.decode_batch(buf)
     except DecodeError as exc:
         assert exc.message  # every rejection says what was wrong
+        with pytest.raises(DecodeError) as rows_exc:
+            IMPL.decode_batch_rows(buf)
+        assert (rows_exc.value.message, rows_exc.value.position) == (exc.message, exc.position)
         return
     check_ticks(ticks)
+    _names, rows = IMPL.decode_batch_rows(buf)
+    assert len(rows) == len(ticks)
+    assert repr(rows) == repr(
+        [(t["device"], t["position"], t["ts"], *t["data"].values()) for t in ticks]
+    )
     if finite(ticks):
         again = IMPL.decode_batch(IMPL.encode_batch(ticks))
         assert again == ticks
@@ -117,17 +125,23 @@ HARNESS = textwrap.dedent(
 
     def one(data: bytes) -> None:
         try:
+            rows = _ticks.decode_batch_rows(data)
+        except DecodeError:
+            rows = None
+        try:
             ticks = _ticks.decode_batch(data)
         except DecodeError as exc:
             try:
                 _ticks_py.decode_batch(data)
             except DecodeError as twin:
                 assert (exc.message, exc.position) == (twin.message, twin.position)
+                assert rows is None  # the rows decoder rejects exactly what it rejects
                 return
             raise AssertionError("only the compiled decoder rejected the input")
         assert ticks == _ticks_py.decode_batch(data) or repr(ticks) == repr(
             _ticks_py.decode_batch(data)
         )
+        assert repr(rows) == repr(_ticks_py.decode_batch_rows(data))
 
     atheris.Setup(sys.argv, one)
     atheris.Fuzz()
