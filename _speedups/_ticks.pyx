@@ -206,8 +206,13 @@ cdef extern from *:
     static inline ict_entry *ict_entries(PyObject *d, Py_ssize_t n) {
         PyDictObject *o = (PyDictObject *)d;
         ict_keys *k = (ict_keys *)o->ma_keys;
-        if (n <= 0 || o->ma_values != NULL || o->ma_used != n || k->kind != 1 ||
-                k->nentries != n || k->log2_index_bytes > 40)
+        /* A combined table owns its keys object alone (refcnt 1): a store can never reach
+           another dict. The size checks keep a misread layout from computing a wild
+           address. */
+        if (n <= 0 || o->ma_values != NULL || o->ma_used != n || k->refcnt != 1 ||
+                k->kind != 1 || k->nentries != n || k->log2_size < 3 || k->log2_size > 30 ||
+                k->log2_index_bytes < k->log2_size || k->log2_index_bytes > k->log2_size + 3 ||
+                k->usable < 0 || k->usable + n > ((Py_ssize_t)1 << k->log2_size))
             return NULL;
         return (ict_entry *)(k->indices + ((size_t)1 << k->log2_index_bytes));
     }

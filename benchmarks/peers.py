@@ -223,6 +223,7 @@ class Subject:
     deflate = True  # can receive permessage-deflate
     decoders: tuple[str, ...] = ("orjson", "json")  # JSON decoders used for tick cases
     ticks_only = False  # only the tick cases apply (a client that decodes everything)
+    batches_only = False  # only the binary batch cases apply (the lean rows form)
 
     def skip_reason(self) -> str | None:
         try:
@@ -697,15 +698,25 @@ class WebsocketClient(Subject):
 
 # ---- iotcommute's public asyncio client: AsyncWebSocket with callbacks
 def _recv_callback(
-    counter: Counter, kind: str, per_batch: bool, finish: Callable[[], None]
+    counter: Counter, kind: str, per_batch: bool, finish: Callable[[], None], rows: bool = False
 ) -> tuple[str, Callable[..., None]]:
     """(attribute, callback) of the client API for one receive case.
 
     Raw cases use ``on_message`` (bytes/str untouched); tick cases let the library decode,
     either one ``on_tick`` call per tick or (``per_batch``) one ``on_ticks`` call per
-    network read with the list of new ticks.
+    network read with the list of new ticks, or (``rows``) one ``on_tick_rows`` call per
+    binary batch with the lean row tuples instead of dicts.
     """
     expected = counter.expected
+    if rows:
+
+        def on_tick_rows(fields: tuple[str, ...], rows: list[tuple[Any, ...]], ws: Any) -> None:
+            counter.last = rows[-1]
+            counter.count += len(rows)
+            if counter.count >= expected:
+                finish()
+
+        return "on_tick_rows", on_tick_rows
     if not kind.startswith("ticks"):
 
         def on_message(msg: Any, ws: Any) -> None:
@@ -738,19 +749,25 @@ class IotcommuteAio(Subject):
     """``iotcommute.AsyncWebSocket`` as the README shows it: ``on_message`` (raw) for the
     raw binary/text cases, the echo and the sink; ``on_tick`` for the tick cases (the
     library decodes JSON and batches). The ``-ticks`` variant (``per_batch``) takes the
-    tick cases with ``on_ticks`` (one call per network read with a list of ticks).
+    tick cases with ``on_ticks`` (one call per network read with a list of ticks); the
+    ``-rows`` variant takes the binary batch cases with ``on_tick_rows`` (the lean form).
     """
 
     name = "iotcommute-aio"
     module = "iotcommute.aio"
     decoders = ("iotcommute",)
     per_batch = False
+    rows = False
 
-    def __init__(self, per_batch: bool = False) -> None:
+    def __init__(self, per_batch: bool = False, rows: bool = False) -> None:
         self.per_batch = per_batch
+        self.rows = rows
         if per_batch:
             self.name += "-ticks"
             self.ticks_only = True
+        if rows:
+            self.name += "-rows"
+            self.ticks_only = self.batches_only = True
 
     def version(self) -> str:
         from iotcommute import __version__, frames
@@ -783,7 +800,9 @@ class IotcommuteAio(Subject):
                     done.set_result(None)
 
             ws = self._client(url, compressed)
-            attr, callback = _recv_callback(counter, counter.case.kind, self.per_batch, finish)
+            attr, callback = _recv_callback(
+                counter, counter.case.kind, self.per_batch, finish, self.rows
+            )
             setattr(ws, attr, callback)
             await ws.connect()
             ended = asyncio.ensure_future(ws.wait_closed())
@@ -882,7 +901,9 @@ class IotcommuteSync(IotcommuteAio):
     def recv(self, url: str, counter: Counter, compressed: bool) -> None:
         done = threading.Event()
         ws = self._sync_client(url, compressed)
-        attr, callback = _recv_callback(counter, counter.case.kind, self.per_batch, done.set)
+        attr, callback = _recv_callback(
+            counter, counter.case.kind, self.per_batch, done.set, self.rows
+        )
         setattr(ws, attr, callback)
         ws.on_close = lambda *args: done.set()
         self._session(ws, lambda: done.wait(TIMEOUT))
@@ -1000,6 +1021,7 @@ class InWorker(Subject):
         self.deflate = inner.deflate
         self.decoders = inner.decoders
         self.ticks_only = inner.ticks_only
+        self.batches_only = inner.batches_only
         self.per_batch = getattr(inner, "per_batch", False)
 
     def version(self) -> str:
@@ -1040,6 +1062,8 @@ LOCAL: list[Subject] = [
     IotcommuteAio(per_batch=True),
     IotcommuteSync(),
     IotcommuteSync(per_batch=True),
+    IotcommuteAio(rows=True),
+    IotcommuteSync(rows=True),
     IotcommuteCore(),
     Picows(),
     Aiohttp(),
@@ -1048,7 +1072,7 @@ LOCAL: list[Subject] = [
     WebsocketClient(),
 ]
 SUBJECTS: dict[str, Subject] = {s.name: s for s in LOCAL}
-for _name in ("aio", "aio-ticks", "sync", "sync-ticks", "core"):
+for _name in ("aio", "aio-ticks", "aio-rows", "sync", "sync-ticks", "core"):
     _fallback = InWorker(SUBJECTS[f"iotcommute-{_name}"])
     SUBJECTS[_fallback.name] = _fallback
 #: send / latency / memory subjects (the "-ticks" variants differ only in receiving ticks)
@@ -1065,15 +1089,19 @@ ORDER = [
     "wsproto",
     "websocket-client",
 ]
-#: receive subjects: ORDER plus the per-batch (on_ticks) variants next to their base
+#: receive subjects: ORDER plus the per-batch (on_ticks) and lean (on_tick_rows) variants
+#: next to their base
 RECV_ORDER = [
     "iotcommute-aio",
     "iotcommute-aio-ticks",
+    "iotcommute-aio-rows",
     "iotcommute-sync",
     "iotcommute-sync-ticks",
+    "iotcommute-sync-rows",
     "iotcommute-core",
     "iotcommute-fallback-aio",
     "iotcommute-fallback-aio-ticks",
+    "iotcommute-fallback-aio-rows",
     "iotcommute-fallback-sync",
     "iotcommute-fallback-sync-ticks",
     "iotcommute-fallback-core",

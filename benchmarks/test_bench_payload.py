@@ -123,6 +123,20 @@ def test_batch_decode_100(benchmark: Any, impl: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_batch_decode_rows_100(benchmark: Any, impl: ModuleType) -> None:
+    """The lean form of the same batch (on_tick_rows): a tuple per tick instead of dicts."""
+    fields, rows = impl.decode_batch_rows(RAW_BATCH)
+    assert [dict(zip(fields, r[3:])) for r in rows] == [t["data"] for t in TICKS]
+    decode = impl.decode_batch_rows
+
+    def decode_100_batches() -> None:
+        for _ in range(100):
+            decode(RAW_BATCH)
+
+    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_batch_encode_100(benchmark: Any, impl: ModuleType) -> None:
     assert impl.encode_batch(TICKS) == RAW_BATCH
     encode = impl.encode_batch

@@ -22,6 +22,8 @@ def _params() -> list[Any]:
     out = []
     for case in firehose.CASES.values():
         for name in peers.RECV_ORDER:
+            if peers.SUBJECTS[name].batches_only and case.kind != "ticks-batch":
+                continue
             decoders = peers.SUBJECTS[name].decoders
             if case.name != "json256":
                 decoders = decoders[:1]
@@ -37,6 +39,8 @@ def skip_unless_runnable(subject: peers.Subject, case: firehose.Case) -> None:
         pytest.skip(reason)
     if case.compressed and not subject.deflate:
         pytest.skip(f"{subject.name} has no permessage-deflate")
+    if subject.batches_only and case.kind != "ticks-batch":
+        pytest.skip(f"{subject.name} is the lean (on_tick_rows) variant: batch cases only")
     if subject.ticks_only and not case.kind.startswith("ticks"):
         pytest.skip(f"{subject.name} is the per-batch (on_ticks) variant: tick cases only")
     if case.kind == "ticks-batch" and not firehose.batch_codec_available():
@@ -80,7 +84,10 @@ def test_recv(
     if isinstance(subject, peers.InWorker):
         return  # the worker checked its own count; the payload stayed in that process
     last = counter.last
-    if case.kind.startswith("ticks"):
+    if subject.batches_only:  # the lean form: (device, position, ts, *values)
+        assert isinstance(last, tuple) and isinstance(last[0], str)
+        assert isinstance(last[1], int) and len(last) > 3
+    elif case.kind.startswith("ticks"):
         assert isinstance(last, dict) and last["type"] == "tick"
         assert isinstance(last["data"], dict) and isinstance(last["position"], int)
     elif case.kind == "text":

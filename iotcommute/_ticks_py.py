@@ -160,13 +160,14 @@ def _parse(
 def _device(devices: list[str], rec: tuple[Any, ...]) -> str:
     """Check 9a: the row's device index is in the table."""
     try:
-        return devices[rec[0]]
+        device: str = devices[rec[0]]
     except IndexError:
         pos = rec[1]
         raise DecodeError(
             f"tick at position {pos} refers to device {rec[0]}, the table has {len(devices)}",
             position=pos,
         ) from None
+    return device
 
 
 def _with_bools(vals: list[Any], bool_cols: list[int], pos: int) -> list[Any]:

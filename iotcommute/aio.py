@@ -9,9 +9,10 @@ transport.Engine). Ticks go into a bounded queue: above `max_queue` the transpor
 reading from the socket (TCP backpressure reaches the server) and resumes once the
 consumer has drained it below `max_queue // 4`, so a slow consumer keeps memory bounded.
 The callback attributes (on_tick, on_gap, ...) work too and run on the loop. Ticks are
-queued for `async for` unless on_tick/on_ticks is set and no iteration has started (a
-callback-only user never drains the queue, which would otherwise pause the stream);
-iterate=False turns the queue off entirely.
+queued for `async for` unless on_tick/on_ticks/on_tick_rows is set and no iteration has
+started (a callback-only user never drains the queue, which would otherwise pause the stream);
+iterate=False turns the queue off entirely. With on_tick_rows set, binary batches go to it
+in the lean form (see client.WebSocket) and only JSON ticks reach the queue.
 
 send()/publish() are corked: the frames of one loop iteration (at most 64 KiB of them)
 go out in one socket write, and a send waits only while the socket's write buffer is over
@@ -98,6 +99,7 @@ class AsyncWebSocket:
         self.on_connect: Callback = None
         self.on_tick: Callback = None
         self.on_ticks: Callback = None
+        self.on_tick_rows: Callback = None
         self.on_message: Callback = None
         self.on_command: Callback = None
         self.on_close: Callback = None
@@ -205,7 +207,9 @@ class AsyncWebSocket:
 
     # ------------------------------------------------------------------ iteration
     def _push(self, batch: list[dict[str, Any]]) -> None:
-        if not self._iterating and (self.on_tick is not None or self.on_ticks is not None):
+        if not self._iterating and (
+            self.on_tick is not None or self.on_ticks is not None or self.on_tick_rows is not None
+        ):
             return  # callback-style use: nobody will drain a queue, so keep none
         self._queue.extend(batch)
         if not self._paused and len(self._queue) >= self._high:

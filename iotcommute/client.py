@@ -12,7 +12,10 @@ passed to on_error; it never kills the connection.
 
 Callbacks: on_connect(ws), on_tick(tick, ws), on_ticks(ticks, ws) -- the new ticks of
 one binary batch frame, or of up to 32 JSON ticks that arrived in one network read, in
-stream order and after on_tick ran for each --, on_message(raw, ws) (every text/binary message
+stream order and after on_tick ran for each --, on_tick_rows(fields, rows, ws) -- the lean
+form of a binary batch: the data field names and one tuple (device, position, ts, *values)
+per new tick; when set, binary batches go to it instead of on_tick/on_ticks --,
+on_message(raw, ws) (every text/binary message
 as received; with no tick consumer set, binary frames are not decoded at all),
 on_command(command, ws) (answer with ws.ack()),
 on_close(code, reason, ws), on_error(error, ws), on_reconnect(attempt, ws),
@@ -124,6 +127,7 @@ class WebSocket:
         self.on_connect: Callback = None
         self.on_tick: Callback = None
         self.on_ticks: Callback = None
+        self.on_tick_rows: Callback = None
         self.on_message: Callback = None
         self.on_command: Callback = None
         self.on_close: Callback = None

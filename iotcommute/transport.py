@@ -235,6 +235,7 @@ class Owner(Protocol):
     on_connect: Callable[..., Any] | None
     on_tick: Callable[..., Any] | None
     on_ticks: Callable[..., Any] | None
+    on_tick_rows: Callable[..., Any] | None
     on_message: Callable[..., Any] | None
     on_command: Callable[..., Any] | None
     on_close: Callable[..., Any] | None
@@ -639,7 +640,12 @@ class Engine:
         consumer gets the bytes untouched and pays nothing for decoding (_dispatch_raw).
         """
         owner = self.owner
-        if owner.on_tick is None and owner.on_ticks is None and self.tick_sink is None:
+        if (
+            owner.on_tick is None
+            and owner.on_ticks is None
+            and owner.on_tick_rows is None
+            and self.tick_sink is None
+        ):
             self._dispatch_raw(events, owner.on_message)
         else:
             self._dispatch_ticks(events)
@@ -705,11 +711,13 @@ class Engine:
 
         on_ticks/tick_sink get each binary batch frame as its own list (no copy; the ticks
         of one frame die together, which keeps the garbage collector's young generation
-        small) and the JSON ticks of one read together, in stream order.
+        small) and the JSON ticks of one read together, in stream order. With on_tick_rows
+        set, binary batches go to it alone, in the lean form (payload.decode_batch_rows).
         """
         owner = self.owner
         on_tick = owner.on_tick
         on_ticks = owner.on_ticks
+        on_rows = owner.on_tick_rows
         on_message = owner.on_message
         sink = self.tick_sink
         loads = _fast_loads
@@ -728,6 +736,13 @@ class Engine:
                         on_message(ev, owner)
                     except Exception as exc:
                         self._callback_failed("on_message", exc)
+                if on_rows is not None:
+                    if pending:
+                        self._deliver_ticks(pending, sink, on_ticks)
+                        pending = []
+                    last, n_dups = self._deliver_rows(ev, last, on_rows)
+                    dups += n_dups
+                    continue
                 try:
                     ticks = decode_batch(ev)
                 except DecodeError as exc:
@@ -820,6 +835,38 @@ class Engine:
             self.duplicates += dups
         if pending:
             self._deliver_ticks(pending, sink, on_ticks)
+
+    def _deliver_rows(self, ev: bytes, last: int, on_rows: Callable[..., Any]) -> tuple[int, int]:
+        """One binary batch to on_tick_rows, past `last` only; returns (last, duplicates)."""
+        try:
+            fields, rows = payload.decode_batch_rows(ev)
+        except DecodeError as exc:
+            self._report(exc)
+            return last, 0
+        except Exception as exc:
+            self._report(DecodeError(f"undecodable tick batch: {exc}"))
+            return last, 0
+        if not rows:
+            return last, 0
+        dups = 0
+        if rows[0][1] > last:  # a batch is a slice of the log: one comparison suffices
+            last = rows[-1][1]
+        else:
+            fresh = []
+            for row in rows:
+                if row[1] <= last:
+                    dups += 1
+                    continue
+                last = row[1]
+                fresh.append(row)
+            if not fresh:
+                return last, dups
+            rows = fresh
+        try:
+            on_rows(fields, rows, self.owner)
+        except Exception as exc:
+            self._callback_failed("on_tick_rows", exc)
+        return last, dups
 
     def _deliver_ticks(
         self,

@@ -230,6 +230,27 @@ def test_callback_only_use_never_stalls_on_a_full_queue(server: ServerThread, ru
     run(main())
 
 
+def test_rows_only_use_gets_every_tick_and_never_stalls(server: ServerThread, run: Any) -> None:
+    """AsyncWebSocket with only on_tick_rows on a binary subscription: every tick once, in
+    order, and no queue fills up behind a consumer that never iterates."""
+
+    async def main() -> None:
+        got: list[int] = []
+        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10, format="binary")
+        ws.on_tick_rows = lambda fields, rows, w: got.extend(r[1] for r in rows)
+        sub = asyncio.ensure_future(wait_subscribed(ws))
+        async with ws:
+            await sub
+            expected = await asyncio.to_thread(append, server, 2000)
+            async with asyncio.timeout(20):
+                while len(got) < 2000:
+                    await asyncio.sleep(0.01)
+            assert got == expected
+            assert ws.stats()["queued_ticks"] == 0 and not ws.stats()["reading_paused"]
+
+    run(main())
+
+
 class _Peer:
     """A bare WebSocket peer on a thread: accepts one upgrade, then (after `release()` when
     `stall`) reads and parses every client frame. `frames` keeps (opcode, payload) when

@@ -669,3 +669,85 @@ def test_on_ticks_json_lists_are_bounded_and_in_order(server: ServerThread) -> N
         assert max(map(len, calls)) <= JSON_TICKS_CHUNK
     finally:
         finish(ws)
+
+
+def test_on_tick_rows_gets_the_lean_form_of_binary_batches() -> None:
+    """on_tick_rows: one call per binary batch with the field names and one tuple per new
+    tick; overlapping and old batches are filtered by position like dicts; on_tick/on_ticks
+    see no binary batch; a raising on_tick_rows goes to on_error and the stream goes on."""
+    from test_client_support import DEVICE as MINI_DEV
+    from test_client_support import KEY as MINI_KEY
+    from test_client_support import MiniServer
+
+    from iotcommute import payload
+
+    def batch(lo: int, hi: int) -> bytes:
+        return bytes(
+            payload.encode_batch(
+                [
+                    {
+                        "type": "tick",
+                        "device": f"dev-{p % 3}",
+                        "position": p,
+                        "ts": 1.5 + p,
+                        "data": {"v": p, "on": p % 2 == 0},
+                    }
+                    for p in range(lo, hi)
+                ]
+            )
+        )
+
+    srv = MiniServer()
+    calls: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+    dicts: list[Any] = []
+    errors: list[BaseException] = []
+    ws = WebSocket(MINI_KEY, MINI_DEV, "device", url=srv.url, subscribe=None)
+
+    def on_rows(fields: tuple[str, ...], rows: list[tuple[Any, ...]], w: WebSocket) -> None:
+        calls.append((fields, rows))
+        if rows[0][1] == 101:
+            raise ValueError("user bug")
+
+    ws.on_tick_rows = on_rows
+    ws.on_tick = lambda t, w: dicts.append(t)
+    ws.on_ticks = lambda ts, w: dicts.append(ts)
+    ws.on_error = lambda e, w: errors.append(e)
+    try:
+        start(ws)
+        srv.broadcast(batch(1, 101))
+        srv.broadcast(batch(101, 201))
+        srv.broadcast(batch(150, 251))  # overlaps: 150..200 are duplicates
+        srv.broadcast(batch(10, 20))  # entirely old: no call
+        srv.broadcast(batch(251, 261))
+        wait_for(lambda: sum(len(r) for _, r in calls) >= 260, what="rows")
+        assert all(fields == ("v", "on") for fields, _ in calls)
+        flat = [row for _, rows in calls for row in rows]
+        assert flat == [(f"dev-{p % 3}", p, 1.5 + p, p, p % 2 == 0) for p in range(1, 261)]
+        assert [len(r) for _, r in calls] == [100, 100, 50, 10]
+        assert dicts == []
+        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        assert ws.position == 260 and ws.stats()["duplicates_dropped"] == 51 + 10
+    finally:
+        finish(ws)
+        srv.close()
+
+
+def test_on_tick_rows_against_the_reference_server(server: ServerThread) -> None:
+    """The rows of a binary subscription carry exactly the ticks a JSON subscriber sees."""
+    json_ticks: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    a = client(server)
+    a.on_tick = lambda t, w: json_ticks.append(t)
+    b = client(server, format="binary")
+    b.on_tick_rows = lambda fields, rs, w: rows.extend(
+        (r[0], r[1], r[2], dict(zip(fields, r[3:]))) for r in rs
+    )
+    start(a)
+    start(b)
+    try:
+        append(server, 500)
+        wait_for(lambda: len(json_ticks) >= 500 and len(rows) >= 500, what="ticks")
+        assert rows == [(t["device"], t["position"], t["ts"], t["data"]) for t in json_ticks]
+    finally:
+        finish(a)
+        finish(b)
