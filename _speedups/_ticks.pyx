@@ -38,6 +38,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 import math
+import os
 from collections.abc import Mapping
 
 from iotcommute.exceptions import DecodeError, InputError
@@ -237,12 +238,32 @@ cdef extern from *:
         }
         return ict_set_steal(d, k, v, h);
     }
-    /* FNV-1a, 64 bit: device ids are short, and this is only a cache index. */
-    static inline uint64_t ict_fnv(const unsigned char *p, Py_ssize_t n) {
-        uint64_t h = 1469598103934665603ULL;
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ULL; }
+    /* The device cache's hash: 8 bytes per step, seeded per process (a peer cannot aim ids
+       at one probe chain without knowing the seed), and mixed so the low bits (the slot)
+       depend on every byte. Only a cache index: equality is always checked on the bytes. */
+    static inline uint64_t ict_hash_bytes(const unsigned char *p, Py_ssize_t n, uint64_t seed) {
+        uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL), w;
+        while (n >= 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xff51afd7ed558ccdULL;
+            h ^= h >> 32;
+            p += 8;
+            n -= 8;
+        }
+        w = 0;
+        while (n > 0) { n--; w = (w << 8) | p[n]; }
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
         return h;
+    }
+    /* Equal bytes, for the short ids of the device table (memcmp's call costs more). */
+    static inline int ict_same_bytes(const char *a, const unsigned char *b, Py_ssize_t n) {
+        Py_ssize_t i;
+        if (n > 32) return memcmp(a, b, (size_t)n) == 0;
+        for (i = 0; i < n; i++) if ((unsigned char)a[i] != b[i]) return 0;
+        return 1;
     }
     """
     ctypedef struct ict_entry:
@@ -250,7 +271,8 @@ cdef extern from *:
         PyObject* value
     ict_entry* ict_entries(PyObject* d, Py_ssize_t n)
     int ict_put(PyObject* d, ict_entry* e, PyObject* k, PyObject* v, Py_hash_t h) except -1
-    uint64_t ict_fnv(const unsigned char* p, Py_ssize_t n) nogil
+    uint64_t ict_hash_bytes(const unsigned char* p, Py_ssize_t n, uint64_t seed) nogil
+    int ict_same_bytes(const char* a, const unsigned char* b, Py_ssize_t n) nogil
     int ICT_DIRECT_BUILT
 
 cdef extern from "Python.h":
@@ -295,6 +317,7 @@ if _dev_cache == NULL:
     raise MemoryError()
 cdef Py_ssize_t _dev_count = 0
 cdef uint32_t _dev_epoch = 0
+cdef uint64_t _dev_seed = int.from_bytes(os.urandom(8), "little")
 
 
 cdef void _dev_cache_clear():
@@ -391,7 +414,7 @@ cdef PyObject* _intern_device(const unsigned char* p, Py_ssize_t ln, Py_ssize_t 
     """The cached str for device id bytes p[:ln] (borrowed), decoding it on a miss; raises the
     table's DecodeError for invalid UTF-8 or an id already named in this table."""
     global _dev_count
-    cdef uint64_t h = ict_fnv(p, ln)
+    cdef uint64_t h = ict_hash_bytes(p, ln, _dev_seed)
     cdef Py_ssize_t k = <Py_ssize_t>(h & (DEV_CACHE_SLOTS - 1))
     cdef _DevSlot* s
     cdef Py_ssize_t size
@@ -399,7 +422,7 @@ cdef PyObject* _intern_device(const unsigned char* p, Py_ssize_t ln, Py_ssize_t 
         s = &_dev_cache[k]
         if s.s == NULL:
             break
-        if s.h == h and s.size == ln and memcmp(s.utf8, p, ln) == 0:
+        if s.h == h and s.size == ln and ict_same_bytes(s.utf8, p, ln):
             if s.stamp == _dev_epoch:
                 raise DecodeError(f"device {i} repeats an earlier device id")
             s.stamp = _dev_epoch
@@ -626,8 +649,9 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
                             PyFloat_FromDouble_raw(ict_ldf64(r + 10)), H_TS)
                 data = PyDict_Copy_raw(s.data)
                 d = s.row - r  # from a value to the same value in that row
-            if te != NULL and te[4].key == <PyObject*>K_DATA:
-                # What PyDict_SetItem does for a dict value: track the holder.
+            if te != NULL and te[4].key == <PyObject*>K_DATA and s.row == NULL:
+                # What PyDict_SetItem does for a dict value: track the holder. Only the
+                # template's copy can be untracked: a copy of a tracked dict is tracked.
                 if not PyObject_GC_IsTracked_raw(tick):
                     PyObject_GC_Track_raw(tick)
             ict_put(tick, te + 4 if te != NULL else NULL, <PyObject*>K_DATA, data, H_DATA)
