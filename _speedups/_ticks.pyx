@@ -402,12 +402,57 @@ DIRECT_STORES = _DIRECT  # for tests and the benchmark notes
 
 def decode_batch(buf):
     """Decode one v1 tick batch into tick dicts (the same dicts as JSON ticks)."""
+    return _decode_buffer(buf, False)
+
+
+def decode_batch_rows(buf):
+    """Decode one v1 tick batch leanly: (field names, rows); see iotcommute._ticks_py."""
+    return _decode_buffer(buf, True)
+
+
+cdef object _decode_buffer(object buf, bint rows):
     cdef Py_buffer view
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
+        if rows:
+            return _decode_rows(<const unsigned char*>view.buf, view.len)
         return _decode(<const unsigned char*>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)
+
+
+cdef inline bint _same_value(const unsigned char* q, Py_ssize_t d, uint8_t size) noexcept:
+    """Whether the value at q has the same bytes as the one d bytes away (0: no such row)."""
+    if d == 0:
+        return False
+    if size == 8:
+        return ict_ld64(q) == ict_ld64(q + d)
+    if size == 4:
+        return ict_ld32(q) == ict_ld32(q + d)
+    return q[0] == q[d]
+
+
+cdef inline PyObject* _new_value(uint8_t code, const unsigned char* q, uint64_t pos,
+                                 Py_ssize_t j) except NULL:
+    """A new reference to the value of type `code` at q (check 9b for a bool)."""
+    cdef PyObject* v
+    cdef uint8_t b
+    if code == 1:
+        v = PyFloat_FromDouble_raw(ict_ldf64(q))
+    elif code == 2:
+        v = PyLong_FromLongLong_raw(<int64_t>ict_ld64(q))
+    elif code == 3:
+        v = PyLong_FromLongLong_raw(<int32_t>ict_ld32(q))
+    elif code == 5:
+        v = PyFloat_FromDouble_raw(ict_ldf32(q))
+    else:
+        b = q[0]
+        if b > 1:
+            raise DecodeError(f"tick at position {pos}: bool field {j} holds {b}", position=pos)
+        v = ict_newref(Py_True_raw if b else Py_False_raw)
+    if v == NULL:
+        ict_raise_pending()
+    return v
 
 
 cdef PyObject* _intern_device(const unsigned char* p, Py_ssize_t ln, Py_ssize_t i) except NULL:
@@ -574,7 +619,7 @@ cdef tuple _prepare(const unsigned char* p, Py_ssize_t n):
 cdef list _decode(const unsigned char* p, Py_ssize_t n):
     cdef Py_ssize_t off, i, j, row_size
     cdef uint32_t n_dev, n_fld, n_ticks
-    cdef uint8_t code
+    cdef uint8_t code, size
     cdef _Devices dt
     cdef _Fields ft
     dt, ft, off, n_ticks = _prepare(p, n)
@@ -601,12 +646,8 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     cdef uint64_t pos
     cdef PyObject* tick
     cdef PyObject* data
-    cdef PyObject* key
     cdef ict_entry* te
     cdef ict_entry* de
-    cdef ict_entry* e
-    cdef Py_hash_t h
-    cdef uint8_t b
     cdef Py_ssize_t d
     cdef bint direct = _DIRECT
     cdef PyObject* tick_tpl = <PyObject*>_TICK_TPL
@@ -666,36 +707,11 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
             q = r + ROW_PREFIX
             for j in range(n_fld):
                 code = codes[j]
-                key = PyList_GET_ITEM_raw(names, j)
-                h = name_hash[j]
-                e = de + j if de != NULL else NULL
-                if code == 1 or code == 2:
-                    if d == 0 or ict_ld64(q) != ict_ld64(q + d):
-                        if code == 1:
-                            ict_put(data, e, key, PyFloat_FromDouble_raw(ict_ldf64(q)), h)
-                        else:
-                            ict_put(
-                                data, e, key, PyLong_FromLongLong_raw(<int64_t>ict_ld64(q)), h
-                            )
-                    q += 8
-                elif code == 3 or code == 5:
-                    if d == 0 or ict_ld32(q) != ict_ld32(q + d):
-                        if code == 3:
-                            ict_put(
-                                data, e, key, PyLong_FromLongLong_raw(<int32_t>ict_ld32(q)), h
-                            )
-                        else:
-                            ict_put(data, e, key, PyFloat_FromDouble_raw(ict_ldf32(q)), h)
-                    q += 4
-                else:
-                    b = q[0]
-                    if d == 0 or b != q[d]:
-                        if b > 1:
-                            raise DecodeError(
-                                f"tick at position {pos}: bool field {j} holds {b}", position=pos
-                            )
-                        ict_put(data, e, key, ict_newref(Py_True_raw if b else Py_False_raw), h)
-                    q += 1
+                size = TYPE_SIZE[code]
+                if not _same_value(q, d, size):
+                    ict_put(data, de + j if de != NULL else NULL, PyList_GET_ITEM_raw(names, j),
+                            _new_value(code, q, pos, j), name_hash[j])
+                q += size
             r += row_size
     finally:
         for i in range(n_slots):
@@ -705,22 +721,12 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     return out
 
 
-def decode_batch_rows(buf):
-    """Decode one v1 tick batch leanly: (field names, rows); see iotcommute._ticks_py."""
-    cdef Py_buffer view
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-    try:
-        return _decode_rows(<const unsigned char*>view.buf, view.len)
-    finally:
-        PyBuffer_Release(&view)
-
-
 cdef tuple _decode_rows(const unsigned char* p, Py_ssize_t n):
     """One tuple per row, (device, position, ts, *values). A value whose bytes equal the
     previous row's is that row's (immutable) object, as in _decode."""
     cdef Py_ssize_t off, i, j, row_size, width
     cdef uint32_t n_dev, n_fld, n_ticks
-    cdef uint8_t code, b
+    cdef uint8_t code, size
     cdef _Devices dt
     cdef _Fields ft
     dt, ft, off, n_ticks = _prepare(p, n)
@@ -766,33 +772,13 @@ cdef tuple _decode_rows(const unsigned char* p, Py_ssize_t n):
         q = r + ROW_PREFIX
         for j in range(n_fld):
             code = codes[j]
-            if code == 1 or code == 2:
-                if d != 0 and ict_ld64(q) == ict_ld64(q + d):
-                    v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 3 + j))
-                elif code == 1:
-                    v = PyFloat_FromDouble_raw(ict_ldf64(q))
-                else:
-                    v = PyLong_FromLongLong_raw(<int64_t>ict_ld64(q))
-                q += 8
-            elif code == 3 or code == 5:
-                if d != 0 and ict_ld32(q) == ict_ld32(q + d):
-                    v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 3 + j))
-                elif code == 3:
-                    v = PyLong_FromLongLong_raw(<int32_t>ict_ld32(q))
-                else:
-                    v = PyFloat_FromDouble_raw(ict_ldf32(q))
-                q += 4
+            size = TYPE_SIZE[code]
+            if _same_value(q, d, size):
+                v = ict_newref(PyTuple_GET_ITEM_ptr(prow, 3 + j))
             else:
-                b = q[0]
-                if b > 1:
-                    raise DecodeError(
-                        f"tick at position {pos}: bool field {j} holds {b}", position=pos
-                    )
-                v = ict_newref(Py_True_raw if b else Py_False_raw)
-                q += 1
-            if v == NULL:
-                ict_raise_pending()
+                v = _new_value(code, q, pos, j)
             PyTuple_SET_ITEM_raw(row, 3 + j, v)
+            q += size
         prow = row
         d = -row_size
         r += row_size

@@ -212,32 +212,22 @@ def test_resume_after_cut_is_lossless(server: ServerThread, run: Any) -> None:
     run(main())
 
 
-def test_callback_only_use_never_stalls_on_a_full_queue(server: ServerThread, run: Any) -> None:
-    async def main() -> None:
-        got: list[int] = []
-        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10)
-        ws.on_tick = lambda t, w: got.append(t["position"])
-        sub = asyncio.ensure_future(wait_subscribed(ws))
-        async with ws:
-            await sub
-            expected = await asyncio.to_thread(append, server, 500)
-            async with asyncio.timeout(20):
-                while len(got) < 500:
-                    await asyncio.sleep(0.01)
-            assert got == expected
-            assert ws.stats()["queued_ticks"] == 0 and not ws.stats()["reading_paused"]
-
-    run(main())
-
-
-def test_rows_only_use_gets_every_tick_and_never_stalls(server: ServerThread, run: Any) -> None:
-    """AsyncWebSocket with only on_tick_rows on a binary subscription: every tick once, in
-    order, and no queue fills up behind a consumer that never iterates."""
+@pytest.mark.parametrize("callback", ["on_tick", "on_tick_rows"])
+def test_callback_only_use_never_stalls_on_a_full_queue(
+    server: ServerThread, run: Any, callback: str
+) -> None:
+    """A consumer that only sets a callback (on_tick on JSON, or on_tick_rows on a binary
+    subscription) and never iterates gets every tick once, in order, and no queue fills up
+    behind it to pause the stream."""
 
     async def main() -> None:
         got: list[int] = []
-        ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10, format="binary")
-        ws.on_tick_rows = lambda fields, rows, w: got.extend(r[1] for r in rows)
+        if callback == "on_tick":
+            ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10)
+            ws.on_tick = lambda t, w: got.append(t["position"])
+        else:
+            ws = AsyncWebSocket(KEY, DEV, "device", url=server.url, max_queue=10, format="binary")
+            ws.on_tick_rows = lambda fields, rows, w: got.extend(r[1] for r in rows)
         sub = asyncio.ensure_future(wait_subscribed(ws))
         async with ws:
             await sub
