@@ -421,6 +421,13 @@ cdef object _decode_buffer(object buf, bint rows):
         PyBuffer_Release(&view)
 
 
+cdef int _bad_device(uint16_t idx, uint32_t n_dev, uint64_t pos) except -1:
+    """Check 9a failed: the row's device index is past the table."""
+    raise DecodeError(
+        f"tick at position {pos} refers to device {idx}, the table has {n_dev}", position=pos
+    )
+
+
 cdef inline bint _same_value(const unsigned char* q, Py_ssize_t d, uint8_t size) noexcept:
     """Whether the value at q has the same bytes as the one d bytes away (0: no such row)."""
     if d == 0:
@@ -656,10 +663,7 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
             idx = ict_ld16(r)
             pos = ict_ld64(r + 2)
             if idx >= n_dev:
-                raise DecodeError(
-                    f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
-                    position=pos,
-                )
+                _bad_device(idx, n_dev, pos)
             s = prev + (idx if n_slots > 1 else 0)
             # Ownership first: the list owns the tick and the tick owns `data` before any
             # value is made, so an error anywhere below leaks nothing.
@@ -749,10 +753,7 @@ cdef tuple _decode_rows(const unsigned char* p, Py_ssize_t n):
         idx = ict_ld16(r)
         pos = ict_ld64(r + 2)
         if idx >= n_dev:
-            raise DecodeError(
-                f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
-                position=pos,
-            )
+            _bad_device(idx, n_dev, pos)
         # The list owns the row before any value is made; unset slots are NULL, which a
         # tuple's traversal and deallocation skip, so an error below leaks nothing.
         row = PyTuple_New_raw(width)
