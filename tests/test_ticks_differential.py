@@ -737,3 +737,46 @@ def test_direct_stores_proven_on_this_interpreter() -> None:
     if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
         expected = False
     assert C.DIRECT_STORES is expected
+
+
+def test_decode_reentered_from_finalizers_during_a_decode() -> None:
+    """A collection can run inside a decode (every dict it makes is a GC allocation), and a
+    finalizer can decode other batches right then: with a collection forced every few
+    allocations and finalizers that decode batches with other device and field tables (and
+    empty the device cache), every outer and inner result still equals the twin's."""
+    import gc
+
+    population = [f"node-{i:05d}".encode() for i in range(6000)]
+    other = [device_table_batch(population[k : k + 900]) for k in range(0, 6000, 900)]
+    inner: list[tuple[str, bytes, Any]] = []
+    during = [False, 0]  # inside an outer decode; inner decodes seen there
+
+    class Decodes:
+        def __init__(self, raw: bytes) -> None:
+            self.raw = raw
+            self.me = self  # a cycle: only the collector frees it
+
+        def __del__(self) -> None:
+            during[1] += during[0]
+            for name in ("decode_batch", "decode_batch_rows"):
+                inner.append((name, self.raw, outcome(getattr(C, name), self.raw)))
+
+    rows = [struct.pack("<HQdd", k % 7, k + 1, 0.5, float(k % 3)) for k in range(300)]
+    outer = Table([f"dev-{i}" for i in range(7)], [(F64, "x")]).batch(rows)
+    want = outcome(P.decode_batch, outer)
+    want_rows = outcome(P.decode_batch_rows, outer)
+    old = gc.get_threshold()
+    gc.set_threshold(5, 1, 1)
+    try:
+        for k in range(40):
+            Decodes(other[k % len(other)])
+            during[0] = True
+            got, got_rows = outcome(C.decode_batch, outer), outcome(C.decode_batch_rows, outer)
+            during[0] = False
+            assert same(got, want) and same(got_rows, want_rows)
+    finally:
+        gc.set_threshold(*old)
+        gc.collect()
+    assert during[1] > 0, "no finalizer ran inside a decode: the test tests nothing"
+    for name, raw, got in inner:
+        assert got[0] == "ok" and same(got, outcome(getattr(P, name), raw))
