@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from . import payload
@@ -47,6 +47,7 @@ from .protocol import ClientProtocol
 
 __all__ = ["Engine", "Options", "parse_url"]
 
+_T = TypeVar("_T")
 log = logging.getLogger("iotcommute.transport")
 
 DEFAULT_PATH = "/v1/stream"
@@ -743,14 +744,7 @@ class Engine:
                     last, n_dups = self._deliver_rows(ev, last, on_rows)
                     dups += n_dups
                     continue
-                try:
-                    ticks = decode_batch(ev)
-                except DecodeError as exc:
-                    self._report(exc)
-                    continue
-                except Exception as exc:
-                    self._report(DecodeError(f"undecodable tick batch: {exc}"))
-                    continue
+                ticks = self._decoded(decode_batch, ev)
                 if not ticks:
                     continue
                 if ticks[0]["position"] > last:
@@ -836,18 +830,22 @@ class Engine:
         if pending:
             self._deliver_ticks(pending, sink, on_ticks)
 
-    def _deliver_rows(self, ev: bytes, last: int, on_rows: Callable[..., Any]) -> tuple[int, int]:
-        """One binary batch to on_tick_rows, past `last` only; returns (last, duplicates)."""
+    def _decoded(self, decode: Callable[[bytes], _T], ev: bytes) -> _T | None:
+        """decode(ev), or None once the failure is reported (the stream goes on)."""
         try:
-            fields, rows = payload.decode_batch_rows(ev)
+            return decode(ev)
         except DecodeError as exc:
             self._report(exc)
-            return last, 0
         except Exception as exc:
             self._report(DecodeError(f"undecodable tick batch: {exc}"))
+        return None
+
+    def _deliver_rows(self, ev: bytes, last: int, on_rows: Callable[..., Any]) -> tuple[int, int]:
+        """One binary batch to on_tick_rows, past `last` only; returns (last, duplicates)."""
+        decoded = self._decoded(payload.decode_batch_rows, ev)
+        if decoded is None or not decoded[1]:
             return last, 0
-        if not rows:
-            return last, 0
+        fields, rows = decoded
         dups = 0
         if rows[0][1] > last:  # a batch is a slice of the log: one comparison suffices
             last = rows[-1][1]

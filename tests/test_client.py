@@ -679,7 +679,7 @@ def test_on_tick_rows_gets_the_lean_form_of_binary_batches() -> None:
     from test_client_support import KEY as MINI_KEY
     from test_client_support import MiniServer
 
-    from iotcommute import payload
+    from iotcommute import DecodeError, payload
 
     def batch(lo: int, hi: int) -> bytes:
         return bytes(
@@ -718,6 +718,7 @@ def test_on_tick_rows_gets_the_lean_form_of_binary_batches() -> None:
         srv.broadcast(batch(101, 201))
         srv.broadcast(batch(150, 251))  # overlaps: 150..200 are duplicates
         srv.broadcast(batch(10, 20))  # entirely old: no call
+        srv.broadcast(batch(251, 261)[:-3])  # truncated: a DecodeError, the stream goes on
         srv.broadcast(batch(251, 261))
         wait_for(lambda: sum(len(r) for _, r in calls) >= 260, what="rows")
         assert all(fields == ("v", "on") for fields, _ in calls)
@@ -725,7 +726,8 @@ def test_on_tick_rows_gets_the_lean_form_of_binary_batches() -> None:
         assert flat == [(f"dev-{p % 3}", p, 1.5 + p, p, p % 2 == 0) for p in range(1, 261)]
         assert [len(r) for _, r in calls] == [100, 100, 50, 10]
         assert dicts == []
-        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        assert [type(e) for e in errors] == [ValueError, DecodeError]
+        assert "rows need" in str(errors[1])
         assert ws.position == 260 and ws.stats()["duplicates_dropped"] == 51 + 10
     finally:
         finish(ws)
