@@ -136,6 +136,37 @@ def test_batch_decode_rows_100(benchmark: Any, impl: ModuleType) -> None:
     run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
 
 
+def _firehose_batches(shape: str, identical: bool) -> list[bytes]:
+    """10 batches of the recv benchmark's ticks (firehose.py): 100 devices per batch, each
+    tick new; or one tick repeated 100 times, where the decoder makes no value at all."""
+    from firehose import make_small_tick, make_tick
+
+    make = make_small_tick if shape == "5-readings" else make_tick
+    if identical:
+        return [_ticks_py.encode_batch([make(0)] * BATCH)] * 10
+    return [_ticks_py.encode_batch([make(b * BATCH + i) for i in range(BATCH)]) for b in range(10)]
+
+
+@pytest.mark.skipif(C is None, reason="compiled tick codec not in use")
+@pytest.mark.parametrize("rows", ["new-rows", "identical-rows"])
+@pytest.mark.parametrize("shape", ["5-readings", "11-readings"])
+def test_batch_decode_dict_floor(benchmark: Any, shape: str, rows: str) -> None:
+    """Where the time of dicts goes: identical rows cost only the two dict copies per tick
+    (no number objects); the difference to new rows is the unique numbers (position, ts and
+    the changed readings), about 15 ns each."""
+    assert C is not None
+    batches = _firehose_batches(shape, rows == "identical-rows")
+    assert C.decode_batch(batches[1]) == _ticks_py.decode_batch(batches[1])
+    decode = C.decode_batch
+
+    def decode_100_batches() -> None:
+        for _ in range(10):
+            for b in batches:
+                decode(b)
+
+    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_batch_encode_100(benchmark: Any, impl: ModuleType) -> None:
     assert impl.encode_batch(TICKS) == RAW_BATCH
