@@ -8,12 +8,26 @@ position arrives exactly once, in order); a short summary follows.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
 from typing import Any
 
 __all__ = ["add_arguments", "run"]
+
+
+class _FreshLine(logging.Filter):
+    """Ends the status line before a log record is written, so the two never share a line."""
+
+    def __init__(self, out: Any) -> None:
+        super().__init__()
+        self.out = out
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.out.write("\n")
+        self.out.flush()
+        return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     ws.on_error = lambda e, w: errors.append(f"{type(e).__name__}: {e}")
     connected = threading.Event()
     ws.on_connect = lambda w: connected.set()
+    # A log line (the cut's warning) starts on a line of its own, not after the status line.
+    fresh_line = _FreshLine(out)
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(fresh_line)
     try:
         ws.connect(threaded=True)
         if not connected.wait(10):
@@ -132,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         ws.stop()
         ws.join(10)
         srv.stop()
+        for h in handlers:
+            h.removeFilter(fresh_line)
     st = ws.stats()
     expected = (meter.last - meter.first + 1) if meter.first is not None else 0
     missing = expected - meter.count
