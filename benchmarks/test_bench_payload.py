@@ -110,24 +110,17 @@ if C is not None:
     IMPLS.insert(0, pytest.param(C, id="c"))
 
 
+@pytest.mark.parametrize("form", ["dicts", "rows"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_batch_decode_100(benchmark: Any, impl: ModuleType) -> None:
-    assert impl.decode_batch(RAW_BATCH) == TICKS
-    decode = impl.decode_batch
-
-    def decode_100_batches() -> None:
-        for _ in range(100):
-            decode(RAW_BATCH)
-
-    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_batch_decode_rows_100(benchmark: Any, impl: ModuleType) -> None:
-    """The lean form of the same batch (on_tick_rows): a tuple per tick instead of dicts."""
-    fields, rows = impl.decode_batch_rows(RAW_BATCH)
-    assert [dict(zip(fields, r[3:])) for r in rows] == [t["data"] for t in TICKS]
-    decode = impl.decode_batch_rows
+def test_batch_decode_100(benchmark: Any, impl: ModuleType, form: str) -> None:
+    """One batch into tick dicts, or into the lean form (on_tick_rows): a tuple per tick."""
+    if form == "dicts":
+        decode = impl.decode_batch
+        assert decode(RAW_BATCH) == TICKS
+    else:
+        decode = impl.decode_batch_rows
+        fields, rows = decode(RAW_BATCH)
+        assert [dict(zip(fields, r[3:])) for r in rows] == [t["data"] for t in TICKS]
 
     def decode_100_batches() -> None:
         for _ in range(100):

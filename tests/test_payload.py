@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from exact import same
 
 from iotcommute import _ticks_py, payload
 from iotcommute._env import NO_EXTENSIONS
@@ -37,19 +38,6 @@ if not NO_EXTENSIONS:
     IMPLS.append(
         pytest.param(_C, id="c", marks=pytest.mark.skipif(_C is None, reason="not compiled"))
     )
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equality that also requires the same types and float bits (0.0 vs -0.0, 1 vs 1.0)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return struct.pack("<d", a) == struct.pack("<d", b)
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return bool(a == b)
 
 
 # --- JSON -----------------------------------------------------------------------------------

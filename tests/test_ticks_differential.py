@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from exact import same
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -33,19 +34,6 @@ def _compiled() -> ModuleType | None:
 C = _compiled() or _ticks_py
 P = _ticks_py
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def same(a: Any, b: Any) -> bool:
-    """Type- and bit-exact equality (NaN payloads and -0.0 included)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return struct.pack("<d", a) == struct.pack("<d", b)
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return bool(a == b)
 
 
 def outcome(fn: Any, *args: Any) -> tuple[Any, ...]:
