@@ -337,8 +337,7 @@ cdef class _Fields:
     cdef uint32_t n_fld
     cdef Py_ssize_t size      # len(raw)
     cdef Py_ssize_t row_size
-    cdef list names
-    cdef tuple names_tuple    # what decode_batch_rows returns as the field names
+    cdef tuple names          # in field order; decode_batch_rows returns it as is
     cdef dict data_tpl        # {name: None, ...} in field order, for the first row's copy
     cdef uint8_t[C_MAX_FIELDS] codes
     cdef Py_hash_t[C_MAX_FIELDS] name_hash
@@ -548,7 +547,7 @@ cdef _Fields _parse_fields(const unsigned char* p, Py_ssize_t n, Py_ssize_t off,
     cdef Py_ssize_t start = off, j
     cdef uint8_t code
     t.n_fld = n_fld
-    t.names = []
+    cdef list names = []
     cdef set seen = set()
     t.row_size = ROW_PREFIX
     for j in range(n_fld):
@@ -557,19 +556,19 @@ cdef _Fields _parse_fields(const unsigned char* p, Py_ssize_t n, Py_ssize_t off,
         code = p[off]
         if code < 1 or code > 5:
             raise DecodeError(f"field {j} has unknown type code {code}")
-        off = _read_name(p, off + 1, n, "field", j, t.names)
-        if t.names[j] in seen:
+        off = _read_name(p, off + 1, n, "field", j, names)
+        if names[j] in seen:
             raise DecodeError(f"field {j} repeats an earlier field name")
-        seen.add(t.names[j])
+        seen.add(names[j])
         t.codes[j] = code
-        t.name_hash[j] = hash(t.names[j])
+        t.name_hash[j] = hash(names[j])
         t.row_size += TYPE_SIZE[code]
     t.size = off - start
     t.raw = PyBytes_FromStringAndSize(<const char*>p + start, t.size)
+    t.names = tuple(names)
     # A copy of a dict whose keys are already laid out clones its key table in one memcpy,
     # and each store then replaces a value instead of inserting a key.
     t.data_tpl = dict.fromkeys(t.names)
-    t.names_tuple = tuple(t.names)
     return t
 
 
@@ -634,7 +633,7 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
     n_fld = ft.n_fld
     row_size = ft.row_size
     cdef tuple devices = dt.ids
-    cdef list names = ft.names
+    cdef tuple names = ft.names
     cdef const uint8_t* codes = ft.codes
     cdef const Py_hash_t* name_hash = ft.name_hash
     cdef list out = PyList_New(n_ticks)
@@ -713,7 +712,7 @@ cdef list _decode(const unsigned char* p, Py_ssize_t n):
                 code = codes[j]
                 size = TYPE_SIZE[code]
                 if not _same_value(q, d, size):
-                    ict_put(data, de + j if de != NULL else NULL, PyList_GET_ITEM_raw(names, j),
+                    ict_put(data, de + j if de != NULL else NULL, PyTuple_GET_ITEM_raw(names, j),
                             _new_value(code, q, pos, j), name_hash[j])
                 q += size
             r += row_size
@@ -783,7 +782,7 @@ cdef tuple _decode_rows(const unsigned char* p, Py_ssize_t n):
         prow = row
         d = -row_size
         r += row_size
-    return (ft.names_tuple, out)
+    return (ft.names, out)
 
 
 _U64_MAX = 2**64 - 1
