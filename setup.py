@@ -19,12 +19,21 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).parent.resolve()
 STAGE = HERE / "build" / "cysrc"
 
-# (module name in the package, source, extra .pxd or None)
+# (dotted module name, source, extra .pxd or None)
 # `single-source` modules are the pure-Python twin compiled with a .pxd for types,
 # exactly the file that runs as the fallback (the aiohttp reader_c/reader_py pattern).
 SINGLE_SOURCE = [
-    ("_frames_c", HERE / "iotcommute" / "_frames_py.py", HERE / "_speedups" / "_frames_c.pxd"),
+    (
+        "iotcommute.protocol._frames_c",
+        HERE / "iotcommute" / "protocol" / "_frames_py.py",
+        HERE / "_speedups" / "_frames_c.pxd",
+    ),
 ]
+# Each Cython source in _speedups/ is compiled into the package of its pure twin.
+PYX_PACKAGE = {
+    "_mask": "iotcommute.protocol",
+    "_ticks": "iotcommute.payload",
+}
 
 
 def _truthy(name: str) -> bool:
@@ -54,27 +63,37 @@ def _warn_fallback(reason: str) -> None:
     print("WARNING: " + msg, file=sys.stderr)
 
 
+def _stage_dir(package: str) -> Path:
+    """The staged folder of a dotted package, with empty __init__.py files on the way."""
+    path = STAGE
+    for part in package.split("."):
+        path = path / part
+        path.mkdir(exist_ok=True)
+        (path / "__init__.py").touch()
+    return path
+
+
 def _stage_sources() -> list[Extension]:
-    """Lay the Cython sources out as package `iotcommute` so module names come out right."""
-    pkg = STAGE / "iotcommute"
-    if pkg.exists():
-        shutil.rmtree(pkg)
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
+    """Lay the Cython sources out as the package tree so module names come out right."""
+    if (STAGE / "iotcommute").exists():
+        shutil.rmtree(STAGE / "iotcommute")
+    STAGE.mkdir(parents=True, exist_ok=True)
     exts = []
-    for name, src, pxd in SINGLE_SOURCE:
-        if not src.exists():
-            continue
+    for dotted, src, pxd in SINGLE_SOURCE:
+        package, _, name = dotted.rpartition(".")
+        pkg = _stage_dir(package)
         shutil.copyfile(src, pkg / f"{name}.py")
         if pxd is not None and pxd.exists():
             shutil.copyfile(pxd, pkg / f"{name}.pxd")
-        exts.append(Extension(f"iotcommute.{name}", [str(pkg / f"{name}.py")]))
+        exts.append(Extension(dotted, [str(pkg / f"{name}.py")]))
     for pyx in sorted((HERE / "_speedups").glob("*.pyx")):
+        package = PYX_PACKAGE[pyx.stem]  # a new .pyx must say where it belongs
+        pkg = _stage_dir(package)
         shutil.copyfile(pyx, pkg / pyx.name)
         pxd = pyx.with_suffix(".pxd")
         if pxd.exists():
             shutil.copyfile(pxd, pkg / pxd.name)
-        exts.append(Extension(f"iotcommute.{pyx.stem}", [str(pkg / pyx.name)]))
+        exts.append(Extension(f"{package}.{pyx.stem}", [str(pkg / pyx.name)]))
     return exts
 
 

@@ -1,4 +1,4 @@
-# Types for iotcommute/_frames_py.py when compiled as iotcommute._frames_c (one source,
+# Types for iotcommute/protocol/_frames_py.py when compiled as iotcommute.protocol._frames_c (one source,
 # the aiohttp reader_c pattern). Keep in sync with the attributes/methods of FrameReader.
 import cython
 

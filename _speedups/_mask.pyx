@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled masking and client frame encoding; twin of iotcommute/_mask_py.py (same API).
+"""Compiled masking and client frame encoding; twin of iotcommute/protocol/_mask_py.py (same API).
 
 apply_mask XORs 8 bytes at a time (memcpy in/out, so no alignment assumptions), and
 encode_frame writes header, key and masked payload into ONE freshly allocated bytes

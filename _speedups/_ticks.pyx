@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled tick-batch codec (iotcommute._ticks); the pure twin is iotcommute/_ticks_py.py.
+"""Compiled tick-batch codec (iotcommute.payload._ticks); the pure twin is iotcommute/payload/_ticks_py.py.
 
 The format is docs/protocol-binary.md. Every check runs in the same order and raises the
-same message as the twin (tests/test_ticks_differential.py compares them).
+same message as the twin (tests/payload/test_ticks_differential.py compares them).
 
 Decode (100-tick batches, Python 3.11, this 2-core box), decode + free: 5-field ticks ~5 M
 ticks/s; the benchmark's 11-field ticks from 100 devices per batch 4.3 M/s, up from 2.3 M/s.
@@ -405,7 +405,7 @@ def decode_batch(buf):
 
 
 def decode_batch_rows(buf):
-    """Decode one v1 tick batch leanly: (field names, rows); see iotcommute._ticks_py."""
+    """Decode one v1 tick batch leanly: (field names, rows); see iotcommute.payload._ticks_py."""
     return _decode_buffer(buf, True)
 
 
@@ -822,7 +822,7 @@ cdef inline object _get(object m, str key, object default, bint exact):
 
 
 def encode_batch(ticks, types=None):
-    """Encode ticks sharing one data shape as a v1 batch (see iotcommute._ticks_py)."""
+    """Encode ticks sharing one data shape as a v1 batch (see iotcommute.payload._ticks_py)."""
     cdef list seq = list(ticks)
     cdef Py_ssize_t i, j, k, nf = 0, size, n_seq = len(seq)
     cdef int kind

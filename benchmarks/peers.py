@@ -267,7 +267,7 @@ class CallbackSubject(Subject):
 # ---- iotcommute core: ClientProtocol driven by a minimal asyncio Protocol
 class _CoreConn(asyncio.Protocol, CallbackConn):
     def __init__(self, proto: Any, on_message: OnMessage, loop: asyncio.AbstractEventLoop) -> None:
-        from iotcommute import events
+        from iotcommute.protocol import events
 
         self.p = proto
         self.on_message = on_message
@@ -323,7 +323,7 @@ class _CoreConn(asyncio.Protocol, CallbackConn):
         self.transport.write(self.p.data_to_send())
 
     def close(self) -> None:
-        from iotcommute.events import State
+        from iotcommute.protocol.events import State
 
         if self.p.state == State.OPEN:
             self.p.close(1000)
@@ -339,7 +339,8 @@ class IotcommuteCore(CallbackSubject):
     decoders = ("iotcommute",)
 
     def version(self) -> str:
-        from iotcommute import __version__, frames
+        from iotcommute import __version__
+        from iotcommute.protocol import frames
 
         return f"{__version__} ({'compiled' if frames.SPEEDUPS else 'pure'})"
 
@@ -770,7 +771,8 @@ class IotcommuteAio(Subject):
             self.ticks_only = self.batches_only = True
 
     def version(self) -> str:
-        from iotcommute import __version__, frames
+        from iotcommute import __version__
+        from iotcommute.protocol import frames
 
         return f"{__version__} ({'compiled' if frames.SPEEDUPS else 'pure'})"
 

@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "not installed"
     try:
-        from iotcommute import frames
+        from iotcommute.protocol import frames
 
         out["iotcommute"] += " (compiled speedups)" if frames.SPEEDUPS else " (pure Python)"
     except ImportError:

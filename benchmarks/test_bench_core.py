@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from iotcommute import _frames_py, _mask_py
+from iotcommute.protocol import _frames_py, _mask_py
 
 _frames_c: ModuleType | None
 _mask: ModuleType | None
 try:
-    _frames_c = importlib.import_module("iotcommute._frames_c")
-    _mask = importlib.import_module("iotcommute._mask")
+    _frames_c = importlib.import_module("iotcommute.protocol._frames_c")
+    _mask = importlib.import_module("iotcommute.protocol._mask")
 except ImportError:  # pragma: no cover - depends on the build
     _frames_c = _mask = None
 

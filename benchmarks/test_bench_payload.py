@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from iotcommute import _ticks_py, payload
+from iotcommute import payload
+from iotcommute.payload import _ticks_py
 
 # Rounds scale with IOTCOMMUTE_BENCH_SCALE (fractions allowed), never below the given minimum.
 SCALE = float(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1"))

@@ -35,7 +35,8 @@ _LAZY = {
 
 def _speedups() -> bool:
     """True when the compiled frame reader, masking and tick codec are all in use."""
-    from . import frames, payload
+    from . import payload
+    from .protocol import frames
 
     return frames.SPEEDUPS and payload.SPEEDUPS
 

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 from . import payload
 from .backoff import Backoff, is_fatal
 from .checkpoint import Checkpoint
-from .events import EOF, Accepted, CloseReceived, Failed, Pong, State
 from .exceptions import (
     CommandError,
     ConnectionClosedError,
@@ -44,6 +43,7 @@ from .exceptions import (
     TimeoutError_,
 )
 from .protocol import ClientProtocol
+from .protocol.events import EOF, Accepted, CloseReceived, Failed, Pong, State
 
 __all__ = ["Engine", "Options", "parse_url"]
 

@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from iotcommute._ticks_py import decode_batch, encode_batch
 from iotcommute.exceptions import DecodeError
+from iotcommute.payload._ticks_py import decode_batch, encode_batch
 
 HERE = Path(__file__).parent
 

@@ -2,7 +2,7 @@
 
 JSON goes through orjson when it is importable (it parses bytes, bytearray and memoryview
 without a copy and is the fastest decoder measured for our tick objects), else the stdlib.
-Tick batches (docs/protocol-binary.md) use the compiled `iotcommute._ticks` unless
+Tick batches (docs/protocol-binary.md) use the compiled `iotcommute.payload._ticks` unless
 IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_ticks_py` is the identical pure twin.
 decode_batch gives tick dicts (the default everywhere); decode_batch_rows gives the lean
 form, (field names, [(device, position, ts, *values), ...]), several times faster where a
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .._env import NO_EXTENSIONS, warn_fallback
+from ..exceptions import DecodeError, InputError
 from . import _ticks_py
-from ._env import NO_EXTENSIONS, warn_fallback
-from .exceptions import DecodeError, InputError
 
 __all__ = [
     "JSON_BACKEND",

@@ -10,10 +10,10 @@ import logging
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from .._env import NO_EXTENSIONS, warn_fallback
 from . import _frames_py, _mask_py
-from ._env import NO_EXTENSIONS, warn_fallback
 
-logger = logging.getLogger("iotcommute.frames")
+logger = logging.getLogger("iotcommute.protocol.frames")
 
 frames_impl: ModuleType = _frames_py
 mask_impl: ModuleType = _mask_py

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_support import CutProxy, wait_for, watch_subscribed
 
 from iotcommute import (
     CommandError,
@@ -31,6 +30,7 @@ from iotcommute.server.registry import (
     sim_device_id,
     sim_device_key,
 )
+from tests.client.test_client_support import CutProxy, wait_for, watch_subscribed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -412,7 +412,7 @@ def test_checkpoint_resumes_a_new_process(server: ServerThread, tmp_path: Path) 
 
 
 def test_retries_exhausted_raise_network_error() -> None:
-    from test_client_support import free_port
+    from tests.client.test_client_support import free_port
 
     attempts: list[int] = []
     gave_up: list[bool] = []
@@ -462,11 +462,10 @@ def test_stop_right_after_threaded_connect_is_not_lost(server: ServerThread) -> 
 
 
 def test_undecodable_messages_reported_and_stream_continues() -> None:
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer
-
     from iotcommute import DecodeError
+    from tests.client.test_client_support import DEVICE as MINI_DEV
+    from tests.client.test_client_support import KEY as MINI_KEY
+    from tests.client.test_client_support import MiniServer
 
     srv = MiniServer()
     got: list[int] = []
@@ -492,9 +491,8 @@ def test_undecodable_messages_reported_and_stream_continues() -> None:
 
 
 def test_unsupported_protocol_version_is_fatal(server: ServerThread) -> None:
-    from test_client_support import CutProxy as Counter
-
     from iotcommute import VersionError
+    from tests.client.test_client_support import CutProxy as Counter
 
     counter = Counter(server.port)
     try:
@@ -520,7 +518,7 @@ def test_blocking_connect_refuses_inside_a_running_loop(server: ServerThread) ->
 def test_http_connect_proxy(server: ServerThread) -> None:
     import base64
 
-    from test_client_support import ConnectProxy
+    from tests.client.test_client_support import ConnectProxy
 
     auth = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     proxy = ConnectProxy(auth=auth)
@@ -549,9 +547,9 @@ def test_http_connect_proxy(server: ServerThread) -> None:
 
 def test_raw_on_message_consumer_gets_binary_frames_untouched() -> None:
     """Without tick consumers, binary frames are application data: no decode, no DecodeError."""
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer
+    from tests.client.test_client_support import DEVICE as MINI_DEV
+    from tests.client.test_client_support import KEY as MINI_KEY
+    from tests.client.test_client_support import MiniServer
 
     srv = MiniServer()
     raw: list[Any] = []
@@ -575,9 +573,9 @@ def test_raw_on_message_consumer_gets_binary_frames_untouched() -> None:
 def test_raw_consumer_gets_any_text_and_control_messages_still_work() -> None:
     """Only on_message set: text that is not protocol JSON is the application's data (no
     DecodeError), while control messages (a command here) still reach their callbacks."""
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer
+    from tests.client.test_client_support import DEVICE as MINI_DEV
+    from tests.client.test_client_support import KEY as MINI_KEY
+    from tests.client.test_client_support import MiniServer
 
     srv = MiniServer()
     raw: list[Any] = []
@@ -609,11 +607,10 @@ def test_raw_consumer_gets_any_text_and_control_messages_still_work() -> None:
 def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
     """A new binary batch is delivered as one list (fast path); an overlapping batch goes
     through the per-tick duplicate filter; on_tick and on_ticks see the same ticks in order."""
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer
-
     from iotcommute import payload
+    from tests.client.test_client_support import DEVICE as MINI_DEV
+    from tests.client.test_client_support import KEY as MINI_KEY
+    from tests.client.test_client_support import MiniServer
 
     def batch(lo: int, hi: int) -> bytes:
         return bytes(
@@ -675,11 +672,10 @@ def test_on_tick_rows_gets_the_lean_form_of_binary_batches() -> None:
     """on_tick_rows: one call per binary batch with the field names and one tuple per new
     tick; overlapping and old batches are filtered by position like dicts; on_tick/on_ticks
     see no binary batch; a raising on_tick_rows goes to on_error and the stream goes on."""
-    from test_client_support import DEVICE as MINI_DEV
-    from test_client_support import KEY as MINI_KEY
-    from test_client_support import MiniServer
-
     from iotcommute import DecodeError, payload
+    from tests.client.test_client_support import DEVICE as MINI_DEV
+    from tests.client.test_client_support import KEY as MINI_KEY
+    from tests.client.test_client_support import MiniServer
 
     def batch(lo: int, hi: int) -> bytes:
         return bytes(

@@ -11,8 +11,6 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
-from test_rest import API_KEY, API_SECRET, DEVICE, OTHER_DEVICE, append, login
-from test_rest_net import Blackhole, Canned, _serve
 
 from iotcommute.exceptions import (
     CommandError,
@@ -28,6 +26,8 @@ from iotcommute.exceptions import (
 )
 from iotcommute.rest import AsyncCommute
 from iotcommute.server import rest_api
+from tests.rest.test_rest import API_KEY, API_SECRET, DEVICE, OTHER_DEVICE, append, login
+from tests.rest.test_rest_net import Blackhole, Canned, _serve
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,7 +2,7 @@
 """Frame reader for server-to-client WebSocket frames (RFC 6455 + RFC 7692).
 
 ONE source for both paths: this file runs as the pure-Python fallback and is also
-compiled by Cython as ``iotcommute._frames_c`` with the types in
+compiled by Cython as ``iotcommute.protocol._frames_c`` with the types in
 ``_speedups/_frames_c.pxd`` (the aiohttp reader_py/reader_c pattern). Keep it plain
 Python: no ``import cython`` at run time, no constructs Cython cannot type.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import codecs
 import zlib
 
+from ..exceptions import InvalidUTF8Error, MessageTooBigError, ProtocolError
 from .events import CloseReceived, Ping, Pong
-from .exceptions import InvalidUTF8Error, MessageTooBigError, ProtocolError
 
 OP_CONT = 0
 OP_TEXT = 1

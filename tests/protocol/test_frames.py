@@ -6,7 +6,6 @@ IOTCOMMUTE_REQUIRE_EXTENSIONS=1 and then a missing build is a failure (see test_
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import struct
@@ -16,40 +15,23 @@ from typing import Any
 
 import pytest
 
-from iotcommute import _frames_py, _mask_py, frames
-from iotcommute.events import CloseReceived, Ping, Pong
 from iotcommute.exceptions import InvalidUTF8Error, MessageTooBigError, ProtocolError
+from iotcommute.protocol import _frames_py, _mask_py, frames
+from iotcommute.protocol.events import CloseReceived, Ping, Pong
+from tests.compiled import REQUIRE, built, compiled, twins
 
-_frames_c: ModuleType | None
-_mask_c: ModuleType | None
-try:
-    _frames_c = importlib.import_module("iotcommute._frames_c")
-except ImportError:  # pragma: no cover - depends on the build
-    _frames_c = None
-try:
-    _mask_c = importlib.import_module("iotcommute._mask")
-except ImportError:  # pragma: no cover
-    _mask_c = None
-
-REQUIRE = os.environ.get("IOTCOMMUTE_REQUIRE_EXTENSIONS", "") not in ("", "0")
-_skip_c = pytest.mark.skipif(_frames_c is None and not REQUIRE, reason="compiled reader not built")
-_skip_m = pytest.mark.skipif(_mask_c is None and not REQUIRE, reason="compiled mask not built")
+_frames_c = compiled("iotcommute.protocol._frames_c")
+_mask_c = compiled("iotcommute.protocol._mask")
 
 
-@pytest.fixture(params=[pytest.param("py"), pytest.param("c", marks=_skip_c)])
+@pytest.fixture(params=twins(_frames_py, "iotcommute.protocol._frames_c"))
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "py":
-        return _frames_py
-    assert _frames_c is not None, "IOTCOMMUTE_REQUIRE_EXTENSIONS is set but _frames_c is missing"
-    return _frames_c
+    return built(request.param)
 
 
-@pytest.fixture(params=[pytest.param("py"), pytest.param("c", marks=_skip_m)])
+@pytest.fixture(params=twins(_mask_py, "iotcommute.protocol._mask"))
 def mask(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "py":
-        return _mask_py
-    assert _mask_c is not None, "IOTCOMMUTE_REQUIRE_EXTENSIONS is set but _mask is missing"
-    return _mask_c
+    return built(request.param)
 
 
 def test_built() -> None:

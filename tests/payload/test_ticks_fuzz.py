@@ -23,25 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotcommute import _ticks_py
-from iotcommute._env import NO_EXTENSIONS
 from iotcommute.exceptions import DecodeError
+from iotcommute.payload import _ticks_py
+from tests.compiled import compiled
 
-VECTORS = Path(__file__).parent / "vectors" / "ticks_v1.json"
-
-
-def _impl() -> ModuleType:
-    if not NO_EXTENSIONS:
-        try:
-            from iotcommute import _ticks
-        except ImportError:
-            pass
-        else:
-            return _ticks
-    return _ticks_py
+VECTORS = Path(__file__).parent.parent / "vectors" / "ticks_v1.json"
 
 
-IMPL = _impl()
+IMPL: ModuleType = compiled("iotcommute.payload._ticks") or _ticks_py
 SEEDS = [bytes.fromhex(v["hex"]) for v in json.loads(VECTORS.read_text("utf-8"))["valid"]]
 BUDGET = int(os.environ.get("IOTCOMMUTE_FUZZ_EXAMPLES", "10000"))
 
@@ -119,8 +108,8 @@ HARNESS = textwrap.dedent(
     import sys
     import atheris
     with atheris.instrument_imports():
-        from iotcommute import _ticks_py
-    from iotcommute import _ticks
+        from iotcommute.payload import _ticks_py
+    from iotcommute.payload import _ticks
     from iotcommute.exceptions import DecodeError
 
     def one(data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 The wire format (v1) is specified in docs/protocol-binary.md. Both implementations must give
 the same ticks for a valid batch and the same error (class, message, position) for an invalid
-one, so every check happens in the documented order; tests/test_ticks_differential.py holds
+one, so every check happens in the documented order; tests/payload/test_ticks_differential.py holds
 them to it.
 
 Speed here comes from struct: one compiled `Struct` per row layout and `iter_unpack`, so each
@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .exceptions import DecodeError, InputError
+from ..exceptions import DecodeError, InputError
 
 __all__ = [
     "FIELD_TYPES",

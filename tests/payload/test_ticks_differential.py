@@ -18,20 +18,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from exact import same
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from iotcommute import _ticks_py, payload
 from iotcommute.exceptions import DecodeError, InputError
+from iotcommute.payload import _ticks_py
+from tests.compiled import compiled
+from tests.payload.exact import same
 
-
-def _compiled() -> ModuleType | None:
-    """The compiled tick codec when the package selected it (see payload.ticks_impl)."""
-    return payload.ticks_impl if payload.SPEEDUPS else None
-
-
-C = _compiled() or _ticks_py
+C: ModuleType = compiled("iotcommute.payload._ticks") or _ticks_py
 P = _ticks_py
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import trustme
-from test_client_support import CutProxy, wait_for, watch_subscribed
 
 from iotcommute import NetworkError, WebSocket
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY, sim_device_id
+from tests.client.test_client_support import CutProxy, wait_for, watch_subscribed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,7 +95,7 @@ def test_wrong_host_name_refused(tls_front: CutProxy, ca: trustme.CA) -> None:
 
 
 def test_wss_through_http_connect_proxy(tls_front: CutProxy, ca: trustme.CA) -> None:
-    from test_client_support import ConnectProxy
+    from tests.client.test_client_support import ConnectProxy
 
     proxy = ConnectProxy()
     opened = threading.Event()

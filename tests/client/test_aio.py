@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from test_client_support import CutProxy
 
 from iotcommute import AsyncWebSocket, CommandError, NotConnectedError, TokenError
 from iotcommute.server import ServerThread
@@ -17,6 +16,7 @@ from iotcommute.server.registry import (
     sim_device_id,
     sim_device_key,
 )
+from tests.client.test_client_support import CutProxy
 
 pytestmark = pytest.mark.timeout(60)
 

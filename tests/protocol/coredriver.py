@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from iotcommute.events import Accepted, Event, Failed, State
 from iotcommute.protocol import ClientProtocol
+from iotcommute.protocol.events import Accepted, Event, Failed, State
 
 log = logging.getLogger("iotcommute.tests.coredriver")
 

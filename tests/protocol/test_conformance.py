@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from autobahn_cases import CASES, Case
-from coredriver import Outcome, run_client
-from rawserver import RawServer, Result
-
-from iotcommute.events import EOF, CloseReceived, Event, Failed, Ping, State
 from iotcommute.exceptions import InvalidHandshake, IotCommuteError, ProtocolError
 from iotcommute.protocol import ClientProtocol
+from iotcommute.protocol.events import EOF, CloseReceived, Event, Failed, Ping, State
+from tests.protocol.autobahn_cases import CASES, Case
+from tests.protocol.coredriver import Outcome, run_client
+from tests.rawserver import RawServer, Result
 
 #: Known core bugs: case id -> reason. Marked xfail(strict=True) so they must keep failing.
 # Cases the core is known to fail (xfail strict, so a fix turns them red until removed).
@@ -176,7 +171,7 @@ def test_case_table_covers_every_section() -> None:
 
 def test_failed_handshake_does_not_leak_secrets() -> None:
     """A rejected upgrade carries status and redacted headers, never the key we sent."""
-    from rawserver import Handshake
+    from tests.rawserver import Handshake
 
     secret = "k3y-s3cr3t-value"
 

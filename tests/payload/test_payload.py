@@ -18,26 +18,21 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from exact import same
 
-from iotcommute import _ticks_py, payload
+from iotcommute import payload
 from iotcommute._env import NO_EXTENSIONS
 from iotcommute.exceptions import DecodeError, InputError, IotCommuteError
+from iotcommute.payload import _ticks_py
+from tests.compiled import compiled, twins
+from tests.payload.exact import same
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "ticks_v1.json").read_text("utf-8"))
+VECTORS = json.loads(
+    (Path(__file__).parent.parent / "vectors" / "ticks_v1.json").read_text("utf-8")
+)
 
 
-def _compiled() -> ModuleType | None:
-    """The compiled tick codec when the package selected it (see payload.ticks_impl)."""
-    return payload.ticks_impl if payload.SPEEDUPS else None
-
-
-_C = _compiled()
-IMPLS = [pytest.param(_ticks_py, id="py")]
-if not NO_EXTENSIONS:
-    IMPLS.append(
-        pytest.param(_C, id="c", marks=pytest.mark.skipif(_C is None, reason="not compiled"))
-    )
+_C = compiled("iotcommute.payload._ticks")
+IMPLS = twins(_ticks_py, "iotcommute.payload._ticks")
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -97,8 +92,8 @@ def test_stdlib_fallback_behaves_the_same(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_selector_exports() -> None:
-    assert payload.SPEEDUPS is (_C is not None)
-    impl = _C if _C is not None else _ticks_py
+    impl = _C if _C is not None and not NO_EXTENSIONS else _ticks_py
+    assert payload.SPEEDUPS is (impl is _C)
     assert payload.decode_batch is impl.decode_batch
     assert payload.encode_batch is impl.encode_batch
     assert payload.JSON_BACKEND in ("orjson", "json")

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from coredriver import Outcome, run_client
-
-from iotcommute.events import EOF, CloseReceived, Event, Failed, Ping, Pong, State
 from iotcommute.exceptions import MessageTooBigError
 from iotcommute.protocol import ClientProtocol
+from iotcommute.protocol.events import EOF, CloseReceived, Event, Failed, Ping, Pong, State
+from tests.protocol.coredriver import Outcome, run_client
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 ws_server = pytest.importorskip("websockets.asyncio.server")

@@ -16,7 +16,20 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from rawserver import (
+from iotcommute.exceptions import (
+    HandshakeError,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidUTF8Error,
+    IotCommuteError,
+    MessageTooBigError,
+    PermissionDenied,
+    ProtocolError,
+    RedirectError,
+    TokenError,
+    VersionError,
+)
+from tests.rawserver import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -41,20 +54,6 @@ from rawserver import (
     ping,
     pong,
     text,
-)
-
-from iotcommute.exceptions import (
-    HandshakeError,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidUTF8Error,
-    IotCommuteError,
-    MessageTooBigError,
-    PermissionDenied,
-    ProtocolError,
-    RedirectError,
-    TokenError,
-    VersionError,
 )
 
 ANY_PONGS = None

@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 
-from iotcommute import _frames_py, _mask_py, protocol
-from iotcommute.events import EOF, Accepted, CloseReceived, Failed, Ping, Pong, State
 from iotcommute.exceptions import (
     ConnectionClosed,
     InputError,
@@ -37,13 +35,15 @@ from iotcommute.exceptions import (
     TokenError,
     VersionError,
 )
-from iotcommute.protocol import ClientProtocol
+from iotcommute.protocol import ClientProtocol, _frames_py, _mask_py
+from iotcommute.protocol import connection as protocol
+from iotcommute.protocol.events import EOF, Accepted, CloseReceived, Failed, Ping, Pong, State
 
 _frames_c: ModuleType | None
 _mask: ModuleType | None
 try:
-    _frames_c = importlib.import_module("iotcommute._frames_c")
-    _mask = importlib.import_module("iotcommute._mask")
+    _frames_c = importlib.import_module("iotcommute.protocol._frames_c")
+    _mask = importlib.import_module("iotcommute.protocol._mask")
 except ImportError:  # pragma: no cover - depends on the build
     _frames_c = _mask = None
 

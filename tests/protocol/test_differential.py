@@ -7,37 +7,25 @@ identical errors, and that the split never changes the outcome.
 
 from __future__ import annotations
 
-import importlib
-import os
 import struct
 import zlib
 from types import ModuleType
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotcommute import _frames_py, _mask_py
+from iotcommute.protocol import _frames_py, _mask_py
+from tests.compiled import built, compiled, skip_unless_built
 
-_frames_c: ModuleType | None
-_mask: ModuleType | None
-try:
-    _frames_c = importlib.import_module("iotcommute._frames_c")
-    _mask = importlib.import_module("iotcommute._mask")
-except ImportError:  # pragma: no cover - depends on the build
-    _frames_c = _mask = None
-
-REQUIRE = os.environ.get("IOTCOMMUTE_REQUIRE_EXTENSIONS", "") not in ("", "0")
-pytestmark = pytest.mark.skipif(
-    _frames_c is None and not REQUIRE, reason="compiled modules not built: nothing to compare"
-)
+_frames_c = compiled("iotcommute.protocol._frames_c")
+_mask = compiled("iotcommute.protocol._mask")
+pytestmark = skip_unless_built(_frames_c, _mask)
 
 
-def compiled() -> tuple[ModuleType, ModuleType]:
+def compiled_pair() -> tuple[ModuleType, ModuleType]:
     """The compiled reader and mask (a missing build fails here under REQUIRE)."""
-    assert _frames_c is not None and _mask is not None, "compiled modules missing"
-    return _frames_c, _mask
+    return built(_frames_c), built(_mask)
 
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -141,7 +129,7 @@ def outcome(mod: ModuleType, data: bytes, cuts: list[int], kw: dict[str, Any]) -
 @given(streams())
 def test_pure_and_compiled_agree(s: tuple[bytes, list[int], dict[str, Any]]) -> None:
     data, cuts, kw = s
-    fc, _ = compiled()
+    fc, _ = compiled_pair()
     py = outcome(_frames_py, data, cuts, kw)
     assert outcome(fc, data, cuts, kw) == py
     # The split never matters.
@@ -154,13 +142,13 @@ def test_pure_and_compiled_agree(s: tuple[bytes, list[int], dict[str, Any]]) -> 
 def test_random_bytes_agree(data: bytes, cuts: list[int]) -> None:
     cuts = sorted(c for c in cuts if c <= len(data))
     kw = {"deflate": True, "max_size": 100}
-    assert outcome(compiled()[0], data, cuts, kw) == outcome(_frames_py, data, cuts, kw)
+    assert outcome(compiled_pair()[0], data, cuts, kw) == outcome(_frames_py, data, cuts, kw)
 
 
 @SETTINGS
 @given(st.binary(max_size=2000), st.binary(min_size=4, max_size=4))
 def test_masking_agrees(data: bytes, key: bytes) -> None:
-    _, _mask = compiled()
+    _, _mask = compiled_pair()
     assert _mask.apply_mask(data, key) == _mask_py.apply_mask(data, key)
     for opcode in (1, 2, 8, 9):
         assert _mask.encode_frame(opcode, data, key=key) == _mask_py.encode_frame(
@@ -213,7 +201,7 @@ def wsproto_outcome(data: bytes) -> list[Any]:
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 
-    from iotcommute import events as ev
+    from iotcommute.protocol import events as ev
 
     conn = Connection(ConnectionType.CLIENT)
     conn.receive_data(data)
@@ -241,7 +229,7 @@ def wsproto_outcome(data: bytes) -> list[Any]:
 def test_valid_streams_match_wsproto(data: bytes, cuts: list[int]) -> None:
     cuts = sorted(c for c in cuts if c <= len(data))
     expected = wsproto_outcome(data)
-    for mod in (_frames_py, compiled()[0]):
+    for mod in (_frames_py, compiled_pair()[0]):
         events, error, *_ = outcome(mod, data, cuts, {})
         assert error is None
         assert events == expected

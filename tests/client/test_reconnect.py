@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_support import CutProxy, MiniServer, wait_for, watch_subscribed
 
 from iotcommute import WebSocket
 from iotcommute.backoff import Backoff, is_fatal
 from iotcommute.exceptions import NetworkError, TokenError
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY, sim_device_id
+from tests.client.test_client_support import CutProxy, MiniServer, wait_for, watch_subscribed
 
 pytestmark = pytest.mark.timeout(90)
 

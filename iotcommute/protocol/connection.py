@@ -2,7 +2,7 @@
 
 The HTTP upgrade runs on wsproto's handshake machinery (``H11Handshake`` over h11), which
 checks Accept/Upgrade/Connection and negotiates permessage-deflate. After the 101 the
-bytes go to our own frame reader (compiled when built, see ``iotcommute.frames``), not to
+bytes go to our own frame reader (compiled when built, see ``iotcommute.protocol.frames``), not to
 wsproto's: ours bounds message size, fragments and inflation and builds the events list
 without a Python loop per message.
 
@@ -23,8 +23,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError as _WsprotoError
 
-from .events import EOF, Accepted, CloseReceived, Failed, State
-from .exceptions import (
+from ..exceptions import (
     SENSITIVE_HEADERS,
     ConnectionClosed,
     InputError,
@@ -38,6 +37,7 @@ from .exceptions import (
     TokenError,
     VersionError,
 )
+from .events import EOF, Accepted, CloseReceived, Failed, State
 from .frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -55,6 +55,7 @@ logger = logging.getLogger("iotcommute.protocol")
 
 #: Bytes of a rejection body kept for the error message (the rest is read and dropped).
 MAX_REJECTION_BODY = 64 * 1024
+MAX_RESPONSE_HEAD = 64 * 1024
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 HeaderList = Sequence[tuple[str | bytes, str | bytes]]
@@ -166,6 +167,7 @@ class ClientProtocol:
         self._reject_status = 0
         self._reject_headers: list[tuple[bytes, bytes]] = []
         self._reject_body = bytearray()
+        self._head = bytearray()  # the response head, until its blank line arrived
         # Outgoing compression (set when permessage-deflate is negotiated).
         self._deflate = False
         self._compressor: zlib._Compress | None = None
@@ -265,7 +267,7 @@ class ClientProtocol:
     # -- input --------------------------------------------------------------------------
 
     def events_received(self) -> list[object]:
-        """Events since the last call: ``str``/``bytes`` messages and ``iotcommute.events``."""
+        """Events since the last call: ``str``/``bytes`` messages and event objects."""
         ev = self._events
         if not ev:
             return []
@@ -340,17 +342,34 @@ class ClientProtocol:
 
     def _handshake_step(self, data: bytes) -> None:
         hs = self._hs
+        rest = b""
+        if data and not self._reject_status:
+            # wsproto gets the response head only: what follows it is ours (frames after a 101,
+            # a body after a refusal), so no private state of wsproto or h11 is ever read.
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > MAX_RESPONSE_HEAD:
+                    self._fail(InvalidHandshake("handshake response head too large"))
+                return
+            data, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
+            self._head = bytearray()
         try:
             hs.receive_data(data if data else None)
             for ev in hs.events():
                 if isinstance(ev, AcceptConnection):
                     self._accepted(ev)
+                    if rest:
+                        self.receive_data(rest)
                     return
                 if isinstance(ev, RejectConnection):
                     self._reject_status = ev.status_code
                     self._reject_headers = list(ev.headers)
                     if not ev.has_body:
                         self._rejected()
+                        return
+                    if rest:
+                        self._handshake_step(rest)
                         return
                 elif isinstance(ev, RejectData):
                     room = MAX_REJECTION_BODY - len(self._reject_body)
@@ -391,12 +410,6 @@ class ClientProtocol:
         reader = FrameReader(self.max_size, self.max_fragments, deflate, s_bits, s_no_takeover)
         reader.events = self._events
         self._reader = reader
-        h11conn = self._hs._h11_connection
-        trailing, closed = h11conn.trailing_data
-        if trailing:
-            self.receive_data(trailing)
-        if closed and self.failure is None and self.state is not State.CLOSED:
-            self._eof()
 
     def _rejected(self) -> None:
         status = self._reject_status

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import DEMO_API_KEY, DEMO_USER, README_DEVICE_KEY, Registry
 
-VECTORS = sorted((Path(__file__).parent / "vectors" / "messages").glob("*.json"))
+VECTORS = sorted((Path(__file__).parent.parent / "vectors" / "messages").glob("*.json"))
 MESSAGE_TYPES = {
     *("welcome", "tick", "subscribed", "unsubscribed", "gap", "command", "ack", "published"),
     "error",

@@ -6,7 +6,6 @@ bounded libFuzzer run happens in a subprocess (a crash there cannot take pytest 
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 import subprocess
@@ -20,19 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotcommute import _frames_py
-from iotcommute.events import CloseReceived, Ping, Pong
 from iotcommute.exceptions import ProtocolError
+from iotcommute.protocol import _frames_py
+from iotcommute.protocol.events import CloseReceived, Ping, Pong
+from tests.compiled import compiled, skip_unless_built, twins
 
-_frames_c: ModuleType | None
-try:
-    _frames_c = importlib.import_module("iotcommute._frames_c")
-except ImportError:  # pragma: no cover - depends on the build
-    _frames_c = None
-
-REQUIRE = os.environ.get("IOTCOMMUTE_REQUIRE_EXTENSIONS", "") not in ("", "0")
-_skip_c = pytest.mark.skipif(_frames_c is None and not REQUIRE, reason="compiled reader not built")
-IMPLS = [pytest.param(_frames_py, id="py"), pytest.param(_frames_c, id="c", marks=_skip_c)]
+_frames_c = compiled("iotcommute.protocol._frames_c")
+_skip_c = skip_unless_built(_frames_c)
+IMPLS = twins(_frames_py, "iotcommute.protocol._frames_c")
 OK_TYPES = (str, bytes, Ping, Pong, CloseReceived)
 
 
@@ -111,7 +105,7 @@ ATHERIS_HARNESS = textwrap.dedent(
     """
     import sys
     import atheris
-    from iotcommute import _frames_c
+    from iotcommute.protocol import _frames_c
     from iotcommute.exceptions import ProtocolError
 
     def one(data):
