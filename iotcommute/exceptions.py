@@ -3,14 +3,15 @@
     IotCommuteError                      .code .message .status .request_id .headers
     ├── TokenError                       bad key / token / checksum (HTTP 401); fatal
     │   └── SessionExpiredError          the access token's session ended
-    ├── PermissionError_                 authenticated but not allowed (HTTP 403); fatal
+    ├── PermissionDenied                 authenticated but not allowed (HTTP 403); fatal
     ├── InputError                       the request was malformed (HTTP 400/422)
     │   └── RateLimitError               too many requests (HTTP 429)
     ├── NotFoundError                    no such device / route (HTTP 404)
     ├── DataError                        the server returned data we cannot use
     ├── ServerError                      the server failed (HTTP 5xx)
-    ├── NetworkError                     connect/read failures, DNS, TLS
-    │   └── TimeoutError_                an operation took longer than allowed
+    │   └── UnavailableError             the log store is down; retry later (HTTP 503); retryable
+    ├── NetworkError                     connect/read failures, DNS, TLS, proxy
+    │   └── OperationTimeout             an operation took longer than allowed
     ├── HandshakeError                   the WebSocket upgrade failed
     │   ├── InvalidStatus                non-101 response (carries status, headers)
     │   │   └── RedirectError            3xx response (carries .location)
@@ -20,18 +21,25 @@
     │   ├── InvalidUTF8Error             text not valid UTF-8 (1007)
     │   ├── MessageTooBigError           message over max_size or max_fragments (1009)
     │   └── PolicyError                  policy violation (1008)
-    ├── ConnectionClosed                 the connection is closed (.code, .reason)
+    ├── ConnectionClosed                 the connection is closed (.close_code, .reason)
     │   ├── ConnectionClosedOK           ... cleanly (1000/1001)
     │   └── ConnectionClosedError        ... with an error or abnormally
     ├── DecodeError                      a payload could not be decoded (.position)
     ├── CommandError                     a command was refused or timed out by the device
     └── NotConnectedError                an operation needs a connection (publish policy)
 
+Every error has `.code` (a short string: "token", "input", "timeout", ...; the stream's and the
+REST API's error codes), `.message`, `.status` (HTTP status, when there was one), `.request_id`
+and `.headers` (sensitive values replaced). `.fatal` errors are not retried by the reconnecting
+client; `.retryable` ones say "the same request may work later" (UnavailableError, and
+RateLimitError after `.retry_after`). ProtocolError and ConnectionClosed carry `.close_code`
+(the WebSocket close code), which is not `.code`.
+
+`ERROR_CODES` maps the `code` of a stream `error` message (and a REST `error_type`'s code) to
+its class: one table for the WebSocket client and the REST client.
+
 Messages never contain keys, secrets or tokens: the constructors take only what is
 safe to show, and `redact()` scrubs anything passed through from the outside.
-
-`PermissionError_` and `TimeoutError_` carry a trailing underscore only to avoid shadowing
-builtins; they are exported as `PermissionDenied` and `OperationTimeout` too.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ERROR_CODES",
     "CommandError",
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -59,15 +68,14 @@ __all__ = [
     "NotFoundError",
     "OperationTimeout",
     "PermissionDenied",
-    "PermissionError_",
     "PolicyError",
     "ProtocolError",
     "RateLimitError",
     "RedirectError",
     "ServerError",
     "SessionExpiredError",
-    "TimeoutError_",
     "TokenError",
+    "UnavailableError",
     "VersionError",
     "redact",
 ]
@@ -121,6 +129,8 @@ class IotCommuteError(Exception):
 
     #: Fatal errors are not retried by the reconnecting client.
     fatal: bool = False
+    #: The same request may succeed later (the server said so, e.g. UnavailableError).
+    retryable: bool = False
     default_code: str = "error"
 
     def __init__(
@@ -161,12 +171,11 @@ class SessionExpiredError(TokenError):
     default_code = "session_expired"
 
 
-class PermissionError_(IotCommuteError):
+class PermissionDenied(IotCommuteError):
+    """Authenticated, but not allowed (another user's device, a role that may not do this)."""
+
     fatal = True
     default_code = "permission"
-
-
-PermissionDenied = PermissionError_
 
 
 class InputError(IotCommuteError):
@@ -184,6 +193,7 @@ class DataError(IotCommuteError):
 class RateLimitError(InputError):
     """Too many requests; retry after `.retry_after` seconds when the server said."""
 
+    retryable = True
     default_code = "rate"
 
     def __init__(self, message: str = "", *, retry_after: float | None = None, **kw: Any) -> None:
@@ -195,15 +205,26 @@ class ServerError(IotCommuteError):
     default_code = "server"
 
 
+class UnavailableError(ServerError):
+    """The server cannot serve now (its log store is down); the same request may work later,
+    after `.retry_after` seconds when the server said (REST `Retry-After`)."""
+
+    retryable = True
+    default_code = "unavailable"
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
 class NetworkError(IotCommuteError):
     default_code = "network"
 
 
-class TimeoutError_(NetworkError):
+class OperationTimeout(NetworkError):
+    """An operation took longer than allowed (connect, read, a command's ack, a keep-alive)."""
+
     default_code = "timeout"
-
-
-OperationTimeout = TimeoutError_
 
 
 class HandshakeError(IotCommuteError):
@@ -258,7 +279,8 @@ class PolicyError(ProtocolError):
 
 
 class ConnectionClosed(IotCommuteError):
-    """The connection is closed; `.code` and `.reason` come from the close frame (1006: none)."""
+    """The connection is closed; `.close_code` and `.reason` come from the close frame (1006:
+    none was received). `.code` is the error code "closed", as for every IotCommuteError."""
 
     default_code = "closed"
 
@@ -292,3 +314,30 @@ class CommandError(IotCommuteError):
 
 class NotConnectedError(IotCommuteError):
     default_code = "not_connected"
+
+
+#: The `code` of a stream `error` message -> the class raised for it (docs/protocol.md).
+ERROR_CODES: Mapping[str, type[IotCommuteError]] = {
+    "input": InputError,
+    "permission": PermissionDenied,
+    "not_found": NotFoundError,
+    "rate": RateLimitError,
+    "server": ServerError,
+    "unavailable": UnavailableError,
+}
+
+# Names of the classes before they had one name each. Only until the call sites that still
+# use them are renamed; not exported, and each use warns.
+_RENAMED = {"PermissionError_": PermissionDenied, "TimeoutError_": OperationTimeout}
+
+
+def __getattr__(name: str) -> type[IotCommuteError]:
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"iotcommute.exceptions.{name} is now {new.__name__}", DeprecationWarning, stacklevel=2
+        )
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
