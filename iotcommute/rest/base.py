@@ -1,57 +1,37 @@
-"""Commute: the REST client (login flow, devices, history, commands).
+"""What Commute and AsyncCommute share: options, the calls, answers and errors, retries.
 
-    from iotcommute import Commute
-    api = Commute("demo-app")
-    print(api.login_url())                     # the user logs in there, you get a request_token
-    api.generate_session(request_token, api_secret="...")   # the secret never leaves this process
-    for dev in api.devices():
-        print(dev["id"], api.history(dev["id"], limit=5))
+A call is built once as a `_Call` (method, path, headers, body, how to check the result), the
+client carries it over HTTP with httpx, and the answer is turned into a result or an
+`iotcommute.exceptions` error here. The retry decisions of one call live in `_Attempts`, which
+draws its delays from `retry_policy()`, the package's one backoff policy. The two clients only
+send, read and sleep.
 
-HTTP goes through urllib3: connection pooling, separate connect/read timeouts, certificate
-verification (certifi or system CAs), proxies and a Retry policy that we restrict to idempotent
-GETs. Every failure is raised as an `iotcommute.exceptions` class; keys, secrets and tokens never
-appear in messages, reprs or logs.
-
-`AsyncCommute` is the asyncio twin: the same calls (awaitable), over asyncio streams with h11
-(already a dependency) instead of urllib3. Both clients build each call as a `_Call` and decode
-the answer with the same code; only the transport differs.
+Keys, secrets and tokens never appear in messages, reprs or logs: messages name a call by its
+method and path (never its query or headers), credentials in the root URL are dropped, the
+proxy URL is never shown, and the login secret only ever leaves as a checksum.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
-import random
+import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-import h11
-import urllib3
-from urllib3.exceptions import (
-    HTTPError as _U3HTTPError,
-)
-from urllib3.exceptions import (
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    SSLError,
-)
-from urllib3.exceptions import (
-    TimeoutError as _U3Timeout,
-)
-from urllib3.util import Retry, Timeout, make_headers
+import certifi
+import httpx
 
-from . import __version__
-from .exceptions import (
+from .. import __version__
+from ..backoff import Backoff
+from ..exceptions import (
     CommandError,
     DataError,
     InputError,
@@ -64,43 +44,26 @@ from .exceptions import (
     ServerError,
     SessionExpiredError,
     TokenError,
+    UnavailableError,
 )
-
-__all__ = ["AsyncCommute", "Commute", "checksum"]
+from ..payload import loads
 
 log = logging.getLogger("iotcommute.rest")
 
-try:
-    from .payload import loads as _loads
-except ImportError:  # pragma: no cover - only before/without the payload module
-
-    def _loads(buf: bytes | bytearray | memoryview | str) -> Any:
-        return json.loads(bytes(buf) if isinstance(buf, memoryview) else buf)
-
+T = TypeVar("T")
 
 API_VERSION = "1"
 USER_AGENT = f"iotcommute-python/{__version__}"
+#: A server must not stall a caller for minutes with Retry-After.
+MAX_RETRY_AFTER = 10.0
+#: Largest response body accepted (a full history page is well under 1 MiB).
+MAX_RESPONSE = 16 * 2**20
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
 # Headroom over a command's own timeout so the server's 504 arrives before our read timeout.
 _COMMAND_MARGIN = 5.0
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: A server must not stall a caller for minutes with Retry-After.
-MAX_RETRY_AFTER = 10.0
-_BACKOFF = 0.2
-_BACKOFF_MAX = 5.0
-#: Largest response body AsyncCommute accepts (a full history page is well under 1 MiB).
-MAX_RESPONSE = 16 * 2**20
-
-
-def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds when it is a number (the only form our server sends)."""
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
+# What a key or token may hold to travel in a header (no spaces, controls or non-ASCII).
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def checksum(api_key: str, request_token: str, api_secret: str) -> str:
@@ -108,12 +71,18 @@ def checksum(api_key: str, request_token: str, api_secret: str) -> str:
     return hashlib.sha256((api_key + request_token + api_secret).encode()).hexdigest()
 
 
+def retry_policy(retries: int) -> Backoff:
+    """The delays between the attempts of one request: the package's backoff policy
+    (exponential, full jitter) from 0.2 s doubling up to 5 s, for at most `retries` retries."""
+    return Backoff(initial=0.2, max_delay=5.0, max_retries=max(0, retries))
+
+
 def _default_root() -> str:
     """IOTCOMMUTE_API_URL, else the http(s) twin of IOTCOMMUTE_URL (ws->http, wss->https)."""
     root = os.environ.get("IOTCOMMUTE_API_URL")
     if root:
         return root
-    from ._env import DEFAULT_URL
+    from .._env import DEFAULT_URL
 
     ws = os.environ.get("IOTCOMMUTE_URL") or DEFAULT_URL
     parts = urlsplit(ws)
@@ -121,61 +90,79 @@ def _default_root() -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
-# Status -> class when the body says nothing more specific.
-_STATUS_CLASSES: dict[int, type[IotCommuteError]] = {
-    400: InputError,
-    401: TokenError,
-    403: PermissionDenied,
-    404: NotFoundError,
-    405: InputError,
-    409: CommandError,
-    413: InputError,
-    422: InputError,
-    429: RateLimitError,
-}
-# error_type from the server body -> (class, code)
-_TYPE_CLASSES: dict[str, tuple[type[IotCommuteError], str]] = {
-    "SessionExpired": (SessionExpiredError, "session_expired"),
-    "DeviceOffline": (CommandError, "device_offline"),
-    "CommandTimeout": (CommandError, "command_timeout"),
-    "RateLimited": (RateLimitError, "rate"),
-}
+def _clean_root(url: str) -> str:
+    """The API base URL without credentials, query or trailing slash.
+
+    The API authenticates with the access token; a user:password in the URL would only be
+    shown (repr, login_url) or sent as Basic auth in place of the token, so it is dropped.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError("root must be an http:// or https:// URL")
+    netloc = parts.netloc
+    if "@" in netloc:
+        log.warning("the credentials in the root URL are ignored (the API takes a token)")
+        netloc = netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-class _Retry(Retry):
-    """Retry whose Retry-After wait is capped (MAX_RETRY_AFTER)."""
+def _check_proxy(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError("proxy must be an http:// or https:// URL")  # the URL may hold a password
+    return url
 
-    def get_retry_after(self, response: urllib3.BaseHTTPResponse) -> float | None:
-        wait = super().get_retry_after(response)
-        return None if wait is None else min(wait, MAX_RETRY_AFTER)
 
-
-def _identity(value: Any) -> Any:
+def _header_token(what: str, value: str) -> str:
+    """A key or token checked before it goes into a header (InputError, value not shown)."""
+    if not isinstance(value, str) or not _HEADER_TOKEN.fullmatch(value):
+        raise InputError(f"{what} must be printable ASCII without spaces")
     return value
 
 
-@dataclass
-class _Call:
-    """One API call, independent of the transport that carries it."""
-
-    method: str
-    path: str
-    query: Mapping[str, Any] | None = None
-    body: bytes | None = None
-    content_type: str | None = None
-    auth: bool = True
-    envelope: bool = False  # return the whole success document, not just "data"
-    read_timeout: float | None = None
-    hook: bool = True  # call on_session_expired on SessionExpired
-    check: Callable[[Any], Any] = _identity  # validates/converts the decoded result
-
-    @property
-    def target(self) -> str:
-        return self.path + (f"?{urlencode(self.query)}" if self.query else "")
+def _tls_context(verify: bool, ssl_context: ssl.SSLContext | None, ca_certs: str | None) -> Any:
+    """What httpx's `verify` gets: certifi's CAs unless told otherwise, never silently off."""
+    if ssl_context is not None:
+        return ssl_context
+    if not verify:
+        log.warning("TLS certificate verification is OFF for the REST client")
+        return False
+    return ssl.create_default_context(cafile=ca_certs or certifi.where())
 
 
-def _need(kind: type, what: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
+def _seg(value: str) -> str:
+    """One URL path segment (device ids are opaque strings)."""
+    return quote(str(value), safe="")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), capped at MAX_RETRY_AFTER."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        wait = float(value)
+    except ValueError:
+        try:
+            wait = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(wait, MAX_RETRY_AFTER))
+
+
+def _json_body(value: Any) -> bytes:
+    """JSON for a request body; what JSON cannot carry is an InputError before any request."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InputError(f"command data is not JSON-encodable ({type(exc).__name__})") from None
+
+
+# ---------------------------------------------------------------------------- calls
+
+
+def _need(kind: type[T], what: str) -> Callable[[Any], T]:
+    def check(value: Any) -> T:
         if not isinstance(value, kind):
             raise DataError(f"{what} is not a JSON {kind.__name__}")
         return value
@@ -192,6 +179,11 @@ def _check_history(env: Any) -> dict[str, Any]:
     return page
 
 
+def _ticks(page: dict[str, Any]) -> list[dict[str, Any]]:
+    ticks: list[dict[str, Any]] = page["data"]
+    return ticks
+
+
 def _next_cursor(device_id: str, page: dict[str, Any], cursor: int | None) -> int | None:
     """Where the next history page starts (None: done); warns about trimmed records."""
     gap = page.get("gap")
@@ -203,172 +195,163 @@ def _next_cursor(device_id: str, page: dict[str, Any], cursor: int | None) -> in
     return nxt
 
 
-class _ClientBase:
-    """What both clients share: options, login URL, building calls, decoding answers."""
-
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        root: str | None,
-        access_token: str | None,
-        timeout: float | tuple[float, float],
-        retries: int,
-        on_session_expired: Callable[[], Any] | None,
-    ) -> None:
-        if not api_key:
-            raise InputError("missing required argument: api_key")
-        self.api_key = api_key
-        self.access_token = access_token
-        self.root = (root or _default_root()).rstrip("/")
-        if urlsplit(self.root).scheme not in ("http", "https"):
-            raise InputError("root must be an http:// or https:// URL")
-        connect_t, read_t = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-        self.connect_timeout = float(connect_t)
-        self.read_timeout = float(read_t)
-        self.retries = retries
-        self.on_session_expired = on_session_expired
-
-    def __repr__(self) -> str:
-        logged_in = "yes" if self.access_token else "no"
-        return f"{type(self).__name__}(root={self.root!r}, session={logged_in})"
-
-    def login_url(self, redirect_url: str | None = None) -> str:
-        """The login page; it redirects back with ?request_token=...&status=success."""
-        params = {"api_key": self.api_key, "v": API_VERSION}
-        if redirect_url:
-            params["redirect"] = redirect_url
-        return f"{self.root}/connect/login?{urlencode(params)}"
-
-    def set_access_token(self, access_token: str | None) -> None:
-        self.access_token = access_token
-
-    # ------------------------------------------------------------------ calls
-
-    def _c_generate_session(self, request_token: str, api_secret: str) -> _Call:
-        body = urlencode(
-            {
-                "api_key": self.api_key,
-                "request_token": request_token,
-                "checksum": checksum(self.api_key, request_token, api_secret),
-            }
-        ).encode()
-
-        def check(data: Any) -> dict[str, Any]:
-            if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
-                raise DataError("session response has no access_token")
-            self.set_access_token(data["access_token"])
-            return data
-
-        return _Call(
-            "POST",
-            "/session/token",
-            body=body,
-            content_type="application/x-www-form-urlencoded",
-            auth=False,
-            check=check,
-        )
-
-    def _c_history(self, device_id: str, since: int | None, limit: int) -> _Call:
-        query: dict[str, Any] = {"limit": limit}
-        if since is not None:
-            query["since"] = since
-        path = f"/devices/{_seg(device_id)}/history"
-        return _Call("GET", path, query=query, envelope=True, check=_check_history)
-
-    def _c_command(self, device_id: str, data: Any, timeout: float) -> _Call:
-        return _Call(
-            "POST",
-            f"/devices/{_seg(device_id)}/commands",
-            body=json.dumps({"data": data, "timeout": timeout}).encode(),
-            content_type="application/json",
-            read_timeout=max(self.read_timeout, timeout + _COMMAND_MARGIN),
-            check=_need(dict, "command ack"),
-        )
-
-    def _headers(self, call: _Call) -> dict[str, str]:
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Iotcommute-Version": API_VERSION,
-        }
-        if call.content_type:
-            headers["Content-Type"] = call.content_type
-        if call.auth:
-            if not self.access_token:
-                raise TokenError("not logged in; call generate_session() or set_access_token()")
-            headers["Authorization"] = f"token {self.api_key}:{self.access_token}"
-        return headers
-
-    # ------------------------------------------------------------------ answers
-
-    def _finish(self, call: _Call, status: int, headers: Mapping[str, str], data: bytes) -> Any:
-        rid = headers.get("X-Request-Id") or headers.get("x-request-id")
-        log.debug("%s %s -> %d [%s]", call.method, call.path, status, rid)  # no query
-        ctype = headers.get("Content-Type") or headers.get("content-type") or ""
-        payload: Any = None
-        if "json" in ctype:
-            try:
-                payload = _loads(data)
-            except Exception:
-                payload = None
-        if 200 <= status < 300:
-            if not isinstance(payload, dict) or payload.get("status") != "success":
-                raise DataError(
-                    "unexpected response body (not a JSON success envelope)",
-                    status=status,
-                    request_id=rid,
-                )
-            return call.check(payload if call.envelope else payload.get("data"))
-        raise self._error(status, payload, rid, headers, call.hook)
-
-    def _error(
-        self, status: int, payload: Any, rid: str | None, headers: Mapping[str, str], hook: bool
-    ) -> IotCommuteError:
-        etype = message = None
-        if isinstance(payload, dict) and payload.get("status") == "error":
-            etype = payload.get("error_type")
-            message = payload.get("message")
-        if not isinstance(message, str):
-            message = f"HTTP {status} without an error body"
-        cls: type[IotCommuteError]
-        code: str | None = None
-        if isinstance(etype, str) and etype in _TYPE_CLASSES:
-            cls, code = _TYPE_CLASSES[etype]
-        elif status in _STATUS_CLASSES:
-            cls = _STATUS_CLASSES[status]
-            code = "rate" if status == 429 else None
-        elif status >= 500:
-            cls = ServerError
-        elif 300 <= status < 400:
-            cls, message = DataError, f"unexpected redirect (HTTP {status})"
-        elif payload is None:
-            cls = DataError
-        else:
-            cls = InputError
-        hdrs = dict(headers.items())
-        err = cls(message, code=code, status=status, request_id=rid, headers=hdrs)
-        if isinstance(err, RateLimitError):
-            err.retry_after = _retry_after_seconds(hdrs)
-        if hook and isinstance(err, SessionExpiredError) and self.on_session_expired is not None:
-            try:
-                self.on_session_expired()
-            except Exception:
-                log.exception("on_session_expired hook failed")
-        return err
+def _done(data: Any) -> bool:
+    return True
 
 
-class Commute(_ClientBase):
-    """Blocking REST client; thread-safe (urllib3's pool is), reusable, closable.
+def _logged_out(err: IotCommuteError) -> bool:
+    """Logging out of a session the server no longer knows (expired, logged out) is done."""
+    if isinstance(err, TokenError):
+        return True
+    raise err
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call, independent of the client that carries it; `check` makes its result."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(repr=False)
+    check: Callable[[Any], T]
+    query: Mapping[str, Any] | None = None
+    body: bytes | None = field(default=None, repr=False)
+    envelope: bool = False  # the result is the whole success document, not just "data"
+    read_timeout: float | None = None
+    hook: bool = True  # call on_session_expired on SessionExpired
+    # an error answer that still gives a result (or re-raises)
+    otherwise: Callable[[IotCommuteError], T] | None = None
+
+    @property
+    def where(self) -> str:
+        """How messages name the call: method and path, never the query or a header."""
+        return f"({self.method} {self.path})"
+
+
+# ---------------------------------------------------------------------------- errors
+
+# Status -> class when the body says nothing more specific.
+_STATUS_CLASSES: dict[int, type[IotCommuteError]] = {
+    400: InputError,
+    401: TokenError,
+    403: PermissionDenied,
+    404: NotFoundError,
+    405: InputError,
+    409: CommandError,
+    413: InputError,
+    422: InputError,
+    429: RateLimitError,
+    503: UnavailableError,
+}
+# error_type from the server body -> (class, code)
+_TYPE_CLASSES: dict[str, tuple[type[IotCommuteError], str]] = {
+    "SessionExpired": (SessionExpiredError, "session_expired"),
+    "DeviceOffline": (CommandError, "device_offline"),
+    "CommandTimeout": (CommandError, "command_timeout"),
+    "RateLimited": (RateLimitError, "rate"),
+    "Unavailable": (UnavailableError, "unavailable"),
+}
+
+
+def _ssl_reason(exc: BaseException) -> str | None:
+    """The innermost ssl error's reason (e.g. CERTIFICATE_VERIFY_FAILED), None when the
+    failure was not TLS. The text is the library's, never data from the request."""
+    inner: BaseException | None = exc
+    for _ in range(8):
+        if inner is None:
+            return None
+        if isinstance(inner, ssl.SSLError):
+            return str(getattr(inner, "reason", None) or type(inner).__name__)
+        inner = inner.__cause__ or inner.__context__
+    return None
+
+
+# How far a failed request got: "unsent" never reached the server (safe to retry for any
+# method), "sent" may have (only idempotent calls are retried), "final" is never retried.
+def _transport_error(exc: httpx.HTTPError, where: str) -> tuple[IotCommuteError, str]:
+    """httpx failure -> (the package's error, how far the request got)."""
+    reason = _ssl_reason(exc)
+    if reason is not None:  # a certificate does not fix itself
+        return NetworkError(f"TLS failure, {reason} {where}", code="tls"), "final"
+    if isinstance(exc, httpx.ProxyError):
+        return NetworkError(f"proxy failure {where}", code="proxy"), "final"
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return OperationTimeout(f"timed out {where}", code="timeout"), "unsent"
+    if isinstance(exc, httpx.TimeoutException):
+        return OperationTimeout(f"timed out {where}", code="timeout"), "sent"
+    if isinstance(exc, httpx.ConnectError):
+        return NetworkError(f"cannot connect {where}", code="connect"), "unsent"
+    if isinstance(exc, httpx.DecodingError):
+        return DataError(f"undecodable response body {where}"), "final"
+    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
+        return InputError(f"cannot send this request {where}"), "final"
+    return NetworkError(f"connection broken {where}", code="network"), "sent"
+
+
+class _Attempts:
+    """The attempts of one call: which failures are retried, and the wait before each retry.
+
+    GETs are retried on connect and read failures and on 429/502/503/504 (Retry-After
+    honoured up to MAX_RETRY_AFTER); any call is retried when it never reached the server
+    (connection refused, connect timeout); nothing is retried after a TLS or proxy failure.
+    """
+
+    def __init__(self, call: _Call[Any], retries: int) -> None:
+        self.call = call
+        self._idempotent = call.method in _IDEMPOTENT
+        self._backoff = retry_policy(retries)
+        self._size = 0
+
+    def take(self, chunk: bytes) -> bytes:
+        """A chunk of the response body, refused past MAX_RESPONSE."""
+        self._size += len(chunk)
+        if self._size > MAX_RESPONSE:
+            raise DataError(f"response body too large {self.call.where}")
+        return chunk
+
+    def failed(self, exc: httpx.HTTPError) -> float:
+        """Seconds to wait before trying again, or raises the package's error."""
+        err, got = _transport_error(exc, self.call.where)
+        delay = None
+        if got == "unsent" or (got == "sent" and self._idempotent):
+            delay = self._backoff.next_delay()
+        if delay is None:
+            raise err from None
+        log.debug("retrying %s after %s", self.call.where, err.code)
+        self._size = 0
+        return delay
+
+    def answered(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before asking again, or None: this answer is the one."""
+        if not self._idempotent or response.status_code not in _RETRY_STATUSES:
+            return None
+        delay = self._backoff.next_delay()
+        if delay is None:
+            return None
+        wait = _retry_after(response.headers)
+        log.debug("retrying %s after HTTP %d", self.call.where, response.status_code)
+        self._size = 0
+        return delay if wait is None else wait
+
+
+# ---------------------------------------------------------------------------- the client
+
+
+class ClientBase:
+    """Options, the login flow, building calls and reading answers: all but the I/O.
 
     root: API base URL; default IOTCOMMUTE_API_URL, else derived from IOTCOMMUTE_URL.
     timeout: seconds for connect and for each socket read; a float or (connect, read).
     verify / ssl_context / ca_certs: certificate checks are on by default (certifi's CAs);
         pass ca_certs (a PEM path) or a ready ssl_context for private CAs. verify=False is
         possible but logged as a warning.
-    proxy: "http://[user:pass@]host:port"; credentials become a Proxy-Authorization header.
-    retries: attempts for idempotent GETs on connect errors, read errors and 429/502/503/504
-        (Retry-After honoured up to MAX_RETRY_AFTER). POST and DELETE are never re-sent.
+    proxy: "http://[user:pass@]host:port" (or https://); credentials become a
+        Proxy-Authorization header; https:// roots are tunnelled with CONNECT. Proxy
+        environment variables are not read: a proxy is used only when given here.
+    pool_size: keep-alive connections kept open for reuse.
+    retries: retries of GETs on connect errors, read errors and 429/502/503/504 (Retry-After
+        honoured up to MAX_RETRY_AFTER); POST and DELETE are re-sent only when they never
+        reached the server (the connection could not be made).
     on_session_expired: called (no arguments) when the server says the session expired,
         before SessionExpiredError is raised.
     """
@@ -388,506 +371,190 @@ class Commute(_ClientBase):
         retries: int = 2,
         on_session_expired: Callable[[], Any] | None = None,
     ) -> None:
-        super().__init__(
-            api_key,
-            root=root,
-            access_token=access_token,
-            timeout=timeout,
-            retries=retries,
-            on_session_expired=on_session_expired,
-        )
-        self._retry_get = _Retry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            other=0,  # TLS/certificate failures do not heal by retrying
-            redirect=0,
-            allowed_methods=_IDEMPOTENT,
-            status_forcelist=_RETRY_STATUSES,
-            backoff_factor=_BACKOFF,
-            backoff_max=_BACKOFF_MAX,
-            raise_on_status=False,
-            raise_on_redirect=False,
-            respect_retry_after_header=True,
-        )
-        self._retry_none = Retry(
-            total=0, redirect=0, raise_on_status=False, raise_on_redirect=False
-        )
-        pool_kw: dict[str, Any] = {"maxsize": pool_size, "block": False}
-        if urlsplit(self.root).scheme == "https":
-            if ssl_context is not None:
-                pool_kw["ssl_context"] = ssl_context
-            elif not verify:
-                log.warning("TLS certificate verification is OFF for %s", self.root)
-                pool_kw["cert_reqs"] = "CERT_NONE"
-            else:
-                pool_kw["cert_reqs"] = "CERT_REQUIRED"
-                pool_kw["ca_certs"] = ca_certs or _certifi_where()
-        self._http: urllib3.PoolManager
-        if proxy:
-            pparts = urlsplit(proxy)
-            proxy_headers: dict[str, str] = {}
-            if pparts.username is not None:
-                auth = f"{pparts.username}:{pparts.password or ''}"
-                proxy_headers = make_headers(proxy_basic_auth=auth)
-                netloc = pparts.hostname or ""
-                if pparts.port:
-                    netloc += f":{pparts.port}"
-                proxy = urlunsplit(pparts._replace(netloc=netloc))
-            self._http = urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **pool_kw)
-        else:
-            self._http = urllib3.PoolManager(**pool_kw)
+        if not api_key:
+            raise InputError("missing required argument: api_key")
+        self.api_key = _header_token("api_key", api_key)
+        self.access_token = access_token
+        self.root = _clean_root(root or _default_root())
+        connect_t, read_t = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self.connect_timeout = float(connect_t)
+        self.read_timeout = float(read_t)
+        self.retries = retries
+        self.on_session_expired = on_session_expired
+        # Keyword arguments of httpx.Client / httpx.AsyncClient (the same for both).
+        self._http_options: dict[str, Any] = {
+            "verify": _tls_context(verify, ssl_context, ca_certs),
+            "proxy": _check_proxy(proxy) if proxy else None,
+            "limits": httpx.Limits(max_connections=None, max_keepalive_connections=pool_size),
+            "timeout": httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+            "follow_redirects": False,  # the Authorization header must not go to another host
+            "trust_env": False,  # no proxy or .netrc credentials from the environment
+        }
 
-    def close(self) -> None:
-        """Close pooled connections (the client may still be used; it reconnects)."""
-        self._http.clear()
+    def __repr__(self) -> str:
+        logged_in = "yes" if self.access_token else "no"
+        return f"{type(self).__name__}(root={self.root!r}, session={logged_in})"
 
-    def __enter__(self) -> Commute:
-        return self
+    def login_url(self, redirect_url: str | None = None) -> str:
+        """The login page; it redirects back with ?request_token=...&status=success."""
+        params = {"api_key": self.api_key, "v": API_VERSION}
+        if redirect_url:
+            params["redirect"] = redirect_url
+        return f"{self.root}/connect/login?{urlencode(params)}"
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def set_access_token(self, access_token: str | None) -> None:
+        self.access_token = access_token
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ calls
 
-    def generate_session(self, request_token: str, api_secret: str) -> dict[str, Any]:
-        """Exchange a request token for an access token (stored on the client and returned)."""
-        result: dict[str, Any] = self._send(self._c_generate_session(request_token, api_secret))
-        return result
-
-    def invalidate_session(self) -> bool:
-        """Log the session out on the server and forget the token.
-
-        A session the server no longer knows (expired, logged out) counts as done.
-        """
-        if not self.access_token:
-            return True
-        try:
-            self._send(_Call("DELETE", "/session/token", hook=False))
-        except TokenError:
-            pass  # expired or already logged out: the goal is reached
-        finally:
-            self.access_token = None
-        return True
-
-    def devices(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._send(
-            _Call("GET", "/devices", check=_need(list, "device list"))
-        )
-        return result
-
-    def device(self, device_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._send(
-            _Call("GET", f"/devices/{_seg(device_id)}", check=_need(dict, "device"))
-        )
-        return result
-
-    def history(
-        self, device_id: str, since: int | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """Ticks with position > since (oldest first), at most `limit` of them."""
-        ticks: list[dict[str, Any]] = self.history_page(device_id, since, limit)["data"]
-        return ticks
-
-    def history_page(
-        self, device_id: str, since: int | None = None, limit: int = 100
-    ) -> dict[str, Any]:
-        """One raw page: {"data": [ticks], "next": position | None, "gap"?: {...}}.
-
-        "gap" is present when records after `since` were already trimmed from the server's
-        capped log (same fields as the WebSocket gap message).
-        """
-        page: dict[str, Any] = self._send(self._c_history(device_id, since, limit))
-        return page
-
-    def iter_history(
-        self, device_id: str, since: int | None = None, page_size: int = 500
-    ) -> Iterator[dict[str, Any]]:
-        """Every retained tick of the device after `since`, fetched page by page."""
-        cursor = since
-        while True:
-            page = self.history_page(device_id, cursor, page_size)
-            yield from page["data"]
-            cursor = _next_cursor(device_id, page, cursor)
-            if cursor is None:
-                return
-
-    def send_command(self, device_id: str, data: Any, timeout: float = 10.0) -> dict[str, Any]:
-        """Send a command through the server and wait for the device's ack dict.
-
-        The ack is returned as the device sent it (`ok` may be False: the device refused).
-        An offline device or no ack in time raises CommandError.
-        """
-        ack: dict[str, Any] = self._send(self._c_command(device_id, data, timeout))
-        return ack
-
-    # ------------------------------------------------------------------ transport
-
-    def _send(self, call: _Call) -> Any:
-        headers = self._headers(call)
-        retries = self._retry_get if call.method in _IDEMPOTENT else self._retry_none
-        timeout = Timeout(connect=self.connect_timeout, read=call.read_timeout or self.read_timeout)
-        try:
-            resp = self._http.request(
-                call.method,
-                self.root + call.target,
-                body=call.body,
-                headers=headers,
-                timeout=timeout,
-                retries=retries,
-                redirect=False,
-            )
-        except MaxRetryError as exc:
-            raise _network_error(exc.reason or exc, call.method, call.path) from None
-        except _U3HTTPError as exc:
-            raise _network_error(exc, call.method, call.path) from None
-        return self._finish(call, resp.status, resp.headers, resp.data)
-
-
-class _Conn:
-    """One keep-alive HTTP/1.1 connection: h11 state over asyncio streams."""
-
-    __slots__ = ("h11", "loop", "reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.h11 = h11.Connection(h11.CLIENT)
-        self.reader = reader
-        self.writer = writer
-        self.loop = asyncio.get_running_loop()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _Stale(Exception):
-    """A reused keep-alive connection was closed by the server before it answered."""
-
-
-class AsyncCommute(_ClientBase):
-    """asyncio twin of Commute: the same calls, awaitable, the same errors.
-
-    HTTP/1.1 over asyncio streams with h11: keep-alive connections (up to pool_size idle),
-    connect and per-read timeouts, certificate verification (certifi's CAs by default,
-    ca_certs / ssl_context / verify=False as in Commute), retries for GETs only (connect and
-    read failures, 429/502/503/504 with Retry-After up to MAX_RETRY_AFTER). No proxy support:
-    use Commute behind a proxy. Use it from one event loop at a time.
-    """
-
-    def __init__(
+    def _call(
         self,
-        api_key: str,
+        method: str,
+        path: str,
+        check: Callable[[Any], T],
         *,
-        root: str | None = None,
-        access_token: str | None = None,
-        timeout: float | tuple[float, float] = 7.0,
-        verify: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
-        ca_certs: str | None = None,
-        pool_size: int = 4,
-        retries: int = 2,
-        on_session_expired: Callable[[], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            api_key,
-            root=root,
-            access_token=access_token,
-            timeout=timeout,
-            retries=retries,
-            on_session_expired=on_session_expired,
-        )
-        parts = urlsplit(self.root)
-        https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if https else 80)
-        self._host_header = self._host if parts.port is None else f"{self._host}:{parts.port}"
-        if ":" in self._host:  # IPv6 literal
-            self._host_header = f"[{self._host}]" + (f":{parts.port}" if parts.port else "")
-        self._ssl: ssl.SSLContext | None = None
-        if https:
-            if ssl_context is not None:
-                self._ssl = ssl_context
-            elif not verify:
-                log.warning("TLS certificate verification is OFF for %s", self.root)
-                ctx = ssl.create_default_context()
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-                self._ssl = ctx
-            else:
-                self._ssl = ssl.create_default_context(cafile=ca_certs or _certifi_where())
-        self._pool_size = pool_size
-        self._idle: list[_Conn] = []
+        auth: bool = True,
+        content_type: str | None = None,
+        **kw: Any,
+    ) -> _Call[T]:
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Iotcommute-Version": API_VERSION,
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        if auth:
+            if not self.access_token:
+                raise TokenError("not logged in; call generate_session() or set_access_token()")
+            token = _header_token("access_token", self.access_token)
+            headers["Authorization"] = f"token {self.api_key}:{token}"
+        return _Call(method, path, headers, check, **kw)
 
-    async def aclose(self) -> None:
-        """Close idle connections (the client may still be used; it reconnects)."""
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+    def _generate_session_call(self, request_token: str, api_secret: str) -> _Call[dict[str, Any]]:
+        body = urlencode(
+            {
+                "api_key": self.api_key,
+                "request_token": request_token,
+                "checksum": checksum(self.api_key, request_token, api_secret),
+            }
+        ).encode()
 
-    async def __aenter__(self) -> AsyncCommute:
-        return self
+        def check(data: Any) -> dict[str, Any]:
+            if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+                raise DataError("session response has no access_token")
+            self.set_access_token(data["access_token"])
+            return data
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        form = "application/x-www-form-urlencoded"
+        return self._call("POST", "/session/token", check, auth=False, content_type=form, body=body)
 
-    # ------------------------------------------------------------------ API
-
-    async def generate_session(self, request_token: str, api_secret: str) -> dict[str, Any]:
-        """Exchange a request token for an access token (stored on the client and returned)."""
-        result: dict[str, Any] = await self._send(
-            self._c_generate_session(request_token, api_secret)
-        )
-        return result
-
-    async def invalidate_session(self) -> bool:
-        """Log the session out; a session the server no longer knows counts as done."""
+    def _logout_call(self) -> _Call[bool] | None:
+        """DELETE /session/token; the token is forgotten now, whatever the answer."""
         if not self.access_token:
-            return True
-        try:
-            await self._send(_Call("DELETE", "/session/token", hook=False))
-        except TokenError:
-            pass
-        finally:
-            self.access_token = None
-        return True
+            return None
+        call = self._call("DELETE", "/session/token", _done, hook=False, otherwise=_logged_out)
+        self.access_token = None
+        return call
 
-    async def devices(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._send(
-            _Call("GET", "/devices", check=_need(list, "device list"))
+    def _devices_call(self) -> _Call[list[Any]]:
+        return self._call("GET", "/devices", _need(list, "device list"))
+
+    def _device_call(self, device_id: str) -> _Call[dict[str, Any]]:
+        return self._call("GET", f"/devices/{_seg(device_id)}", _need(dict, "device"))
+
+    def _history_call(self, device_id: str, since: int | None, limit: int) -> _Call[dict[str, Any]]:
+        query: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            query["since"] = since
+        path = f"/devices/{_seg(device_id)}/history"
+        return self._call("GET", path, _check_history, query=query, envelope=True)
+
+    def _command_call(self, device_id: str, data: Any, timeout: float) -> _Call[dict[str, Any]]:
+        body = _json_body({"data": data, "timeout": timeout})
+        return self._call(
+            "POST",
+            f"/devices/{_seg(device_id)}/commands",
+            _need(dict, "command ack"),
+            content_type="application/json",
+            body=body,
+            read_timeout=max(self.read_timeout, timeout + _COMMAND_MARGIN),
         )
-        return result
 
-    async def device(self, device_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._send(
-            _Call("GET", f"/devices/{_seg(device_id)}", check=_need(dict, "device"))
+    # ------------------------------------------------------------------ carrying a call
+
+    def _attempts(self, call: _Call[Any]) -> _Attempts:
+        return _Attempts(call, self.retries)
+
+    def _request(self, call: _Call[Any]) -> httpx.Request:
+        timeout = httpx.Timeout(
+            call.read_timeout or self.read_timeout, connect=self.connect_timeout
         )
-        return result
+        return httpx.Request(
+            call.method,
+            self.root + call.path,
+            params=call.query,
+            headers=call.headers,
+            content=call.body,
+            extensions={"timeout": timeout.as_dict()},
+        )
 
-    async def history(
-        self, device_id: str, since: int | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """Ticks with position > since (oldest first), at most `limit` of them."""
-        page = await self.history_page(device_id, since, limit)
-        ticks: list[dict[str, Any]] = page["data"]
-        return ticks
-
-    async def history_page(
-        self, device_id: str, since: int | None = None, limit: int = 100
-    ) -> dict[str, Any]:
-        """One raw page: {"data": [ticks], "next": position | None, "gap"?: {...}}."""
-        page: dict[str, Any] = await self._send(self._c_history(device_id, since, limit))
-        return page
-
-    async def iter_history(
-        self, device_id: str, since: int | None = None, page_size: int = 500
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every retained tick of the device after `since`, fetched page by page."""
-        cursor = since
-        while True:
-            page = await self.history_page(device_id, cursor, page_size)
-            for tick in page["data"]:
-                yield tick
-            cursor = _next_cursor(device_id, page, cursor)
-            if cursor is None:
-                return
-
-    async def send_command(
-        self, device_id: str, data: Any, timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """Send a command and wait for the device's ack dict (see Commute.send_command)."""
-        ack: dict[str, Any] = await self._send(self._c_command(device_id, data, timeout))
-        return ack
-
-    # ------------------------------------------------------------------ transport
-
-    async def _send(self, call: _Call) -> Any:
-        headers = self._headers(call)
-        idempotent = call.method in _IDEMPOTENT
-        attempts = 1 + (max(0, self.retries) if idempotent else 0)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+    def _answer(self, call: _Call[T], response: httpx.Response, body: bytes) -> T:
+        """The call's result from a whole answer, or its error raised."""
+        status, headers = response.status_code, response.headers
+        rid = headers.get("x-request-id")
+        log.debug("%s -> %d [%s]", call.where, status, rid)
+        payload: Any = None
+        if "json" in headers.get("content-type", ""):
             try:
-                status, hdrs, data = await self._roundtrip(call, headers, idempotent)
-            except NetworkError as exc:
-                if last or exc.code == "tls":
-                    raise
-                log.debug("retrying %s %s after %s", call.method, call.path, exc.code)
-                await asyncio.sleep(_backoff(attempt, None))
-                continue
-            if status in _RETRY_STATUSES and not last:
-                await asyncio.sleep(_backoff(attempt, hdrs.get("retry-after")))
-                continue
-            return self._finish(call, status, hdrs, data)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _roundtrip(
-        self, call: _Call, headers: dict[str, str], idempotent: bool
-    ) -> tuple[int, dict[str, str], bytes]:
-        # Only idempotent calls ride a reused connection: if the server had closed it, they
-        # can be re-sent on a fresh one without doubt about what the server did.
-        loop = asyncio.get_running_loop()
-        while idempotent and self._idle:
-            conn = self._idle.pop()
-            if conn.loop is not loop or conn.h11.our_state is not h11.IDLE:
-                conn.close()
-                continue
-            try:
-                return await self._exchange(conn, call, headers, reused=True)
-            except _Stale:
-                break
-        conn = await self._connect(call)
-        try:
-            return await self._exchange(conn, call, headers, reused=False)
-        except _Stale:  # pragma: no cover - _exchange raises _Stale only when reused
-            raise NetworkError(f"connection broken ({call.method} {call.path})") from None
-
-    async def _connect(self, call: _Call) -> _Conn:
-        where = f"({call.method} {call.path})"
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
+                payload = loads(body)
+            except Exception:
+                payload = None
+        if 200 <= status < 300:
+            if not isinstance(payload, dict) or payload.get("status") != "success":
+                raise DataError(
+                    "unexpected response body (not a JSON success envelope)",
+                    status=status,
+                    request_id=rid,
                 )
-        except ssl.SSLError as exc:
-            raise NetworkError(f"TLS failure, {_reason(exc)} {where}", code="tls") from None
-        except ssl.CertificateError:  # pragma: no cover - SSLCertVerificationError is an SSLError
-            raise NetworkError(f"TLS failure {where}", code="tls") from None
-        except TimeoutError:
-            raise OperationTimeout(f"timed out {where}", code="timeout") from None
-        except OSError:
-            raise NetworkError(f"cannot connect {where}", code="connect") from None
-        return _Conn(reader, writer)
+            return call.check(payload if call.envelope else payload.get("data"))
+        err = self._error(status, payload, rid, headers, call.hook)
+        if call.otherwise is None:
+            raise err
+        return call.otherwise(err)
 
-    async def _exchange(
-        self, conn: _Conn, call: _Call, headers: dict[str, str], reused: bool
-    ) -> tuple[int, dict[str, str], bytes]:
-        where = f"({call.method} {call.path})"
-        h = conn.h11
-        body = call.body or b""
-        req_headers = [("Host", self._host_header), *headers.items()]
-        if call.body is not None or call.method not in _IDEMPOTENT:
-            req_headers.append(("Content-Length", str(len(body))))
-        read_timeout = call.read_timeout or self.read_timeout
-        got_any = False
-        try:
-            out = h.send(h11.Request(method=call.method, target=call.target, headers=req_headers))
-            if body:
-                out = (out or b"") + (h.send(h11.Data(data=body)) or b"")
-            out = (out or b"") + (h.send(h11.EndOfMessage()) or b"")
-            conn.writer.write(out)
-            async with asyncio.timeout(read_timeout):
-                await conn.writer.drain()
-            status = 0
-            hdrs: dict[str, str] = {}
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                ev = h.next_event()
-                if ev is h11.NEED_DATA:
-                    async with asyncio.timeout(read_timeout):
-                        chunk = await conn.reader.read(65536)
-                    if not chunk and not got_any and reused:
-                        raise _Stale
-                    got_any = got_any or bool(chunk)
-                    h.receive_data(chunk)
-                elif isinstance(ev, h11.Response):
-                    status = ev.status_code
-                    hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in ev.headers}
-                elif isinstance(ev, h11.Data):
-                    size += len(ev.data)
-                    if size > MAX_RESPONSE:
-                        raise DataError(f"response body too large {where}", status=status)
-                    chunks.append(bytes(ev.data))
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-                elif isinstance(ev, h11.ConnectionClosed):
-                    raise NetworkError(f"connection broken {where}", code="network")
-                # InformationalResponse (1xx): keep reading
-        except _Stale:
-            conn.close()
-            raise
-        except TimeoutError:
-            conn.close()
-            raise OperationTimeout(f"timed out {where}", code="timeout") from None
-        except (ConnectionError, h11.ProtocolError, OSError):
-            conn.close()
-            if reused and not got_any:
-                raise _Stale from None
-            raise NetworkError(f"connection broken {where}", code="network") from None
-        except BaseException:
-            conn.close()
-            raise
-        if h.our_state is h11.DONE and h.their_state is h11.DONE:
-            h.start_next_cycle()
-            if len(self._idle) < self._pool_size:
-                self._idle.append(conn)
-            else:
-                conn.close()
+    def _error(
+        self, status: int, payload: Any, rid: str | None, headers: httpx.Headers, hook: bool
+    ) -> IotCommuteError:
+        etype = message = None
+        if isinstance(payload, dict) and payload.get("status") == "error":
+            etype = payload.get("error_type")
+            message = payload.get("message")
+        if not isinstance(message, str):
+            message = f"HTTP {status} without an error body"
+        cls: type[IotCommuteError]
+        code: str | None = None
+        if isinstance(etype, str) and etype in _TYPE_CLASSES:
+            cls, code = _TYPE_CLASSES[etype]
+        elif status in _STATUS_CLASSES:
+            cls = _STATUS_CLASSES[status]
+        elif status == 407:
+            cls, code, message = NetworkError, "proxy", "the proxy refused the credentials"
+        elif status >= 500:
+            cls = ServerError
+        elif 300 <= status < 400:
+            cls, message = DataError, f"unexpected redirect (HTTP {status})"
+        elif payload is None:
+            cls = DataError
         else:
-            conn.close()
-        return status, hdrs, b"".join(chunks)
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    """Seconds before retry number attempt+1: Retry-After (capped) or exponential + jitter."""
-    if retry_after:
-        try:
-            wait = float(retry_after)
-        except ValueError:
+            cls = InputError
+        hdrs = dict(headers.items())
+        err = cls(message, code=code, status=status, request_id=rid, headers=hdrs)
+        if isinstance(err, RateLimitError | UnavailableError):
+            err.retry_after = _retry_after(headers)
+        if hook and isinstance(err, SessionExpiredError) and self.on_session_expired is not None:
             try:
-                wait = parsedate_to_datetime(retry_after).timestamp() - time.time()
-            except (TypeError, ValueError):
-                wait = 0.0
-        return max(0.0, min(wait, MAX_RETRY_AFTER))
-    base = min(_BACKOFF_MAX, _BACKOFF * 2.0**attempt)
-    return base / 2 + random.uniform(0, base / 2)
-
-
-def _seg(value: str) -> str:
-    """One URL path segment (device ids are opaque strings)."""
-    return quote(str(value), safe="")
-
-
-def _certifi_where() -> str | None:
-    try:
-        import certifi
-    except ImportError:  # pragma: no cover - certifi is a dependency; system CAs otherwise
-        return None
-    return str(certifi.where())
-
-
-def _network_error(exc: BaseException, method: str, path: str) -> NetworkError:
-    """urllib3 failures -> NetworkError / OperationTimeout; the message names the request
-    (path only, no query) last, in parentheses, so redact() leaves it readable."""
-    where = f"({method} {path})"
-    if isinstance(exc, NewConnectionError):  # before timeouts: it subclasses ConnectTimeoutError
-        return NetworkError(f"cannot connect {where}", code="connect")
-    if isinstance(exc, _U3Timeout):
-        return OperationTimeout(f"timed out {where}", code="timeout")
-    if isinstance(exc, SSLError):
-        return NetworkError(f"TLS failure, {_reason(exc)} {where}", code="tls")
-    if isinstance(exc, ProxyError):
-        return NetworkError(f"proxy failure {where}", code="proxy")
-    if isinstance(exc, ProtocolError):
-        return NetworkError(f"connection broken {where}", code="network")
-    return NetworkError(f"{type(exc).__name__} {where}", code="network")
-
-
-def _reason(exc: BaseException) -> str:
-    # The innermost ssl error text (e.g. CERTIFICATE_VERIFY_FAILED) is useful and secret-free.
-    inner: BaseException | None = exc
-    for _ in range(8):
-        if inner is None:
-            break
-        if isinstance(inner, ssl.SSLError):
-            return str(getattr(inner, "reason", None) or type(inner).__name__)
-        arg0 = inner.args[0] if inner.args else None
-        inner = (
-            inner.__cause__
-            or inner.__context__
-            or (arg0 if isinstance(arg0, BaseException) else None)
-        )
-    return "handshake failed"
+                self.on_session_expired()
+            except Exception:
+                log.exception("on_session_expired hook failed")
+        return err

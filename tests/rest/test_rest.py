@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-import urllib3
 
 from iotcommute.exceptions import (
     CommandError,
@@ -52,23 +52,39 @@ def server(ref_server: Any) -> Iterator[Any]:
     ref_server.hub.virtual.pop(DEVICE, None)
 
 
+@contextlib.contextmanager
+def quiet_http_logs() -> Iterator[None]:
+    """The browser's side of the login shows the request token (in a redirect's Location
+    header) to httpx's debug log; that browser is this test module, not the client."""
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def login(server: Any, user: str = USER, password: str = PASSWORD, api_key: str = API_KEY) -> str:
     """Drive the HTML login form like a browser; returns the request_token of the redirect."""
-    http = urllib3.PoolManager()
-    r = http.request(
-        "POST",
+    with quiet_http_logs():
+        return _login(server, user, password, api_key)
+
+
+def _login(server: Any, user: str, password: str, api_key: str) -> str:
+    r = httpx.post(
         server.http_url + "/connect/login",
-        fields={
+        data={
             "api_key": api_key,
             "user_id": user,
             "password": password,
             "redirect": "http://app.example/cb?x=1",
         },
-        encode_multipart=False,
-        redirect=False,
         timeout=5.0,
     )
-    assert r.status == 302, r.data[:200]
+    assert r.status_code == 302, r.content[:200]
     loc = urlsplit(r.headers["Location"])
     assert (loc.scheme, loc.netloc, loc.path) == ("http", "app.example", "/cb")
     q = parse_qs(loc.query)
@@ -107,9 +123,9 @@ def test_login_url_has_key_and_version_never_secret(server: Any) -> None:
     assert q == {"api_key": [API_KEY], "v": ["1"], "redirect": ["http://app.example/cb"]}
     assert API_SECRET not in url
     # The page it points to is the login form.
-    r = urllib3.PoolManager().request("GET", url, timeout=5.0)
-    assert r.status == 200
-    assert b'<form method="post" action="/connect/login"' in r.data
+    r = httpx.get(url, timeout=5.0)
+    assert r.status_code == 200
+    assert b'<form method="post" action="/connect/login"' in r.content
     assert r.headers["X-Request-Id"]
 
 
@@ -263,14 +279,12 @@ def test_login_posts_are_rate_limited_per_app(server: Any) -> None:
     rest_api.configure(server.hub, rate_limit=(0.01, 2))
     login(server)
     login(server)
-    r = urllib3.PoolManager().request(
-        "POST",
+    r = httpx.post(
         server.http_url + "/connect/login",
-        fields={"api_key": API_KEY, "user_id": USER, "password": PASSWORD},
-        encode_multipart=False,
+        data={"api_key": API_KEY, "user_id": USER, "password": PASSWORD},
         timeout=5.0,
     )
-    assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     # Another app has its own bucket.
     login(server, api_key="other-app", user="other-user", password="other-pass")
 
@@ -279,7 +293,7 @@ def test_get_is_retried_after_429(server: Any) -> None:
     c = session(server, retries=2)
     rest_api.configure(server.hub, rate_limit=(2.0, 1))
     c.devices()
-    # The bucket is empty: the server answers 429 + Retry-After, urllib3 waits and retries.
+    # The bucket is empty: the server answers 429 + Retry-After, the client waits and retries.
     assert c.devices()
 
 

@@ -1,4 +1,4 @@
-"""The reference server's HTTP endpoints seen from the wire (raw urllib3, not Commute):
+"""The reference server's HTTP endpoints seen from the wire (raw httpx, not Commute):
 login pages, request ids, envelopes, methods, body formats, paging fields."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,22 +23,22 @@ from iotcommute.server.registry import demo_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-HTTP = urllib3.PoolManager(timeout=5.0, retries=False)
+HTTP = httpx.Client(timeout=5.0, trust_env=False)
 
 
-def req(server: Any, method: str, path: str, **kw: Any) -> urllib3.BaseHTTPResponse:
-    kw.setdefault("redirect", False)
+def req(server: Any, method: str, path: str, **kw: Any) -> httpx.Response:
+    """One request as given (redirects are not followed); `data` is a form, `content` bytes."""
     return HTTP.request(method, server.http_url + path, **kw)
 
 
-def form_login(server: Any, **fields: str) -> urllib3.BaseHTTPResponse:
+def form_login(server: Any, **fields: str) -> httpx.Response:
     base = {"api_key": "demo-app", "user_id": "demo-user", "password": "demo-pass"}
-    return req(server, "POST", "/connect/login", fields={**base, **fields}, encode_multipart=False)
+    return req(server, "POST", "/connect/login", data={**base, **fields})
 
 
-def err(r: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+def err(r: httpx.Response) -> dict[str, Any]:
     assert r.headers["Content-Type"] == "application/json"
-    body = json.loads(r.data)
+    body = json.loads(r.content)
     assert body["status"] == "error" and set(body) == {"status", "error_type", "message"}
     return body  # type: ignore[no-any-return]
 
@@ -50,7 +50,7 @@ def token_for(server: Any) -> str:
         server,
         "POST",
         "/session/token",
-        body=json.dumps(
+        content=json.dumps(
             {
                 "api_key": "demo-app",
                 "request_token": rt,
@@ -59,8 +59,8 @@ def token_for(server: Any) -> str:
         ),
         headers={"Content-Type": "application/json"},
     )
-    assert r.status == 200
-    return str(json.loads(r.data)["data"]["access_token"])
+    assert r.status_code == 200
+    return str(json.loads(r.content)["data"]["access_token"])
 
 
 def auth(token: str) -> dict[str, str]:
@@ -89,51 +89,51 @@ def test_every_response_has_a_request_id(ref_server: Any) -> None:
 
 def test_unknown_path_and_method(ref_server: Any) -> None:
     r = req(ref_server, "GET", "/nope")
-    assert r.status == 404 and err(r)["error_type"] == "NotFound"
+    assert r.status_code == 404 and err(r)["error_type"] == "NotFound"
     r = req(ref_server, "GET", "/devices/x/y")
-    assert r.status == 404
+    assert r.status_code == 404
     r = req(ref_server, "PUT", "/devices")
-    assert r.status == 405 and r.headers["Allow"] == "GET"
+    assert r.status_code == 405 and r.headers["Allow"] == "GET"
     r = req(ref_server, "GET", "/devices/sim-0001/commands")
-    assert r.status == 405 and r.headers["Allow"] == "POST"
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
     r = req(ref_server, "PATCH", "/session/token")
-    assert r.status == 405 and r.headers["Allow"] == "POST, DELETE"
+    assert r.status_code == 405 and r.headers["Allow"] == "POST, DELETE"
 
 
 def test_login_page_and_its_errors(ref_server: Any) -> None:
     r = req(ref_server, "GET", "/connect/login?api_key=demo-app&v=1&redirect=http://a.example/cb")
-    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
-    page = r.data.decode()
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    page = r.content.decode()
     assert 'name="password"' in page and 'value="http://a.example/cb"' in page
     assert "demo-secret" not in page
     assert r.headers["X-Frame-Options"] == "DENY"
-    assert req(ref_server, "GET", "/connect/login?api_key=nope&v=1").status == 400
-    assert req(ref_server, "GET", "/connect/login?api_key=demo-app&v=2").status == 400
+    assert req(ref_server, "GET", "/connect/login?api_key=nope&v=1").status_code == 400
+    assert req(ref_server, "GET", "/connect/login?api_key=demo-app&v=2").status_code == 400
     bad = req(ref_server, "GET", "/connect/login?api_key=demo-app&redirect=javascript:alert(1)")
-    assert bad.status == 400
+    assert bad.status_code == 400
 
 
 def test_login_page_escapes_what_it_echoes(ref_server: Any) -> None:
     r = req(
         ref_server, "GET", '/connect/login?api_key=demo-app&redirect=http://a.example/"><script>'
     )
-    assert r.status == 200
-    assert b"<script>" not in r.data and b"&quot;&gt;&lt;script&gt;" in r.data
+    assert r.status_code == 200
+    assert b"<script>" not in r.content and b"&quot;&gt;&lt;script&gt;" in r.content
 
 
 def test_wrong_password_is_401_page_without_token(ref_server: Any) -> None:
     r = form_login(ref_server, password="wrong", redirect="http://a.example/cb")
-    assert r.status == 401 and "Location" not in r.headers
-    assert b"Wrong user ID or password" in r.data and b'name="password"' in r.data
+    assert r.status_code == 401 and "Location" not in r.headers
+    assert b"Wrong user ID or password" in r.content and b'name="password"' in r.content
     r = form_login(ref_server, user_id="nobody", redirect="http://a.example/cb")
-    assert r.status == 401
-    assert form_login(ref_server, api_key="nope").status == 400
+    assert r.status_code == 401
+    assert form_login(ref_server, api_key="nope").status_code == 400
 
 
 def test_login_without_redirect_shows_the_token(ref_server: Any) -> None:
     r = form_login(ref_server)
-    assert r.status == 200
-    page = r.data.decode()
+    assert r.status_code == 200
+    page = r.content.decode()
     rt = page.split("<pre>")[1].split("</pre>")[0]
     body = {
         "api_key": "demo-app",
@@ -141,8 +141,8 @@ def test_login_without_redirect_shows_the_token(ref_server: Any) -> None:
         "checksum": rest_api.checksum("demo-app", rt, "demo-secret"),
     }
     # POST /session/token takes a urlencoded form as well as JSON.
-    r = req(ref_server, "POST", "/session/token", fields=body, encode_multipart=False)
-    assert r.status == 200 and json.loads(r.data)["data"]["user_id"] == "demo-user"
+    r = req(ref_server, "POST", "/session/token", data=body)
+    assert r.status_code == 200 and json.loads(r.content)["data"]["user_id"] == "demo-user"
 
 
 def test_session_token_input_errors(ref_server: Any) -> None:
@@ -150,39 +150,39 @@ def test_session_token_input_errors(ref_server: Any) -> None:
         ref_server,
         "POST",
         "/session/token",
-        body=b"{not json",
+        content=b"{not json",
         headers={"Content-Type": "application/json"},
     )
-    assert r.status == 400 and err(r)["error_type"] == "InputError"
+    assert r.status_code == 400 and err(r)["error_type"] == "InputError"
     r = req(
         ref_server,
         "POST",
         "/session/token",
-        body=b"[1]",
+        content=b"[1]",
         headers={"Content-Type": "application/json"},
     )
-    assert r.status == 400
+    assert r.status_code == 400
     r = req(
         ref_server,
         "POST",
         "/session/token",
-        body=json.dumps({"api_key": "demo-app"}),
+        content=json.dumps({"api_key": "demo-app"}),
         headers={"Content-Type": "application/json"},
     )
-    assert r.status == 400 and "request_token" in err(r)["message"]
+    assert r.status_code == 400 and "request_token" in err(r)["message"]
     r = req(
         ref_server,
         "POST",
         "/session/token",
-        body=b"x" * (rest_api.MAX_BODY + 1),
+        content=b"x" * (rest_api.MAX_BODY + 1),
         headers={"Content-Type": "application/json"},
     )
-    assert r.status in (400, 413)
+    assert r.status_code in (400, 413)
 
 
 def test_authorization_header_forms(ref_server: Any) -> None:
     token = token_for(ref_server)
-    assert req(ref_server, "GET", "/devices", headers=auth(token)).status == 200
+    assert req(ref_server, "GET", "/devices", headers=auth(token)).status_code == 200
     for value in [
         "",
         "token",
@@ -192,7 +192,7 @@ def test_authorization_header_forms(ref_server: Any) -> None:
         f"token other-app:{token}",
     ]:
         r = req(ref_server, "GET", "/devices", headers={"Authorization": value} if value else {})
-        assert r.status == 401 and err(r)["error_type"] == "TokenError", value
+        assert r.status_code == 401 and err(r)["error_type"] == "TokenError", value
 
 
 def test_expired_session_error_type(ref_server: Any) -> None:
@@ -200,7 +200,7 @@ def test_expired_session_error_type(ref_server: Any) -> None:
     token = token_for(ref_server)
     time.sleep(0.3)
     r = req(ref_server, "GET", "/devices", headers=auth(token))
-    assert r.status == 401 and err(r)["error_type"] == "SessionExpired"
+    assert r.status_code == 401 and err(r)["error_type"] == "SessionExpired"
 
 
 def test_history_query_validation_and_envelope(ref_server: Any) -> None:
@@ -208,9 +208,9 @@ def test_history_query_validation_and_envelope(ref_server: Any) -> None:
     h = auth(token)
     for q in ["limit=0", "limit=1001", "limit=x", "since=-1", "since=1.5"]:
         r = req(ref_server, "GET", f"/devices/sim-0001/history?{q}", headers=h)
-        assert r.status == 400, q
+        assert r.status_code == 400, q
     r = req(ref_server, "GET", "/devices/sim-0001/history", headers=h)
-    assert json.loads(r.data) == {"status": "success", "data": [], "next": None}
+    assert json.loads(r.content) == {"status": "success", "data": [], "next": None}
 
 
 def test_history_reports_trimmed_positions(ref_server_factory: Callable[..., Any]) -> None:
@@ -223,11 +223,11 @@ def test_history_reports_trimmed_positions(ref_server_factory: Callable[..., Any
 
     srv.call(fill)
     r = req(srv, "GET", "/devices/sim-0001/history?since=5&limit=100", headers=auth(token))
-    body = json.loads(r.data)
+    body = json.loads(r.content)
     assert [t["position"] for t in body["data"]] == list(range(21, 31))
     assert body["gap"] == {"from": 5, "to": 20, "missed": 15}
     r = req(srv, "GET", "/devices/sim-0001/history?since=25", headers=auth(token))
-    assert "gap" not in json.loads(r.data)
+    assert "gap" not in json.loads(r.content)
 
 
 def test_command_body_validation(ref_server: Any) -> None:
@@ -240,10 +240,10 @@ def test_command_body_validation(ref_server: Any) -> None:
         b'{"data": 1, "timeout": true}',
         b'{"data": 1, "timeout": "5"}',
     ]:
-        r = req(ref_server, "POST", path, body=body, headers=h)
-        assert r.status == 400, body
-    r = req(ref_server, "POST", path, body=b'{"data": {"op": "x"}}', headers=h)
-    assert r.status == 409 and err(r)["error_type"] == "DeviceOffline"
+        r = req(ref_server, "POST", path, content=body, headers=h)
+        assert r.status_code == 400, body
+    r = req(ref_server, "POST", path, content=b'{"data": {"op": "x"}}', headers=h)
+    assert r.status_code == 409 and err(r)["error_type"] == "DeviceOffline"
 
 
 _METHODS = st.sampled_from(["GET", "POST", "DELETE", "PUT", "HEAD", "OPTIONS", "get", "X"])
