@@ -517,7 +517,11 @@ class ClientBase:
                     status=status,
                     request_id=rid,
                 )
-            return call.check(payload if call.envelope else payload.get("data"))
+            try:
+                return call.check(payload if call.envelope else payload.get("data"))
+            except DataError as exc:  # the shape was wrong: say which answer it was
+                exc.status, exc.request_id = status, rid
+                raise
         err = self._error(status, payload, rid, headers, call.hook)
         if call.otherwise is None:
             raise err
