@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 from ._util import EXIT_OK, UsageError, describe, exit_code, positive_float, quiet_library, say
 
-__all__ = ["add_arguments", "login", "run"]
+__all__ = ["add_arguments", "form_login", "login", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +89,17 @@ def _ask(value: str | None, env_name: str, prompt: str, secret: bool) -> str:
 _PRE = re.compile(r"<pre>([^<]+)</pre>")
 
 
-def _request_token(root: str, api_key: str, user: str, password: str, timeout: float) -> str:
-    """POST the login form (no redirect: the server shows the request token) and read it."""
+def form_login(root: str, api_key: str, user_id: str, password: str, timeout: float = 10.0) -> str:
+    """Development helper: post the login page's form as a browser would; the request token.
+
+    `root` is the server's http(s) URL (Commute.root). The next step is the app's own:
+    Commute.generate_session(request_token, api_secret=...). Raises TokenError for a wrong
+    user id or password, NetworkError when the server cannot be reached.
+    """
     from ..exceptions import NetworkError, TokenError
 
+    root = _http_root(root)
+    user = user_id
     parts = urlsplit(root)
     conn_cls = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -133,7 +140,7 @@ def login(
     """The whole flow; returns the access token (raises iotcommute errors)."""
     from ..rest import Commute
 
-    request_token = _request_token(root, api_key, user, password, timeout)
+    request_token = form_login(root, api_key, user, password, timeout)
     with Commute(api_key, root=root, timeout=timeout, retries=0) as api:
         session: dict[str, Any] = api.generate_session(request_token, api_secret=api_secret)
     return str(session["access_token"])
