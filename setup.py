@@ -6,7 +6,7 @@ IOTCOMMUTE_CYTHON_TRACE=1       line tracing for coverage/profiling builds
 IOTCOMMUTE_KEEP_SYMBOLS=1       keep symbols in the extension modules (profilers, debuggers)
 
 Extension modules are linked stripped (gcc/clang; MSVC writes no debug info by default), except
-in-place builds (`python setup.py build_ext --inplace`, the development rebuild) and the two
+development builds (`python setup.py build_ext --inplace`, `pip install -e`) and the two
 switches above. The sdist carries the Cython-generated C (_speedups/c/<module>.c, written by
 the sdist command), so an sdist builds the compiled modules where Cython is not installed.
 """
@@ -166,7 +166,8 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def build_extension(self, ext: Extension) -> None:
-        if not self.inplace:  # the development rebuild keeps symbols for profilers
+        # development builds (build_ext --inplace, pip install -e) keep symbols for profilers
+        if not (self.inplace or getattr(self, "editable_mode", False)):
             ext.extra_link_args = [*(ext.extra_link_args or []), *_strip_link_args()]
         try:
             super().build_extension(ext)
