@@ -347,3 +347,28 @@ def test_serve_port_in_use_exit_1_one_line(server: ServerThread) -> None:
         "(another server running? --port 0 picks a free port)"
     )
     assert time.monotonic() - t0 < 30
+
+
+def test_listen_lost_server_retries_then_gives_up_with_max_retries() -> None:
+    srv = ServerThread("127.0.0.1", 0).start()
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    proc = subprocess.Popen(
+        [*CLI, "listen", "--url", srv.url, "--max-retries", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "connected to" in proc.stderr.readline()
+    finally:
+        srv.stop()  # closes with 1001, then refuses
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("iotcommute listen: ConnectionClosedOK: connection closed: 1001")
+    assert lines[0].endswith("; retrying (attempt 1 of 2)")
+    assert lines[1].endswith("; retrying (attempt 2 of 2)")
+    assert lines[2].endswith("Connection refused (gave up after 2 retries)")
+    assert len(lines) == 3 and "Traceback" not in err
