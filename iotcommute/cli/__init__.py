@@ -36,9 +36,10 @@ SUBCOMMANDS = {
 DESCRIPTION = """\
 The IOT commute client and reference server.
 
-  iotcommute serve --simulate 5 --rate 10      # a local server with 5 simulated devices
-  iotcommute listen --token "$IOTCOMMUTE_TOKEN" --count 10
-  iotcommute demo                              # all of it in one process, for a look
+  iotcommute serve --simulate 5 --rate 10   # a server with 5 simulated devices
+  export IOTCOMMUTE_TOKEN="$(iotcommute login --demo)"
+  iotcommute listen --count 10              # 10 ticks as JSON lines
+  iotcommute demo                           # all of it in one process
 
 Run `iotcommute COMMAND --help` for a command's options."""
 

@@ -50,9 +50,9 @@ exit codes:
   0    success
   1    runtime error: cannot connect, retries used up, server error, port in use
   2    usage error: a bad option or value (argparse errors too)
-  3    rejected credentials or permission: bad key, token or password; role not allowed
+  3    rejected: bad key, token or password; role or device not allowed
   4    not found: unknown device
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C; for serve, Ctrl-C is the normal stop: 0)"""
 
 
 class UsageError(Exception):

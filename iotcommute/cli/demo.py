@@ -1,11 +1,12 @@
-"""Live demo: the reference server in-process, simulated devices and a client, for a look.
+"""Live demo: the reference server in-process, simulated devices and a client,
+for a look.
 
-One status line (plain \\r, no extra dependencies, at most 79 columns) shows elapsed time,
-ticks/s, total, latency and reconnects. Half-way through, the demo cuts the client's
-connection to show that the resume is lossless (every log position arrives exactly once,
-in order); a short summary follows. Log records never land on the status line: they are
-printed on a line of their own, the demo's own cut labelled as expected.
-"""
+One status line (plain \\r, no extra dependencies, at most 79 columns) shows
+elapsed time, ticks/s, total, latency and reconnects. Half-way through, the
+demo cuts the client's connection to show that the resume is lossless (every
+log position arrives exactly once, in order); a short summary follows. Log
+records never land on the status line: they are printed on a line of their
+own, the demo's own cut labelled as expected."""
 
 from __future__ import annotations
 

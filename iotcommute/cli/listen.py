@@ -1,15 +1,15 @@
-"""Connect to a server and print ticks as JSON lines on stdout (one tick per line).
+"""Connect to a server and print ticks as JSON lines on stdout (one tick per
+line).
 
-Authenticate with a device key (--key and --device) or an access token (--token
-API_KEY:ACCESS_TOKEN, from `iotcommute login`). Prefer the environment for secrets
-(IOTCOMMUTE_KEY, IOTCOMMUTE_TOKEN): command lines are visible to other users of the
-machine. Secrets are never printed. stdout carries only ticks; status, retries and errors
-go to stderr, one line each.
+Authenticate with a device key (--key and --device) or an access token
+(--token API_KEY:ACCESS_TOKEN, from `iotcommute login`). Prefer the
+environment for secrets (IOTCOMMUTE_KEY, IOTCOMMUTE_TOKEN): command lines are
+visible to other users of the machine. Secrets are never printed. stdout
+carries only ticks; status, retries and errors go to stderr, one line each.
 
-A connection that never succeeded is given up after a few attempts (--wait keeps trying);
-once connected, a lost connection is retried (--max-retries bounds it) and the stream
-resumes where it stopped.
-"""
+A connection that never succeeded is given up after a few attempts (--wait
+keeps trying); once connected, a lost connection is retried (--max-retries
+bounds it) and the stream resumes where it stopped."""
 
 from __future__ import annotations
 

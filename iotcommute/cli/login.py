@@ -1,18 +1,19 @@
-"""Log in with a user id and password and print an access token, API_KEY:ACCESS_TOKEN.
+"""Log in with a user id and password and print an access token,
+API_KEY:ACCESS_TOKEN.
 
-For development: this runs the REST login flow (docs/rest.md) without a browser -- the
-login form, then the token exchange with the app's secret (only a checksum travels) --
-and prints the token in the form `iotcommute listen --token` and the WebSocket's
-api_key/access_token take:
+For development: this runs the REST login flow (docs/rest.md) without a
+browser -- the login form, then the token exchange with the app's secret (only
+a checksum travels) -- and prints the token in the form `iotcommute listen
+--token` and the WebSocket's api_key/access_token take:
 
-  export IOTCOMMUTE_TOKEN="$(iotcommute login --demo)"    # the reference server's demo user
+  export IOTCOMMUTE_TOKEN="$(iotcommute login --demo)"   # the demo user
   iotcommute listen --count 5
 
-Missing values come from the environment (IOTCOMMUTE_API_KEY, IOTCOMMUTE_API_SECRET,
-IOTCOMMUTE_USER, IOTCOMMUTE_PASSWORD) or are asked for on the terminal (the password and
-secret without echo). --save FILE writes the token to a file only you can read instead of
-printing it (then: listen --token @FILE).
-"""
+Missing values come from the environment (IOTCOMMUTE_API_KEY,
+IOTCOMMUTE_API_SECRET, IOTCOMMUTE_USER, IOTCOMMUTE_PASSWORD) or are asked for
+on the terminal (the password and secret without echo). --save FILE writes the
+token to a file only you can read instead of printing it (then: listen --token
+@FILE)."""
 
 from __future__ import annotations
 

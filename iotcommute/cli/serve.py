@@ -1,10 +1,11 @@
-"""Run the reference IOT commute server until Ctrl-C or SIGTERM (both stop it cleanly, exit 0).
+"""Run the reference IOT commute server until Ctrl-C or SIGTERM (both stop it
+cleanly, exit 0).
 
-WebSocket stream, REST API and login pages share one port. Without --registry the built-in
-demo registry is used and the startup banner prints its credentials (development only).
-The first line on stdout is always `iotcommute serve: listening on ws://HOST:PORT/v1/stream`,
-so scripts can learn the port of `--port 0`.
-"""
+WebSocket stream, REST API and login pages share one port. Without --registry
+the built-in demo registry is used and the startup banner prints its
+credentials (development only). The first line on stdout is always `iotcommute
+serve: listening on ws://HOST:PORT/v1/stream`, so scripts can learn the port
+of `--port 0`."""
 
 from __future__ import annotations
 

@@ -97,6 +97,15 @@ def test_version_and_help_state_exit_codes_and_defaults() -> None:
         assert option in out
 
 
+def test_help_fits_80_columns() -> None:
+    env = _env(COLUMNS="80")
+    for command in ([], ["serve"], ["listen"], ["login"], ["demo"]):
+        rc, out, _ = cli(*command, "--help", env=env)
+        assert rc == 0
+        wide = [line for line in out.splitlines() if len(line) > 80]
+        assert not wide, (command, wide)
+
+
 def test_every_option_has_help() -> None:
     from iotcommute.cli import build_parser
 
