@@ -8,7 +8,6 @@ in one line on stderr, `iotcommute <command>: <what happened>`, and a documented
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import logging
 import re
@@ -76,14 +75,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 # The names the documentation uses, for the two classes renamed to avoid shadowing builtins.
 _DOC_NAMES = {"PermissionError_": "PermissionDenied", "TimeoutError_": "OperationTimeout"}
-_TAG = re.compile(r"<[^>]*>")
 _MAX_REASON = 160
 
 
+_HTML_START = re.compile(r"<\s*[a-zA-Z!/]")
+
+
 def _short(text: str) -> str:
-    """One line of at most _MAX_REASON characters; HTML (a 404 page) is reduced to its text."""
-    if "<" in text and ">" in text:
-        text = html.unescape(_TAG.sub(" ", text))
+    """One line of at most _MAX_REASON characters; an HTML body (a web server's 404 page) is
+    dropped: the status says it all, the page is noise."""
+    start = _HTML_START.search(text)
+    if start is not None:
+        text = text[: start.start()].rstrip(" :")
     text = " ".join(text.split())
     if len(text) > _MAX_REASON:
         text = text[: _MAX_REASON - 3].rstrip() + "..."

@@ -381,3 +381,24 @@ def test_listen_lost_server_retries_then_gives_up_with_max_retries() -> None:
     assert lines[1].endswith("; retrying (attempt 2 of 2)")
     assert lines[2].endswith("Connection refused (gave up after 2 retries)")
     assert len(lines) == 3 and "Traceback" not in err
+
+
+def test_listen_html_404_never_dumps_the_page() -> None:
+    """Any web server's 404 page: the line says the status, not the HTML."""
+    import http.server
+    import threading
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        rc, _, err = cli("listen", "--url", f"ws://127.0.0.1:{port}/", "--token", "a:b", "-q")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert rc == 1
+    line = assert_one_clean_line(err)
+    assert line.startswith(
+        "iotcommute listen: InvalidStatus (HTTP 501): server rejected the WebSocket upgrade ("
+    ), line
+    assert "<" not in line and "html" not in line.lower()
