@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_min_rounds = 1
         config.option.benchmark_max_time = 0.0
         config.option.benchmark_warmup = False
+        # ... and no result tables (~200 lines of 220 columns of one-round numbers that mean
+        # nothing): pytest_terminal_summary below says in one line what ran instead.
+        config.option.benchmark_quiet = True
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Smoke mode: one line for the benchmarks in place of pytest-benchmark's tables."""
+    if config.getoption("benchmark"):
+        return
+    session = getattr(config, "_benchmarksession", None)
+    ran = len(getattr(session, "benchmarks", None) or [])
+    if ran:
+        terminalreporter.write_line(
+            f"benchmarks: {ran} smoke runs (one round at scale {bench_scale(config):g}, "
+            "counts verified); full tables: pytest --benchmark"
+        )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

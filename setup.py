@@ -3,6 +3,12 @@
 IOTCOMMUTE_NO_EXTENSIONS=1      skip the extensions (pure-Python package)
 IOTCOMMUTE_REQUIRE_EXTENSIONS=1 fail the build instead of falling back (used by CI)
 IOTCOMMUTE_CYTHON_TRACE=1       line tracing for coverage/profiling builds
+IOTCOMMUTE_KEEP_SYMBOLS=1       keep symbols in the extension modules (profilers, debuggers)
+
+Extension modules are linked stripped (gcc/clang; MSVC writes no debug info by default), except
+development builds (`python setup.py build_ext --inplace`, `pip install -e`) and the two
+switches above. The sdist carries the Cython-generated C (_speedups/c/<module>.c, written by
+the sdist command), so an sdist builds the compiled modules where Cython is not installed.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).parent.resolve()
 STAGE = HERE / "build" / "cysrc"
+# Cython-generated C, present only in an sdist (never in the repository: *.c is ignored)
+GENERATED_C = HERE / "_speedups" / "c"
 
 # (dotted module name, source, extra .pxd or None)
 # `single-source` modules are the pure-Python twin compiled with a .pxd for types,
@@ -97,24 +106,46 @@ def _stage_sources() -> list[Extension]:
     return exts
 
 
+CYTHON_DIRECTIVES: dict[str, object] = {
+    "language_level": "3",
+    "boundscheck": False,
+    "wraparound": False,
+    "initializedcheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+
+def _compile_args() -> list[str]:
+    return ["-O3"] if os.name != "nt" else []
+
+
+def _from_generated_c() -> list[Extension] | None:
+    """The sdist's generated C, one Extension per module; None when it is not there."""
+    names = [ext.name for ext in _stage_sources()]
+    sources = {name: GENERATED_C / f"{name}.c" for name in names}
+    if not all(path.exists() for path in sources.values()):
+        return None
+    return [
+        Extension(name, [str(path.relative_to(HERE))], extra_compile_args=_compile_args())
+        for name, path in sources.items()
+    ]
+
+
 def _extensions() -> list[Extension]:
     if NO_EXTENSIONS:
         return []
     try:
         from Cython.Build import cythonize
     except ImportError as exc:
+        generated = _from_generated_c()
+        if generated is not None and not _truthy("IOTCOMMUTE_CYTHON_TRACE"):
+            return generated  # an sdist without Cython: compile the C it carries
         if REQUIRE_EXTENSIONS:
             raise
         _warn_fallback(f"Cython missing: {exc}")
         return []
-    directives = {
-        "language_level": "3",
-        "boundscheck": False,
-        "wraparound": False,
-        "initializedcheck": False,
-        "cdivision": True,
-        "embedsignature": True,
-    }
+    directives = dict(CYTHON_DIRECTIVES)
     macros: list[tuple[str, str | None]] = []
     if _truthy("IOTCOMMUTE_CYTHON_TRACE"):
         directives["linetrace"] = True
@@ -122,7 +153,7 @@ def _extensions() -> list[Extension]:
     exts = _stage_sources()
     for ext in exts:
         ext.define_macros = macros
-        ext.extra_compile_args = ["-O3"] if os.name != "nt" else []
+        ext.extra_compile_args = _compile_args()
     # One module at a time: a broken source costs only its own speedup, the others still build.
     built: list[Extension] = []
     for ext in exts:
@@ -135,8 +166,17 @@ def _extensions() -> list[Extension]:
     return built
 
 
+def _strip_link_args() -> list[str]:
+    """Linker flags that drop symbol tables and debug info (gcc/clang; none for MSVC)."""
+    if os.name == "nt" or _truthy("IOTCOMMUTE_KEEP_SYMBOLS") or _truthy("IOTCOMMUTE_CYTHON_TRACE"):
+        return []
+    if sys.platform == "darwin":
+        return ["-Wl,-S", "-Wl,-x"]  # Apple ld: no debug info, no local symbols
+    return ["-Wl,--strip-all"]
+
+
 class OptionalBuildExt(build_ext):
-    """Compile failures fall back to pure Python with one clear warning."""
+    """Compile failures fall back to pure Python with one clear warning; wheels are stripped."""
 
     def run(self) -> None:
         try:
@@ -145,6 +185,9 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def build_extension(self, ext: Extension) -> None:
+        # development builds (build_ext --inplace, pip install -e) keep symbols for profilers
+        if not (self.inplace or getattr(self, "editable_mode", False)):
+            ext.extra_link_args = [*(ext.extra_link_args or []), *_strip_link_args()]
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -156,4 +199,21 @@ class OptionalBuildExt(build_ext):
         _warn_fallback(f"{type(exc).__name__}: {exc}")
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+class SdistWithC(sdist):
+    """Adds the Cython-generated C to the sdist, so it installs where Cython is missing."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        from Cython.Build import cythonize  # building an sdist needs Cython, always
+
+        out = Path(base_dir) / GENERATED_C.relative_to(HERE)
+        out.mkdir(parents=True, exist_ok=True)
+        for ext in _stage_sources():
+            (built,) = cythonize([ext], compiler_directives=CYTHON_DIRECTIVES, quiet=True)
+            shutil.copyfile(built.sources[0], out / f"{ext.name}.c")
+
+
+setup(
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt, "sdist": SdistWithC},
+)

@@ -1,22 +1,18 @@
-"""`python -m iotcommute.server [options]`: the same as `iotcommute serve`."""
+"""`python -m iotcommute.server [options]`: the same as `iotcommute serve [options]`.
+
+A thin entry kept for scripts that used it; the command line itself lives in iotcommute.cli
+(imported only when run as a program, so the server package never depends on the CLI).
+"""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-
-from .cli import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m iotcommute.server", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    from iotcommute.cli import main as cli_main
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

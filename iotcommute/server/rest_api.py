@@ -349,7 +349,8 @@ async def _owned_device(hub: Any, auth: _Auth, device_id: str) -> Any:
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:26em;margin:3em auto}}
-label{{display:block;margin:.6em 0}}input{{width:100%}}.err{{color:#b00}}</style></head>
+label{{display:block;margin:.6em 0}}input{{width:100%}}.err{{color:#b00}}
+.hint{{background:#eef;padding:.4em}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>
 """
 
@@ -366,11 +367,25 @@ def _html(status: int, title: str, body: str) -> Response:
     return status, headers, page
 
 
-def _login_form(api_key: str, redirect: str, app_name: str, error: str = "") -> str:
+async def _demo_hint(hub: Any) -> str:
+    """The demo user's login, shown only when this registry really accepts it (the built-in
+    demo registry): a new user should not have to search the docs for it."""
+    from .registry import DEMO_PASSWORD, DEMO_USER
+
+    check = getattr(hub.registry, "check_user", None)
+    if check is None or await _maybe_await(check(DEMO_USER, DEMO_PASSWORD)) is None:
+        return ""
+    return (
+        '<p class="hint">Demo server: log in as <b>'
+        f"{html.escape(DEMO_USER)}</b> with password <b>{html.escape(DEMO_PASSWORD)}</b>.</p>"
+    )
+
+
+def _login_form(api_key: str, redirect: str, app_name: str, error: str = "", hint: str = "") -> str:
     e = html.escape
     err = f'<p class="err">{e(error)}</p>' if error else ""
     return (
-        f"<p>Log in to authorise <b>{e(app_name)}</b>.</p>{err}"
+        f"<p>Log in to authorise <b>{e(app_name)}</b>.</p>{hint}{err}"
         '<form method="post" action="/connect/login">'
         f'<input type="hidden" name="api_key" value="{e(api_key)}">'
         f'<input type="hidden" name="redirect" value="{e(redirect)}">'
@@ -414,7 +429,8 @@ async def _get_login(hub: Any, query: dict[str, str]) -> Response:
     except _HTTPError as exc:
         return _html(400, "Bad redirect", f"<p>{html.escape(exc.message)}</p>")
     name = str(getattr(app, "name", None) or "this app")
-    return _html(200, "IOT commute login", _login_form(api_key, redirect, name))
+    hint = await _demo_hint(hub)
+    return _html(200, "IOT commute login", _login_form(api_key, redirect, name, hint=hint))
 
 
 async def _post_login(hub: Any, st: RestState, headers: dict[str, str], body: bytes) -> Response:
@@ -439,7 +455,8 @@ async def _post_login(hub: Any, st: RestState, headers: dict[str, str], body: by
     if user is None or not good:
         log.info("login failed for an app (bad user id or password)")
         name = str(getattr(app, "name", None) or "this app")
-        form_html = _login_form(api_key, redirect, name, "Wrong user ID or password.")
+        hint = await _demo_hint(hub)
+        form_html = _login_form(api_key, redirect, name, "Wrong user ID or password.", hint)
         return _html(401, "IOT commute login", form_html)
     token = await _new_request_token(hub, st, api_key, str(user.user_id))
     log.info("login ok for user %s", user.user_id)

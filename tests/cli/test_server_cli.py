@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,21 +21,11 @@ from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY
 HEADERS = {"X-Device-Id": README_DEVICE_ID, "X-Device-Key": README_DEVICE_KEY, "X-Role": "device"}
 
 
-def _serve_cmd() -> list[str]:
-    """`python -m iotcommute serve` when the top-level CLI imports, else the server's own entry."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import iotcommute.cli as c; c.build_parser()"],
-        capture_output=True,
-        timeout=30,
-    )
-    if probe.returncode == 0:
-        return [sys.executable, "-m", "iotcommute", "serve"]
-    return [sys.executable, "-m", "iotcommute.server"]
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    args: list[str], entry: tuple[str, ...] = ("iotcommute", "serve")
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [*_serve_cmd(), "--port", "0", *args],
+        [sys.executable, "-m", *entry, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,3 +108,72 @@ def test_simulated_devices_stream_ticks() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_banner_shows_demo_credentials_and_login_page_hint() -> None:
+    """A new user finds the demo logins where they look: the banner and the login page."""
+    proc, url = _start(["--simulate", "2"], entry=("iotcommute.server",))  # the thin entry
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not lines or "Ctrl-C stops the server." not in lines[-1]:
+            lines.append(proc.stdout.readline())
+        banner = "".join(lines)
+        http_url = url.replace("ws://", "http://").removesuffix("/v1/stream")
+        for expected in (
+            f"REST API     {http_url}",
+            f"login page   {http_url}/connect/login?api_key=demo-app",
+            f"device   id {README_DEVICE_ID}  key {README_DEVICE_KEY}",
+            "app      api_key demo-app  api_secret demo-secret",
+            "user     demo-user  password demo-pass",
+            "devices  sim-0001..sim-0100 (2 simulated)",
+            'export IOTCOMMUTE_TOKEN="$(iotcommute login --demo)"',
+        ):
+            assert expected in banner, banner
+        assert max(len(line.rstrip("\n")) for line in lines) <= 80, banner
+        with urllib.request.urlopen(f"{http_url}/connect/login?api_key=demo-app") as r:
+            page = r.read().decode()
+        assert "log in as <b>demo-user</b> with password <b>demo-pass</b>" in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_no_demo_hint_with_an_own_registry(tmp_path: Path) -> None:
+    reg = tmp_path / "registry.json"
+    reg.write_text(
+        json.dumps(
+            {
+                "users": [{"user_id": "u", "password": "p"}],
+                "apps": [{"api_key": "k", "api_secret": "s", "user_id": "u"}],
+                "devices": [{"id": "d", "key": "dk", "owner": "u"}],
+            }
+        )
+    )
+    proc, url = _start(["--registry", str(reg)])
+    try:
+        assert proc.stdout is not None
+        rest = proc.stdout.readline() + proc.stdout.readline() + proc.stdout.readline()
+        assert "demo" not in rest and "password" not in rest
+        http_url = url.replace("ws://", "http://").removesuffix("/v1/stream")
+        with urllib.request.urlopen(f"{http_url}/connect/login?api_key=k") as r:
+            page = r.read().decode()
+        assert "Demo server" not in page and "demo-pass" not in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_bad_registry_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.json"
+    bad.write_text("{not json")
+    for path in (bad, tmp_path / "missing.json"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "iotcommute", "serve", "--registry", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("iotcommute serve: ")
