@@ -17,7 +17,7 @@ from ..exceptions import (
     InputError,
     IotCommuteError,
     NotFoundError,
-    PermissionError_,
+    PermissionDenied,
     RateLimitError,
     TokenError,
 )
@@ -73,8 +73,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return text + " (default: %(default)s)"
 
 
-# The names the documentation uses, for the two classes renamed to avoid shadowing builtins.
-_DOC_NAMES = {"PermissionError_": "PermissionDenied", "TimeoutError_": "OperationTimeout"}
 _MAX_REASON = 160
 
 
@@ -114,7 +112,6 @@ def describe(exc: BaseException) -> str:
     `TokenError (HTTP 401): server rejected the WebSocket upgrade: invalid access token`
     """
     name = type(exc).__name__
-    name = _DOC_NAMES.get(name, name)
     if isinstance(exc, IotCommuteError):
         if exc.status is not None:
             name = f"{name} (HTTP {exc.status})"
@@ -131,7 +128,7 @@ def exit_code(exc: BaseException) -> int:
     """The documented exit code for an error that ended a command."""
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(exc, (TokenError, PermissionError_)):
+    if isinstance(exc, (TokenError, PermissionDenied)):
         return EXIT_AUTH
     status = getattr(exc, "status", None)
     if isinstance(exc, IotCommuteError) and status in (401, 403):

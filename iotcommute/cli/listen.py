@@ -170,11 +170,11 @@ def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 # Errors the server sends on the stream that mean "this command line cannot work":
 # listening on would only sit connected doing nothing, so they end the command.
 def _ends_listen(exc: BaseException) -> bool:
-    from ..exceptions import InputError, NotFoundError, PermissionError_, RateLimitError
+    from ..exceptions import InputError, NotFoundError, PermissionDenied, RateLimitError
 
     if isinstance(exc, RateLimitError):
         return False
-    return isinstance(exc, (NotFoundError, InputError, PermissionError_))
+    return isinstance(exc, (NotFoundError, InputError, PermissionDenied))
 
 
 class _Listener:
