@@ -1,0 +1,209 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled frame checks and device table for TickBatch (iotcommute._columnar).
+
+The pure twin is `_parse_py` in iotcommute/columnar.py; both return
+(device table, layout, offset of the rows, number of rows) or raise the same DecodeError
+(message and position), which is also the one payload.decode_batch raises for the frame.
+Nothing per tick is allocated: the rows are only read to check device indexes, bool bytes and
+the int64 range of positions. The last device table and field table are kept with their bytes;
+a frame that repeats them byte for byte (a stream's batches usually do) reuses the parsed
+tuple and layout without decoding a name.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp
+
+from iotcommute.exceptions import DecodeError
+
+cdef extern from *:
+    """
+    static inline uint16_t icc_ld16(const unsigned char *p) {
+        return (uint16_t)((uint16_t)p[0] | ((uint16_t)p[1] << 8));
+    }
+    static inline uint32_t icc_ld32(const unsigned char *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    static inline uint64_t icc_ld64(const unsigned char *p) {
+        return (uint64_t)icc_ld32(p) | ((uint64_t)icc_ld32(p + 4) << 32);
+    }
+    """
+    uint16_t icc_ld16(const unsigned char* p) nogil
+    uint32_t icc_ld32(const unsigned char* p) nogil
+    uint64_t icc_ld64(const unsigned char* p) nogil
+
+cdef enum:
+    C_HEADER = 14
+    C_MAX_TICKS = 100000
+    C_MAX_DEVICES = 4096
+    C_MAX_FIELDS = 255
+    ROW_PREFIX = 18
+
+cdef uint8_t[6] TYPE_SIZE
+TYPE_SIZE[:] = [0, 8, 8, 4, 1, 4]
+
+# The last tables seen, with the bytes they were parsed from. Replaced, never mutated.
+cdef bytes _dev_raw = None
+cdef uint32_t _dev_n = 0
+cdef tuple _dev_ids = None
+cdef bytes _fld_raw = None
+cdef uint32_t _fld_n = 0
+cdef object _fld_layout = None
+cdef object _fld_factory = None
+cdef bytes _fld_codes = None
+
+
+cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
+                                  str what, Py_ssize_t i, list out) except -1:
+    """Append one length-prefixed UTF-8 name to `out`; return the offset after it."""
+    cdef Py_ssize_t ln
+    if off >= n:
+        raise DecodeError(f"tick batch truncated in the {what} table")
+    ln = p[off]
+    off += 1
+    if ln == 0:
+        raise DecodeError(f"{what} {i} has an empty name")
+    if off + ln > n:
+        raise DecodeError(f"tick batch truncated in the {what} table")
+    try:
+        s = PyUnicode_DecodeUTF8(<const char*>p + off, ln, "strict")
+    except UnicodeDecodeError:
+        raise DecodeError(f"{what} {i} is not valid UTF-8") from None
+    out.append(s)
+    return off + ln
+
+
+cdef inline bint _repeats(const unsigned char* p, Py_ssize_t off, Py_ssize_t n, bytes raw):
+    cdef Py_ssize_t ln
+    if raw is None:
+        return False
+    ln = PyBytes_GET_SIZE(raw)
+    return off + ln <= n and memcmp(p + off, PyBytes_AS_STRING(raw), ln) == 0
+
+
+def parse_columns(bytes buf not None, make_layout):
+    """Checks 1-9 of docs/protocol-binary.md and the int64 position check; returns
+    (device table, make_layout(type codes, field names), offset of the rows, rows)."""
+    global _dev_raw, _dev_n, _dev_ids, _fld_raw, _fld_n, _fld_layout, _fld_factory, _fld_codes
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t off, start, i, j, row_size, n_bool = 0
+    cdef uint32_t n_dev, n_fld, n_ticks
+    cdef uint8_t code
+    cdef Py_ssize_t[C_MAX_FIELDS] bool_off
+    cdef Py_ssize_t[C_MAX_FIELDS] bool_idx
+    if n < C_HEADER:
+        raise DecodeError(f"tick batch truncated: {n} bytes, the header needs {C_HEADER}")
+    if memcmp(p, b"\xc1TKB", 4) != 0:
+        raise DecodeError("not a tick batch (bad magic)")
+    if p[4] != 1:
+        raise DecodeError(f"unsupported tick batch version {p[4]}")
+    if p[5] != 0:
+        raise DecodeError(f"reserved tick batch flags set: 0x{p[5]:02x}")
+    n_dev = icc_ld16(p + 6)
+    n_fld = icc_ld16(p + 8)
+    n_ticks = icc_ld32(p + 10)
+    if n_dev > C_MAX_DEVICES:
+        raise DecodeError(f"tick batch declares {n_dev} devices, the limit is {C_MAX_DEVICES}")
+    if n_fld > C_MAX_FIELDS:
+        raise DecodeError(f"tick batch declares {n_fld} fields, the limit is {C_MAX_FIELDS}")
+    if n_ticks > C_MAX_TICKS:
+        raise DecodeError(f"tick batch declares {n_ticks} ticks, the limit is {C_MAX_TICKS}")
+
+    # device table
+    off = C_HEADER
+    cdef tuple devices
+    cdef list ids
+    cdef set seen
+    if n_dev == _dev_n and _repeats(p, off, n, _dev_raw):
+        devices = _dev_ids
+        off += PyBytes_GET_SIZE(_dev_raw)
+    else:
+        ids = []
+        seen = set()
+        for i in range(n_dev):
+            off = _read_name(p, off, n, "device", i, ids)
+            s = ids[i]
+            if s in seen:
+                raise DecodeError(f"device {i} repeats an earlier device id")
+            seen.add(s)
+        devices = tuple(ids)
+        _dev_raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, off - C_HEADER)
+        _dev_n = n_dev
+        _dev_ids = devices
+
+    # field table
+    cdef list names
+    cdef bytearray codes
+    start = off
+    if n_fld == _fld_n and make_layout is _fld_factory and _repeats(p, off, n, _fld_raw):
+        layout = _fld_layout
+        off += PyBytes_GET_SIZE(_fld_raw)
+        codes_b = _fld_codes
+    else:
+        names = []
+        codes = bytearray()
+        for j in range(n_fld):
+            if off >= n:
+                raise DecodeError("tick batch truncated in the field table")
+            code = p[off]
+            if code < 1 or code > 5:
+                raise DecodeError(f"field {j} has unknown type code {code}")
+            off = _read_name(p, off + 1, n, "field", j, names)
+            if names[j] in names[:j]:
+                raise DecodeError(f"field {j} repeats an earlier field name")
+            codes.append(code)
+        codes_b = bytes(codes)
+        layout = None
+    row_size = ROW_PREFIX
+    for j in range(n_fld):
+        code = (<const unsigned char*>PyBytes_AS_STRING(codes_b))[j]
+        if code == 4:
+            bool_off[n_bool] = row_size
+            bool_idx[n_bool] = j
+            n_bool += 1
+        row_size += TYPE_SIZE[code]
+    cdef Py_ssize_t expected = <Py_ssize_t>n_ticks * row_size
+    if n - off != expected:
+        raise DecodeError(
+            f"tick batch rows need {expected} bytes for {n_ticks} ticks, {n - off} present"
+        )
+    if layout is None:
+        layout = make_layout(codes_b, tuple(names))
+        _fld_raw = PyBytes_FromStringAndSize(<const char*>p + start, off - start)
+        _fld_n = n_fld
+        _fld_layout = layout
+        _fld_factory = make_layout
+        _fld_codes = codes_b
+
+    # rows: device index, then each bool byte; positions from 2**63 after all of them
+    cdef const unsigned char* r = p + off
+    cdef Py_ssize_t big = -1
+    cdef uint16_t idx
+    cdef uint8_t b
+    for i in range(n_ticks):
+        idx = icc_ld16(r)
+        if idx >= n_dev:
+            pos = icc_ld64(r + 2)
+            raise DecodeError(
+                f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
+                position=pos,
+            )
+        for j in range(n_bool):
+            b = r[bool_off[j]]
+            if b > 1:
+                pos = icc_ld64(r + 2)
+                raise DecodeError(
+                    f"tick at position {pos}: bool field {bool_idx[j]} holds {b}", position=pos
+                )
+        if big < 0 and (r[9] & 0x80):
+            big = i
+        r += row_size
+    if big >= 0:
+        pos = icc_ld64(p + off + big * row_size + 2)
+        raise DecodeError(
+            f"tick at position {pos}: positions from 2**63 do not fit the int64 position column",
+            position=pos,
+        )
+    return devices, layout, off, n_ticks
