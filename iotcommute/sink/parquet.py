@@ -250,7 +250,12 @@ def _table(pa: Any, batches: list[TickBatch]) -> pyarrow.Table:
     tables = [pa.Table.from_batches([_run_batch(pa, run)]) for run in runs]
     if len(tables) == 1:
         return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables(tables, promote_options="permissive")
+    # a field missing from some batches holds nulls there: the union's fields are nullable
+    schema = pa.schema(
+        [f if f.name in ("device", "position", "ts") else f.with_nullable(True) for f in table.schema]
+    )
+    return table.cast(schema)
 
 
 def _run_batch(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
