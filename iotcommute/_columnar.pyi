@@ -5,3 +5,6 @@ from typing import Any
 def parse_columns(
     buf: bytes, make_layout: Callable[[bytes, tuple[str, ...]], Any]
 ) -> tuple[tuple[str, ...], Any, int, int]: ...
+def gather_rows(
+    batches: list[Any], codes: bytes
+) -> tuple[list[str], bytearray, list[bytearray]]: ...

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,9 @@ def _layout(codes: bytes, fields: tuple[str, ...]) -> _Layout:
 
 def _require(module: str, extra: str) -> ModuleType:
     """Import an optional library for a conversion, or say which extra provides it."""
+    mod = sys.modules.get(module)
+    if mod is not None:
+        return mod
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -171,6 +175,20 @@ def _require(module: str, extra: str) -> ModuleType:
             f"this conversion needs {module}: pip install 'iotcommute[{extra}]' "
             f"(or pip install {module})"
         ) from exc
+
+
+_LITTLE = sys.byteorder == "little"
+_arrow_dict: tuple[Any, Any] = (None, None)  # (device table, its Arrow string array): the last
+
+
+def _arrow_devices(pa: Any, devices: tuple[str, ...]) -> Any:
+    """The device table as an Arrow array, kept while the next batches share the table
+    (the compiled parser returns the same tuple for a repeated table)."""
+    global _arrow_dict
+    cached = _arrow_dict  # one read and one write of a tuple: safe across threads
+    if cached[0] is not devices:
+        cached = _arrow_dict = (devices, pa.array(devices, pa.string()))
+    return cached[1]
 
 
 class TickBatch:
@@ -182,13 +200,14 @@ class TickBatch:
     Rows keep frame order, which for server batches is increasing position.
     """
 
-    __slots__ = ("_buf", "_devices", "_layout", "_n", "_off")
+    __slots__ = ("_buf", "_devices", "_layout", "_n", "_off", "_rows")
 
     _buf: bytes
     _off: int
     _n: int
     _devices: tuple[str, ...]
     _layout: _Layout
+    _rows: npt.NDArray[np.void] | None
 
     def __init__(self) -> None:
         raise TypeError("TickBatch is made by decode_batch_columns() or TickBatch.from_ticks()")
@@ -203,6 +222,7 @@ class TickBatch:
         self._n = n
         self._devices = devices
         self._layout = layout
+        self._rows = None
         return self
 
     @classmethod
@@ -280,8 +300,12 @@ class TickBatch:
     # --- columns ---------------------------------------------------------------------------
 
     def _view(self) -> npt.NDArray[np.void]:
-        """The rows as one packed structured array over the owned bytes (read-only)."""
-        return np.frombuffer(self._buf, self._layout.dtype, self._n, self._off)
+        """The rows as one packed structured array over the owned bytes (read-only), made
+        on first use and kept: every column is a field of it."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = np.frombuffer(self._buf, self._layout.dtype, self._n, self._off)
+        return rows
 
     def column(self, name: str) -> npt.NDArray[Any]:
         """One column by name: a read-only view of the frame (``device``: an object array
@@ -317,15 +341,21 @@ class TickBatch:
         only on the field table, so batches of one stream share it. One copy per column."""
         pa = _require("pyarrow", "arrow")
         lay = self._layout
+        schema = lay.arrow_schema()
         view = self._view()
+        n = self._n
         arrays = [
             pa.DictionaryArray.from_arrays(
-                pa.array(view["d"].astype(np.int32)), pa.array(self._devices, pa.string())
+                pa.array(view["d"].astype(np.int32)), _arrow_devices(pa, self._devices)
             )
         ]
-        for key in lay.dtype.names[1:]:
-            arrays.append(pa.array(np.ascontiguousarray(view[key])))
-        return pa.RecordBatch.from_arrays(arrays, schema=lay.arrow_schema())
+        for key, field in zip(lay.dtype.names[1:], list(schema)[1:]):
+            col = np.ascontiguousarray(view[key])
+            if col.dtype.kind == "b" or not _LITTLE:
+                arrays.append(pa.array(col))
+            else:  # the contiguous copy becomes the Arrow buffer as it is
+                arrays.append(pa.Array.from_buffers(field.type, n, [None, pa.py_buffer(col)]))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def to_pandas(self) -> pandas.DataFrame:
         """A DataFrame with the same columns; ``device`` is a Categorical over `devices`."""
@@ -449,7 +479,41 @@ def _too_big(pos: int) -> None:
     )
 
 
+def _gather_py(
+    batches: list[TickBatch], codes: bytes
+) -> tuple[list[str], bytes | bytearray, list[bytes | bytearray]]:
+    """Pure twin of `_columnar.gather_rows`: the rows of consecutive batches of one field
+    table as little-endian columns (see there), here by joining the rows and copying each
+    column out of the joined records."""
+    if any(b._layout.codes != codes for b in batches):
+        raise ValueError("gather_rows needs batches of one field table")
+    if not batches:
+        return [], b"", [b""] * (len(codes) + 2)
+    dtype = batches[0]._layout.dtype
+    view = np.frombuffer(b"".join([b._row_bytes() for b in batches]), dtype)
+    flat: list[str] = []
+    bases = np.empty(len(batches), dtype=np.int64)
+    counts = np.empty(len(batches), dtype=np.int64)
+    last: tuple[str, ...] | None = None
+    base = 0
+    for i, b in enumerate(batches):
+        devs = b._devices
+        if devs is not last:
+            if last is None or devs != last:
+                base = len(flat)
+                flat.extend(devs)
+            last = devs
+        bases[i] = base
+        counts[i] = b._n
+    dev_codes = (view["d"].astype("<i4") + np.repeat(bases, counts).astype("<i4")).tobytes()
+    cols = [np.ascontiguousarray(view[k]).tobytes() for k in dtype.names[1:]]
+    return flat, dev_codes, cols
+
+
 _parse: Parse = _parse_py
+_gather: Callable[
+    [list[TickBatch], bytes], tuple[list[str], bytes | bytearray, list[bytes | bytearray]]
+] = _gather_py
 _encode: Callable[..., bytes] = _ticks_py.encode_batch
 #: the compiled parser module when in use, else None
 columnar_impl: ModuleType | None = None
@@ -461,6 +525,7 @@ else:
         from . import _columnar, _ticks
 
         _parse = _columnar.parse_columns
+        _gather = _columnar.gather_rows
         _encode = _ticks.encode_batch
         columnar_impl = _columnar
         SPEEDUPS = True
