@@ -183,7 +183,7 @@ def test_the_compiled_row_gather_equals_its_twin() -> None:
 
     runs = [
         [batch(1, 7, devices=2), batch(8, 5, devices=2), batch(13, 9, devices=4), batch(22, 1)],
-        [batch(1, 3, devices=1, flag=False), batch(4, 0, devices=1, flag=True)],
+        [batch(1, 3, devices=1, flag=False), batch(4, 2, devices=1, flag=True)],
         [],
     ]
     for run in runs:
