@@ -7,14 +7,20 @@ The pure twin is `_parse_py` in iotcommute/columnar.py; both return
 Nothing per tick is allocated: the rows are only read to check device indexes, bool bytes and
 the int64 range of positions. The last device table and field table are kept with their bytes;
 a frame that repeats them byte for byte (a stream's batches usually do) reuses the parsed
-tuple and layout without decoding a name.
+tuple and layout without decoding a name. Tables that differ (a firehose's batches name
+changing subsets of a device population) still find their ids in an intern table keyed by the
+ids' bytes, so an id seen before costs a hash and a compare, not a decode and an allocation.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.mem cimport PyMem_Calloc
+from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
+
+import os
 
 from iotcommute.exceptions import DecodeError
 
@@ -55,6 +61,118 @@ cdef object _fld_factory = None
 cdef bytes _fld_codes = None
 
 
+cdef extern from "Python.h":
+    void Py_INCREF_raw "Py_INCREF"(PyObject* o)
+    void Py_DECREF_raw "Py_DECREF"(PyObject* o)
+
+cdef extern from *:
+    """
+    /* Seeded 64-bit hash of an id's bytes (only an index: equality is checked on bytes). */
+    static inline uint64_t icc_hash(const unsigned char *p, Py_ssize_t n, uint64_t seed) {
+        uint64_t h = seed ^ (uint64_t)n;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+        h ^= h >> 29; h *= 0xbf58476d1ce4e5b9ULL; h ^= h >> 32;
+        return h;
+    }
+    """
+    uint64_t icc_hash(const unsigned char* p, Py_ssize_t n, uint64_t seed) nogil
+
+
+cdef enum:
+    ID_SLOTS = 16384  # power of two, > 2 * (ID_FILL + C_MAX_DEVICES): load stays below 1/2
+    ID_FILL = 4096    # emptied before a table when it holds more
+
+
+# The intern table: device ids by their UTF-8 bytes. `stamp` is the number of the table that
+# last named the id, which finds a repeated id within one table. Used only by one parse at a
+# time (`_ids_busy`): a parse that starts while another is inside the table (a finalizer or
+# another thread getting the GIL during an allocation) takes the plain path instead.
+cdef struct _IdSlot:
+    uint64_t h
+    PyObject* s        # owned str, NULL when empty
+    Py_ssize_t size
+    const char* raw    # the bytes of `b`
+    PyObject* b        # owned bytes object: the id's UTF-8, for the compare
+    uint32_t stamp
+
+cdef _IdSlot* _ids = <_IdSlot*>PyMem_Calloc(ID_SLOTS, sizeof(_IdSlot))
+if _ids == NULL:
+    raise MemoryError()
+cdef Py_ssize_t _ids_count = 0
+cdef uint32_t _ids_epoch = 0
+cdef bint _ids_busy = False
+cdef uint64_t _ids_seed = int.from_bytes(os.urandom(8), "little")
+
+
+cdef void _ids_clear():
+    global _ids_count
+    cdef Py_ssize_t i
+    for i in range(ID_SLOTS):
+        if _ids[i].s != NULL:
+            Py_DECREF_raw(_ids[i].s)
+            Py_DECREF_raw(_ids[i].b)
+        _ids[i].s = NULL
+        _ids[i].b = NULL
+        _ids[i].stamp = 0
+    _ids_count = 0
+
+
+cdef Py_ssize_t _read_ids(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
+                          uint32_t n_dev, list out) except -1:
+    """The device table through the intern table: the same checks, order and messages as
+    _read_name plus the repeat check, ids shared with earlier tables."""
+    global _ids_count, _ids_epoch
+    cdef Py_ssize_t i, ln, k
+    cdef uint64_t h
+    cdef _IdSlot* slot
+    if _ids_count + n_dev > ID_FILL:
+        _ids_clear()
+    _ids_epoch += 1
+    if _ids_epoch == 0:  # wrapped: old stamps could look current
+        _ids_clear()
+        _ids_epoch = 1
+    for i in range(n_dev):
+        if off >= n:
+            raise DecodeError("tick batch truncated in the device table")
+        ln = p[off]
+        off += 1
+        if ln == 0:
+            raise DecodeError(f"device {i} has an empty name")
+        if off + ln > n:
+            raise DecodeError("tick batch truncated in the device table")
+        h = icc_hash(p + off, ln, _ids_seed)
+        k = <Py_ssize_t>(h & (ID_SLOTS - 1))
+        while True:
+            slot = &_ids[k]
+            if slot.s == NULL:
+                try:
+                    s = PyUnicode_DecodeUTF8(<const char*>p + off, ln, "strict")
+                except UnicodeDecodeError:
+                    raise DecodeError(f"device {i} is not valid UTF-8") from None
+                raw = PyBytes_FromStringAndSize(<const char*>p + off, ln)
+                Py_INCREF_raw(<PyObject*>s)
+                Py_INCREF_raw(<PyObject*>raw)
+                slot.s = <PyObject*>s
+                slot.b = <PyObject*>raw
+                slot.raw = PyBytes_AS_STRING(raw)
+                slot.size = ln
+                slot.h = h
+                slot.stamp = _ids_epoch
+                _ids_count += 1
+                out.append(s)
+                break
+            if slot.h == h and slot.size == ln and memcmp(slot.raw, p + off, ln) == 0:
+                if slot.stamp == _ids_epoch:
+                    raise DecodeError(f"device {i} repeats an earlier device id")
+                slot.stamp = _ids_epoch
+                out.append(<object>slot.s)
+                break
+            k = (k + 1) & (ID_SLOTS - 1)
+        off += ln
+    return off
+
+
 cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
                                   str what, Py_ssize_t i, list out) except -1:
     """Append one length-prefixed UTF-8 name to `out`; return the offset after it."""
@@ -87,6 +205,7 @@ def parse_columns(bytes buf not None, make_layout):
     """Checks 1-9 of docs/protocol-binary.md and the int64 position check; returns
     (device table, make_layout(type codes, field names), offset of the rows, rows)."""
     global _dev_raw, _dev_n, _dev_ids, _fld_raw, _fld_n, _fld_layout, _fld_factory, _fld_codes
+    global _ids_busy
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef Py_ssize_t off, start, i, j, row_size, n_bool = 0
@@ -122,13 +241,20 @@ def parse_columns(bytes buf not None, make_layout):
         off += PyBytes_GET_SIZE(_dev_raw)
     else:
         ids = []
-        seen = set()
-        for i in range(n_dev):
-            off = _read_name(p, off, n, "device", i, ids)
-            s = ids[i]
-            if s in seen:
-                raise DecodeError(f"device {i} repeats an earlier device id")
-            seen.add(s)
+        if not _ids_busy:
+            _ids_busy = True
+            try:
+                off = _read_ids(p, off, n, n_dev, ids)
+            finally:
+                _ids_busy = False
+        else:
+            seen = set()
+            for i in range(n_dev):
+                off = _read_name(p, off, n, "device", i, ids)
+                s = ids[i]
+                if s in seen:
+                    raise DecodeError(f"device {i} repeats an earlier device id")
+                seen.add(s)
         devices = tuple(ids)
         _dev_raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, off - C_HEADER)
         _dev_n = n_dev
@@ -213,15 +339,15 @@ def parse_columns(bytes buf not None, make_layout):
 def gather_rows(list batches, bytes codes not None):
     """The rows of consecutive TickBatches of one field table as columns, in one pass over
     the wire rows (a sink's roll: one copy, no strided pass per column). Returns
-    (devices, device codes, columns): `devices` the batches' device tables one after the
-    other (a table equal to the previous batch's is added once), `device codes` int32
-    little-endian indexes into `devices`, and one little-endian bytearray per column after
-    the device: position, ts, then each field. The twin is columnar._gather_py."""
+    (devices, device codes, columns): `devices` the distinct ids in order of first use,
+    `device codes` int32 little-endian indexes into it, and one little-endian bytearray per
+    column after the device: position, ts, then each field. The twin is columnar._gather_py."""
     cdef Py_ssize_t n_fld = PyBytes_GET_SIZE(codes), nb = len(batches), total = 0
-    cdef Py_ssize_t i, k, r, n, off, row_size, at = 0, base = 0, n_cols = n_fld + 2
+    cdef Py_ssize_t i, k, r, n, off, row_size, at = 0, nd = 0, n_cols = n_fld + 2
     cdef Py_ssize_t[C_MAX_FIELDS + 2] width
     cdef Py_ssize_t[C_MAX_FIELDS + 2] src
     cdef unsigned char* dst[C_MAX_FIELDS + 2]
+    cdef uint32_t[C_MAX_DEVICES] lut
     cdef const unsigned char* kinds = <const unsigned char*>PyBytes_AS_STRING(codes)
     if n_fld > C_MAX_FIELDS:
         raise ValueError("too many fields")
@@ -248,11 +374,14 @@ def gather_rows(list batches, bytes codes not None):
         col = bytearray(total * width[k])
         cols.append(col)
         dst[k] = <unsigned char*>PyByteArray_AS_STRING(col)
-    cdef list flat = []
+    cdef list uniq = []
+    cdef dict index = {}
     cdef object last = None
+    cdef tuple devs
     cdef bytes buf
     cdef const unsigned char* row
     cdef uint32_t code
+    cdef uint16_t idx
     for i in range(nb):
         b = batches[i]
         buf = b._buf
@@ -262,13 +391,24 @@ def gather_rows(list batches, bytes codes not None):
             raise ValueError("a TickBatch's rows lie outside its buffer")
         devs = b._devices
         if devs is not last:
-            if last is None or devs != last:
-                base = len(flat)
-                flat.extend(devs)
+            nd = len(devs)
+            if nd > C_MAX_DEVICES:
+                raise ValueError("too many devices")
+            for k in range(nd):
+                d = devs[k]
+                v = index.get(d)
+                if v is None:
+                    v = len(uniq)
+                    index[d] = v
+                    uniq.append(d)
+                lut[k] = <uint32_t>v
             last = devs
         row = <const unsigned char*>PyBytes_AS_STRING(buf) + off
         for r in range(n):
-            code = <uint32_t>(base + icc_ld16(row))
+            idx = icc_ld16(row)
+            if idx >= nd:
+                raise ValueError("a TickBatch row names a device outside its table")
+            code = lut[idx]
             cw[0] = <unsigned char>code
             cw[1] = <unsigned char>(code >> 8)
             cw[2] = <unsigned char>(code >> 16)
@@ -283,4 +423,4 @@ def gather_rows(list batches, bytes codes not None):
                     dst[k][at] = row[src[k]]
             at += 1
             row += row_size
-    return flat, out_codes, cols
+    return uniq, out_codes, cols

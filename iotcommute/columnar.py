@@ -491,23 +491,28 @@ def _gather_py(
         return [], b"", [b""] * (len(codes) + 2)
     dtype = batches[0]._layout.dtype
     view = np.frombuffer(b"".join([b._row_bytes() for b in batches]), dtype)
-    flat: list[str] = []
-    bases = np.empty(len(batches), dtype=np.int64)
-    counts = np.empty(len(batches), dtype=np.int64)
+    uniq: list[str] = []
+    index: dict[str, int] = {}
+    parts = []
     last: tuple[str, ...] | None = None
-    base = 0
-    for i, b in enumerate(batches):
-        devs = b._devices
-        if devs is not last:
-            if last is None or devs != last:
-                base = len(flat)
-                flat.extend(devs)
-            last = devs
-        bases[i] = base
-        counts[i] = b._n
-    dev_codes = (view["d"].astype("<i4") + np.repeat(bases, counts).astype("<i4")).tobytes()
+    lut = np.empty(0, dtype="<i4")
+    at = 0
+    for b in batches:
+        if b._devices is not last:
+            last = b._devices
+            found = []
+            for d in last:
+                v = index.get(d)
+                if v is None:
+                    v = index[d] = len(uniq)
+                    uniq.append(d)
+                found.append(v)
+            lut = np.array(found, dtype="<i4")
+        parts.append(lut[view["d"][at : at + b._n]])
+        at += b._n
+    dev_codes = np.concatenate(parts).astype("<i4").tobytes() if parts else b""
     cols = [np.ascontiguousarray(view[k]).tobytes() for k in dtype.names[1:]]
-    return flat, dev_codes, cols
+    return uniq, dev_codes, cols
 
 
 _parse: Parse = _parse_py

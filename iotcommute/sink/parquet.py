@@ -266,19 +266,16 @@ def _table(pa: Any, batches: list[TickBatch]) -> pyarrow.Table:
 
 def _run_batch(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
     """Consecutive batches of one field table as one RecordBatch: their rows gathered into
-    columns in one pass (compiled when available), the device tables unified by one hash
-    pass over the ids when the batches did not all share one table."""
+    columns in one pass (compiled when available), the batches' device tables unified into
+    one dictionary on the way."""
     layout = run[0]._layout
-    flat, dev_codes, cols = _gather(run, layout.codes)
+    devices, dev_codes, cols = _gather(run, layout.codes)
     total = sum(b._n for b in run)
-    if len(flat) == len(run[0]._devices) and _LITTLE:  # one device table for the whole run
+    if _LITTLE:
         indices = pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(dev_codes)])
-        dictionary = pa.array(flat, pa.string())
-    else:
-        enc = pa.array(flat, pa.string()).dictionary_encode()
-        remap = enc.indices.to_numpy().astype(np.int32)
-        indices = pa.array(remap[np.frombuffer(dev_codes, "<i4")])
-        dictionary = enc.dictionary
+    else:  # pragma: no cover - big-endian hosts
+        indices = pa.array(np.frombuffer(dev_codes, "<i4").astype(np.int32))
+    dictionary = pa.array(devices, pa.string())
     arrays = [pa.DictionaryArray.from_arrays(indices, dictionary)]
     schema = layout.arrow_schema()
     for field, col in zip(list(schema)[1:], cols):
