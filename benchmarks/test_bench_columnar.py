@@ -149,7 +149,9 @@ def test_parquet_sink(
     def run() -> None:
         d = tempfile.mkdtemp(prefix="iotcommute-bench-")
         dirs.append(d)
-        sink = ParquetSink(d, roll_bytes=1 << 40, compression=None if compression == "none" else compression)
+        sink = ParquetSink(
+            d, roll_bytes=1 << 40, compression=None if compression == "none" else compression
+        )
         for b in batches:
             sink.write(b)
         sink.close()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib
 import struct
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,7 @@ class _Layout:
         "key",
         "row_size",
         "types",
+        "value_keys",
     )
 
     def __init__(self, codes: bytes, fields: tuple[str, ...]) -> None:
@@ -117,6 +118,8 @@ class _Layout:
             offsets.append(off)
             off += _SIZES[c]
         self.row_size = off
+        #: fields of the structured dtype after the device codes, in column order
+        self.value_keys = tuple(names[1:])
         self.dtype = np.dtype(
             {"names": names, "formats": formats, "offsets": offsets, "itemsize": off},
             align=False,
@@ -267,7 +270,8 @@ class TickBatch:
     @property
     def codes(self) -> npt.NDArray[np.uint16]:
         """Each row's index into `devices` (a read-only view of the frame)."""
-        return self._view()["d"]  # type: ignore[no-any-return]
+        codes: npt.NDArray[np.uint16] = self._view()["d"]
+        return codes
 
     @property
     def nbytes(self) -> int:
@@ -315,8 +319,10 @@ class TickBatch:
             raise KeyError(f"no column {name!r}; the columns are {self.columns!r}")
         view = self._view()
         if key == "d":
-            return np.array(self._devices, dtype=object)[view["d"]]  # type: ignore[no-any-return]
-        return view[key]  # type: ignore[no-any-return]
+            ids: npt.NDArray[np.object_] = np.array(self._devices, dtype=object)[view["d"]]
+            return ids
+        col: npt.NDArray[Any] = view[key]
+        return col
 
     __getitem__ = column
 
@@ -349,7 +355,7 @@ class TickBatch:
                 pa.array(view["d"].astype(np.int32)), _arrow_devices(pa, self._devices)
             )
         ]
-        for key, field in zip(lay.dtype.names[1:], list(schema)[1:]):
+        for key, field in zip(lay.value_keys, list(schema)[1:]):
             col = np.ascontiguousarray(view[key])
             if col.dtype.kind == "b" or not _LITTLE:
                 arrays.append(pa.array(col))
@@ -383,21 +389,28 @@ class TickBatch:
         for col, key in self._layout.internal.items():
             if key != "d":
                 series.append(pl.Series(col, np.ascontiguousarray(view[key])))
-        return pl.DataFrame(series)
+        df: polars.DataFrame = pl.DataFrame(series)
+        return df
 
     def rows(self) -> list[tuple[Any, ...]]:
         """One tuple per tick, ``(device, position, ts, *values)``: exactly the rows of
         payload.decode_batch_rows for the same frame."""
         view = self._view()
         devs = self._devices
-        cols = [view[k].tolist() for k in self._layout.dtype.names[1:]]
+        cols = [view[k].tolist() for k in self._layout.value_keys]
         return list(zip([devs[c] for c in view["d"].tolist()], *cols))
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """Tick dicts, exactly as payload.decode_batch gives them for the same frame."""
         names = self._layout.fields
         return [
-            {"type": "tick", "device": r[0], "position": r[1], "ts": r[2], "data": dict(zip(names, r[3:]))}
+            {
+                "type": "tick",
+                "device": r[0],
+                "position": r[1],
+                "ts": r[2],
+                "data": dict(zip(names, r[3:])),
+            }
             for r in self.rows()
         ]
 
@@ -479,9 +492,10 @@ def _too_big(pos: int) -> None:
     )
 
 
-def _gather_py(
-    batches: list[TickBatch], codes: bytes
-) -> tuple[list[str], bytes | bytearray, list[bytes | bytearray]]:
+Gathered = tuple[list[str], bytes | bytearray, Sequence[bytes | bytearray]]
+
+
+def _gather_py(batches: list[TickBatch], codes: bytes) -> Gathered:
     """Pure twin of `_columnar.gather_rows`: the rows of consecutive batches of one field
     table as little-endian columns (see there), here by joining the rows and copying each
     column out of the joined records."""
@@ -511,14 +525,12 @@ def _gather_py(
         parts.append(lut[view["d"][at : at + b._n]])
         at += b._n
     dev_codes = np.concatenate(parts).astype("<i4").tobytes() if parts else b""
-    cols = [np.ascontiguousarray(view[k]).tobytes() for k in dtype.names[1:]]
+    cols = [np.ascontiguousarray(view[k]).tobytes() for k in batches[0]._layout.value_keys]
     return uniq, dev_codes, cols
 
 
 _parse: Parse = _parse_py
-_gather: Callable[
-    [list[TickBatch], bytes], tuple[list[str], bytes | bytearray, list[bytes | bytearray]]
-] = _gather_py
+_gather: Callable[[list[TickBatch], bytes], Gathered] = _gather_py
 _encode: Callable[..., bytes] = _ticks_py.encode_batch
 #: the compiled parser module when in use, else None
 columnar_impl: ModuleType | None = None

@@ -249,7 +249,9 @@ def test_to_arrow() -> None:
         for r in b.rows()
     ]
     # the schema is a property of the field table: another batch of the stream shares it
-    other = decode_batch_columns(frame(3, base=99, devices=1, types={"temp": "f32", "count": "i32"}))
+    other = decode_batch_columns(
+        frame(3, base=99, devices=1, types={"temp": "f32", "count": "i32"})
+    )
     assert other.to_arrow().schema == rb.schema
     assert b.slice_after(10).to_arrow().num_rows == 2
 
@@ -279,14 +281,19 @@ def test_to_polars() -> None:
 def test_duckdb_reads_the_arrow_batch() -> None:
     duckdb = _lib("duckdb")
     pa = _lib("pyarrow")
-    tbl = pa.Table.from_batches([decode_batch_columns(frame(30)).to_arrow()])
+    tbl = pa.Table.from_batches([decode_batch_columns(frame(30)).to_arrow()])  # noqa: F841
+    # (duckdb finds `tbl` by its name in this frame)
     got = duckdb.sql("select device, count(*), max(position) from tbl group by 1 order by 1")
     assert got.fetchall() == [("dev-0", 10, 28), ("dev-1", 10, 29), ("dev-2", 10, 30)]
 
 
 @pytest.mark.parametrize(
     ("method", "module", "extra"),
-    [("to_arrow", "pyarrow", "arrow"), ("to_pandas", "pandas", "pandas"), ("to_polars", "polars", "polars")],
+    [
+        ("to_arrow", "pyarrow", "arrow"),
+        ("to_pandas", "pandas", "pandas"),
+        ("to_polars", "polars", "polars"),
+    ],
 )
 def test_a_missing_library_names_its_extra(
     monkeypatch: pytest.MonkeyPatch, method: str, module: str, extra: str

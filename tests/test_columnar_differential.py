@@ -139,10 +139,10 @@ def row_damaged(draw: st.DrawFn) -> bytes:
     """Length-preserving damage inside the rows: device indexes around the table size, bool
     bytes other than 0/1 and positions with the top bit set, several per frame, so the
     order of the checks decides which error is reported."""
-    buf, types, n = draw(valid())
+    raw, types, n = draw(valid())
     if not n:
-        return buf
-    buf = bytearray(buf)
+        return raw
+    buf = bytearray(raw)
     n_dev = int.from_bytes(buf[6:8], "little")
     row = 18 + sum(SIZES[t] for t in types.values())
     start = len(buf) - row * n

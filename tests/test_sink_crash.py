@@ -60,7 +60,10 @@ def check_files(d: Path) -> list[int]:
         first, last = (int(x) for x in name[len("ticks-") : -len(".parquet")].split("-"))
         t = pq.read_table(d / name)
         meta = t.schema.metadata
-        assert (int(meta[b"iotcommute.first_position"]), int(meta[b"iotcommute.last_position"])) == (
+        assert (
+            int(meta[b"iotcommute.first_position"]),
+            int(meta[b"iotcommute.last_position"]),
+        ) == (
             first,
             last,
         )

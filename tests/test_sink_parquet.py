@@ -43,7 +43,7 @@ def finals(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".parquet"))
 
 
-def read_all(d: Path) -> pa.Table:
+def read_all(d: Path) -> Any:
     return pa.concat_tables(
         [pq.read_table(d / name) for name in finals(d)], promote_options="permissive"
     )
