@@ -200,3 +200,41 @@ def test_the_compiled_row_gather_equals_its_twin() -> None:
             assert devs == [d for b in run for d in b["device"].tolist()]
     with pytest.raises(ValueError, match="one field table"):
         columnar._gather(runs[0] + runs[1], runs[0][0]._layout.codes)
+
+
+def test_ingest_frames_reports_corrupt_frames_and_goes_on(tmp_path: Path) -> None:
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from iotcommute.exceptions import DecodeError
+    from iotcommute.sink.ingest import aingest_frames, ingest_frames, resume_from
+
+    good = [
+        _ticks_py.encode_batch(
+            [{"device": "d", "position": p, "ts": 0.5, "data": {"v": p}} for p in range(k, k + 10)]
+        )
+        for k in (1, 11, 21)
+    ]
+    bad = bytearray(good[1])
+    bad[-26:-24] = b"\x07\x00"  # the last row names device 7 of a one-device table
+    errors: list[DecodeError] = []
+    with ParquetSink(tmp_path / "a") as sink:
+        assert resume_from(sink) == 0
+        assert (
+            ingest_frames([good[0], bytes(bad), b"junk", good[2]], sink, on_error=errors.append)
+            == 30
+        )
+        assert resume_from(sink) == 30
+    assert [e.position for e in errors] == [20, None]
+    assert read_all(tmp_path / "a").column("position").to_pylist() == [
+        *range(1, 11),
+        *range(21, 31),
+    ]
+
+    async def source() -> AsyncIterator[bytes]:
+        for f in good:
+            yield f
+
+    with ParquetSink(tmp_path / "b") as sink:
+        assert asyncio.run(aingest_frames(source(), sink)) == 30
+    assert read_all(tmp_path / "b").column("v").to_pylist() == list(range(1, 31))

@@ -17,8 +17,9 @@ class Sink(abc.ABC):
     makes everything written so far durable (as the sink defines it) and returns
     `last_committed()`; `last_committed()` is the highest position the sink guarantees to
     hold, or None when it holds nothing, and is where a consumer resumes after a restart
-    (subscribe ``from: last_committed() + 1``, or from 1 if None). Rows at or below a position
-    the sink already holds must be dropped by the sink, so a replayed stream is harmless.
+    (subscribe with ``from: last_committed()``, or 0 if None: ``from: N`` delivers the
+    records after N). Rows at or below a position the sink already holds must be dropped by
+    the sink, so a replayed stream is harmless.
     Every subclass states in its docstring which guarantee it gives (at-most-once,
     at-least-once or exactly-once) and under which failures.
     """
