@@ -12,7 +12,7 @@ changing subsets of a device population) still find their ids in an intern table
 ids' bytes, so an id seen before costs a hash and a compare, not a decode and an allocation.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -367,11 +367,12 @@ def gather_rows(list batches, bytes codes not None):
         if b._layout.codes != codes:
             raise ValueError("gather_rows needs batches of one field table")
         total += <Py_ssize_t>b._n
-    cdef bytearray out_codes = bytearray(total * 4)
+    # uninitialised: every byte is written below
+    cdef bytearray out_codes = PyByteArray_FromStringAndSize(NULL, total * 4)
     cdef unsigned char* cw = <unsigned char*>PyByteArray_AS_STRING(out_codes)
     cdef list cols = []
     for k in range(n_cols):
-        col = bytearray(total * width[k])
+        col = PyByteArray_FromStringAndSize(NULL, total * width[k])
         cols.append(col)
         dst[k] = <unsigned char*>PyByteArray_AS_STRING(col)
     cdef list uniq = []
