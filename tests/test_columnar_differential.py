@@ -314,3 +314,45 @@ def test_atheris_differential(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Done" in proc.stderr or "DONE" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_threads_decoding_different_tables_agree_with_the_twin() -> None:
+    """The compiled parser's caches (last tables, interned ids) are shared by every thread;
+    frames with changing device tables, repeated ids and corrupt names decoded from several
+    threads at once must each give the twin's outcome."""
+    import threading
+
+    def frame(k: int) -> bytes:
+        ids = [f"n{(k * 7 + i) % 900}" for i in range(1 + k % 40)]
+        if k % 5 == 0:
+            ids.append(ids[0])  # a repeated id: an error raised inside the intern pass
+        head = struct.pack("<4sBBHHI", b"\xc1TKB", 1, 0, len(ids), 0, len(ids) if k % 5 else 0)
+        table = b"".join(bytes([len(x)]) + x.encode() for x in ids)
+        if k % 11 == 0:
+            table = table[:-1] + b"\xff"  # invalid UTF-8 in the last id
+        rows = b"".join(struct.pack("<HQd", i, k * 100 + i, 0.5) for i in range(len(ids)))
+        return head + table + (rows if k % 5 else b"")
+
+    frames = [frame(k) for k in range(300)]
+    want = [outcome(columnar._parse_py, f) for f in frames]
+    parse = COMPILED.parse_columns if COMPILED is not None else columnar._parse_py
+    failures: list[int] = []
+
+    def work(offset: int) -> None:
+        for j in range(len(frames)):
+            k = (j + offset) % len(frames)
+            if not same(outcome(parse, frames[k]), want[k]):
+                failures.append(k)
+
+    threads = [threading.Thread(target=work, args=(o * 37,)) for o in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures
+    assert any(w[0] == "err" for w in want) and any(w[0] == "ok" for w in want)
