@@ -1,6 +1,8 @@
 """Columnar ingestion speed: tick-batch frames into TickBatches, into Arrow, into Parquet.
 
 Frames are in memory (no network): this is the decoding ceiling, not an end-to-end figure.
+Into Arrow: `to_arrow()` per batch has a fixed cost per column, `batches_to_arrow` gathers
+many batches at once.
 Sizes come from ``bench_scale`` (a smoke run by default; ``pytest --benchmark`` for numbers).
 Ticks/s are in each benchmark's extra_info (``ticks_per_s``, best round):
 
@@ -126,6 +128,26 @@ def test_to_arrow(
 
     benchmark.pedantic(
         run, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+    )
+    record(benchmark, n_frames * per_frame, per_frame)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_batches_to_arrow(benchmark: Any, bench_scale: firehose.BenchScale, shape: str) -> None:
+    """Many 100-tick batches into one Arrow Table at once (columnar.batches_to_arrow): the
+    rows gathered in one pass, no per-batch Arrow arrays."""
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (iotcommute[arrow])")
+    per_frame = 100
+    n_frames = bench_scale.n(5_000, minimum=5)
+    batches = [columnar.decode_batch_columns(f) for f in frames(shape, per_frame, n_frames)]
+    assert columnar.batches_to_arrow(batches).num_rows == n_frames * per_frame
+
+    benchmark.pedantic(
+        columnar.batches_to_arrow,
+        args=(batches,),
+        rounds=bench_scale.rounds,
+        warmup_rounds=bench_scale.warmup,
+        iterations=1,
     )
     record(benchmark, n_frames * per_frame, per_frame)
 

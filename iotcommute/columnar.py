@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SPEEDUPS",
     "TickBatch",
+    "batches_to_arrow",
     "decode_batch_columns",
 ]
 
@@ -568,3 +569,58 @@ def decode_batch_columns(buf: bytes | bytearray | memoryview) -> TickBatch:
         buf = bytes(buf)
     devices, layout, off, n = _parse(buf, _layout)
     return TickBatch._make(buf, off, n, devices, layout)
+
+
+# --- many batches at once -----------------------------------------------------------------------
+
+
+def batches_to_arrow(batches: Sequence[TickBatch]) -> pyarrow.Table:
+    """Many batches as one Arrow Table, in order: the fast way to Arrow for small frames.
+
+    `TickBatch.to_arrow` pays a fixed cost per batch (one Arrow array per column); here
+    consecutive batches of one field table are gathered as wire rows into columns in one pass
+    (compiled when available) with their device tables unified into one dictionary, so a
+    batch costs little more than its bytes. The schema is to_arrow's; when field tables
+    differ, the table has the union of their columns (values missing from a batch are null,
+    so those columns are nullable; clashing types are promoted)."""
+    pa = _require("pyarrow", "arrow")
+    runs: list[list[TickBatch]] = []
+    for b in batches:
+        if not b._n:
+            continue
+        if runs and (runs[-1][0]._layout is b._layout or runs[-1][0]._layout.key == b._layout.key):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    if not runs:
+        if batches:
+            return pa.Table.from_batches([batches[0].to_arrow()])
+        raise ValueError("batches_to_arrow needs at least one batch (for the schema)")
+    tables = [pa.Table.from_batches([_run_to_arrow(pa, run)]) for run in runs]
+    if len(tables) == 1:
+        return tables[0]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    schema = pa.schema([f if f.name in _RESERVED else f.with_nullable(True) for f in table.schema])
+    return table.cast(schema)
+
+
+def _run_to_arrow(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
+    """Consecutive batches of one field table as one RecordBatch."""
+    layout = run[0]._layout
+    devices, dev_codes, cols = _gather(run, layout.codes)
+    total = sum(b._n for b in run)
+    if _LITTLE:
+        indices = pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(dev_codes)])
+    else:  # pragma: no cover - big-endian hosts
+        indices = pa.array(np.frombuffer(dev_codes, "<i4").astype(np.int32))
+    arrays = [pa.DictionaryArray.from_arrays(indices, pa.array(devices, pa.string()))]
+    schema = layout.arrow_schema()
+    for field, col in zip(list(schema)[1:], cols):
+        if pa.types.is_boolean(field.type):
+            arrays.append(pa.array(np.frombuffer(col, np.bool_)))
+        elif _LITTLE:
+            arrays.append(pa.Array.from_buffers(field.type, total, [None, pa.py_buffer(col)]))
+        else:  # pragma: no cover - big-endian hosts: let numpy swap the bytes
+            dt = np.dtype(field.type.to_pandas_dtype()).newbyteorder("<")
+            arrays.append(pa.array(np.frombuffer(col, dt).astype(dt.newbyteorder("="))))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -311,3 +311,26 @@ def test_nan_and_infinities_pass_through() -> None:
     b = decode_batch_columns(bytes(raw))
     assert b["temp"].tolist() == [math.inf]
     assert same(b.to_dicts(), _ticks_py.decode_batch(bytes(raw)))
+
+
+def test_batches_to_arrow_equals_the_batches_one_by_one() -> None:
+    pa = _lib("pyarrow")
+    from iotcommute.columnar import batches_to_arrow
+
+    batches = [
+        decode_batch_columns(frame(n, base=b, devices=d))
+        for n, b, d in [(5, 1, 2), (7, 6, 3), (0, 13, 1), (4, 13, 1)]
+    ]
+    table = batches_to_arrow(batches)
+    assert table.schema == batches[0].to_arrow().schema
+    one_by_one = pa.Table.from_batches([b.to_arrow() for b in batches if len(b)])
+    assert table.to_pylist() == one_by_one.to_pylist()  # the empty batch adds nothing
+    assert table.column("device").to_pylist() == [d for b in batches for d in b["device"].tolist()]
+    # another field table in the middle: the union of the columns, nulls where missing
+    other = TickBatch.from_ticks([{"device": "z", "position": 17, "ts": 1.0, "data": {"w": 1.5}}])
+    mixed = batches_to_arrow([batches[0], other, batches[3]])
+    assert mixed.column("w").to_pylist() == [None] * 5 + [1.5] + [None] * 4
+    assert mixed.column("count").to_pylist()[5] is None
+    assert batches_to_arrow([batches[2]]).num_rows == 0
+    with pytest.raises(ValueError):
+        batches_to_arrow([])

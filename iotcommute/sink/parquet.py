@@ -14,15 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..columnar import TickBatch, _gather, _require
+from ..columnar import TickBatch, _require, batches_to_arrow
 from ..exceptions import IotCommuteError
 from .base import Sink
 
@@ -35,7 +32,6 @@ log = logging.getLogger("iotcommute.sink.parquet")
 
 _FINAL = re.compile(r"^(?P<prefix>.+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.]+$")
-_LITTLE = sys.byteorder == "little"
 _KEYS = ("device", "position", "ts")
 
 
@@ -169,7 +165,7 @@ class ParquetSink(Sink):
         if not self._pending:
             return self._committed
         batches = self._pending
-        table = _table(self._pa, batches)
+        table = batches_to_arrow(batches)
         first = batches[0].first_position
         last = batches[-1].last_position
         assert first is not None and last is not None
@@ -248,50 +244,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- batches to one Arrow table ------------------------------------------------------------------
-
-
-def _table(pa: Any, batches: list[TickBatch]) -> pyarrow.Table:
-    """One table for the batches of a roll, in order. Consecutive batches of one field table
-    are concatenated as wire rows and split into columns once (one copy per column), so the
-    per-batch cost is a list append, not an Arrow conversion."""
-    runs: list[list[TickBatch]] = []
-    for b in batches:
-        if runs and (runs[-1][0]._layout is b._layout or runs[-1][0]._layout.key == b._layout.key):
-            runs[-1].append(b)
-        else:
-            runs.append([b])
-    tables = [pa.Table.from_batches([_run_batch(pa, run)]) for run in runs]
-    if len(tables) == 1:
-        return tables[0]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    # a field missing from some batches holds nulls there: the union's fields are nullable
-    schema = pa.schema([f if f.name in _KEYS else f.with_nullable(True) for f in table.schema])
-    return table.cast(schema)
-
-
-def _run_batch(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
-    """Consecutive batches of one field table as one RecordBatch: their rows gathered into
-    columns in one pass (compiled when available), the batches' device tables unified into
-    one dictionary on the way."""
-    layout = run[0]._layout
-    devices, dev_codes, cols = _gather(run, layout.codes)
-    total = sum(b._n for b in run)
-    if _LITTLE:
-        indices = pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(dev_codes)])
-    else:  # pragma: no cover - big-endian hosts
-        indices = pa.array(np.frombuffer(dev_codes, "<i4").astype(np.int32))
-    dictionary = pa.array(devices, pa.string())
-    arrays = [pa.DictionaryArray.from_arrays(indices, dictionary)]
-    schema = layout.arrow_schema()
-    for field, col in zip(list(schema)[1:], cols):
-        if pa.types.is_boolean(field.type):
-            arrays.append(pa.array(np.frombuffer(col, np.bool_)))
-        elif _LITTLE:
-            arrays.append(pa.Array.from_buffers(field.type, total, [None, pa.py_buffer(col)]))
-        else:  # pragma: no cover - big-endian hosts: let numpy swap the bytes
-            dt = np.dtype(field.type.to_pandas_dtype()).newbyteorder("<")
-            arrays.append(pa.array(np.frombuffer(col, dt).astype(dt.newbyteorder("="))))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
