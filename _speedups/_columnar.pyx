@@ -12,6 +12,7 @@ changing subsets of a device population) still find their ids in an intern table
 ids' bytes, so an id seen before costs a hash and a compare, not a decode and an allocation.
 """
 
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -336,12 +337,33 @@ def parse_columns(bytes buf not None, make_layout):
     return devices, layout, off, n_ticks
 
 
-def gather_rows(list batches, bytes codes not None):
+cdef object _out(object alloc, Py_ssize_t size, unsigned char** ptr):
+    """A writable output of `size` bytes: alloc(size) (any writable buffer, e.g. an Arrow
+    buffer from its memory pool, which reuses memory from roll to roll instead of faulting
+    fresh pages in), or an uninitialised bytearray."""
+    cdef Py_buffer view
+    if alloc is None:
+        out = PyByteArray_FromStringAndSize(NULL, size)
+        ptr[0] = <unsigned char*>PyByteArray_AS_STRING(out)
+        return out
+    out = alloc(size)
+    PyObject_GetBuffer(out, &view, PyBUF_WRITABLE)
+    try:
+        if view.len < size:
+            raise ValueError("alloc returned a buffer smaller than asked for")
+        ptr[0] = <unsigned char*>view.buf  # the object owns the memory; it outlives the view
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def gather_rows(list batches, bytes codes not None, alloc=None):
     """The rows of consecutive TickBatches of one field table as columns, in one pass over
     the wire rows (a sink's roll: one copy, no strided pass per column). Returns
     (devices, device codes, columns): `devices` the distinct ids in order of first use,
     `device codes` int32 little-endian indexes into it, and one little-endian bytearray per
-    column after the device: position, ts, then each field. The twin is columnar._gather_py."""
+    column after the device: position, ts, then each field (bytearrays, or what `alloc(size)`
+    returns). The twin is columnar._gather_py."""
     cdef Py_ssize_t n_fld = PyBytes_GET_SIZE(codes), nb = len(batches), total = 0
     cdef Py_ssize_t i, k, r, n, off, row_size, at = 0, nd = 0, n_cols = n_fld + 2
     cdef Py_ssize_t[C_MAX_FIELDS + 2] width
@@ -368,13 +390,11 @@ def gather_rows(list batches, bytes codes not None):
             raise ValueError("gather_rows needs batches of one field table")
         total += <Py_ssize_t>b._n
     # uninitialised: every byte is written below
-    cdef bytearray out_codes = PyByteArray_FromStringAndSize(NULL, total * 4)
-    cdef unsigned char* cw = <unsigned char*>PyByteArray_AS_STRING(out_codes)
+    cdef unsigned char* cw
+    out_codes = _out(alloc, total * 4, &cw)
     cdef list cols = []
     for k in range(n_cols):
-        col = PyByteArray_FromStringAndSize(NULL, total * width[k])
-        cols.append(col)
-        dst[k] = <unsigned char*>PyByteArray_AS_STRING(col)
+        cols.append(_out(alloc, total * width[k], &dst[k]))
     cdef list uniq = []
     cdef dict index = {}
     cdef object last = None

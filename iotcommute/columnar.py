@@ -493,13 +493,15 @@ def _too_big(pos: int) -> None:
     )
 
 
-Gathered = tuple[list[str], bytes | bytearray, Sequence[bytes | bytearray]]
+Gathered = tuple[list[str], Any, Sequence[Any]]
 
 
-def _gather_py(batches: list[TickBatch], codes: bytes) -> Gathered:
+def _gather_py(
+    batches: list[TickBatch], codes: bytes, alloc: Callable[[int], Any] | None = None
+) -> Gathered:
     """Pure twin of `_columnar.gather_rows`: the rows of consecutive batches of one field
     table as little-endian columns (see there), here by joining the rows and copying each
-    column out of the joined records."""
+    column out of the joined records. `alloc` is accepted and not used: numpy allocates."""
     if any(b._layout.codes != codes for b in batches):
         raise ValueError("gather_rows needs batches of one field table")
     if not batches:
@@ -531,7 +533,7 @@ def _gather_py(batches: list[TickBatch], codes: bytes) -> Gathered:
 
 
 _parse: Parse = _parse_py
-_gather: Callable[[list[TickBatch], bytes], Gathered] = _gather_py
+_gather: Callable[[list[TickBatch], bytes, Callable[[int], Any] | None], Gathered] = _gather_py
 _encode: Callable[..., bytes] = _ticks_py.encode_batch
 #: the compiled parser module when in use, else None
 columnar_impl: ModuleType | None = None
@@ -607,10 +609,12 @@ def batches_to_arrow(batches: Sequence[TickBatch]) -> pyarrow.Table:
 def _run_to_arrow(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
     """Consecutive batches of one field table as one RecordBatch."""
     layout = run[0]._layout
-    devices, dev_codes, cols = _gather(run, layout.codes)
+    # Outputs from Arrow's memory pool: its allocator keeps freed memory, so a sink's next
+    # roll reuses it instead of faulting fresh pages in (that was most of the time here).
+    devices, dev_codes, cols = _gather(run, layout.codes, pa.allocate_buffer)
     total = sum(b._n for b in run)
     if _LITTLE:
-        indices = pa.Array.from_buffers(pa.int32(), total, [None, pa.py_buffer(dev_codes)])
+        indices = pa.Array.from_buffers(pa.int32(), total, [None, _arrow_buffer(pa, dev_codes)])
     else:  # pragma: no cover - big-endian hosts
         indices = pa.array(np.frombuffer(dev_codes, "<i4").astype(np.int32))
     arrays = [pa.DictionaryArray.from_arrays(indices, pa.array(devices, pa.string()))]
@@ -619,8 +623,13 @@ def _run_to_arrow(pa: Any, run: list[TickBatch]) -> pyarrow.RecordBatch:
         if pa.types.is_boolean(field.type):
             arrays.append(pa.array(np.frombuffer(col, np.bool_)))
         elif _LITTLE:
-            arrays.append(pa.Array.from_buffers(field.type, total, [None, pa.py_buffer(col)]))
+            arrays.append(pa.Array.from_buffers(field.type, total, [None, _arrow_buffer(pa, col)]))
         else:  # pragma: no cover - big-endian hosts: let numpy swap the bytes
             dt = np.dtype(field.type.to_pandas_dtype()).newbyteorder("<")
             arrays.append(pa.array(np.frombuffer(col, dt).astype(dt.newbyteorder("="))))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _arrow_buffer(pa: Any, data: Any) -> Any:
+    """An Arrow buffer over gathered bytes (the compiled gather already returns them)."""
+    return data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
