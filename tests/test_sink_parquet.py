@@ -200,7 +200,7 @@ def test_the_compiled_row_gather_equals_its_twin() -> None:
             devs = [flat[i] for i in memoryview(bytes(codes_le)).cast("i").tolist()]
             assert devs == [d for b in run for d in b["device"].tolist()]
     with pytest.raises(ValueError, match="one field table"):
-        columnar._gather(runs[0] + runs[1], runs[0][0]._layout.codes)
+        columnar._gather(runs[0] + runs[1], runs[0][0]._layout.codes, None)
 
 
 def test_ingest_frames_reports_corrupt_frames_and_goes_on(tmp_path: Path) -> None:
