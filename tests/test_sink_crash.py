@@ -5,9 +5,10 @@ encoded, decoded into TickBatches) into a ParquetSink with small rolls, resuming
 `last_committed()` and replaying a few hundred positions before it each time, as a client
 resuming a stream might. The test kills it with SIGKILL six times, each at a random moment
 after 1-3 files of that run (so every kill interrupts the stream, wherever in a roll it
-lands: buffering, the Parquet write, the fsync or the rename), checks after every kill that each final file reads back completely with pyarrow (a final name
-never holds a partial file), then lets a last run finish: together the files must hold every
-position exactly once, with the generated values.
+lands: buffering, the Parquet write, the fsync or the rename), and checks after every kill
+that each final file reads back completely with pyarrow (a final name never holds a partial
+file). A last run then finishes: together the files must hold every position exactly once,
+with the generated values.
 """
 
 from __future__ import annotations
