@@ -42,6 +42,7 @@ SINGLE_SOURCE = [
 PYX_PACKAGE = {
     "_mask": "iotcommute.protocol",
     "_ticks": "iotcommute.payload",
+    "_columnar": "iotcommute.payload",
 }
 
 

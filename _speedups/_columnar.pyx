@@ -1,0 +1,447 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled frame checks and device table for TickBatch (iotcommute.payload._columnar).
+
+The pure twin is `_parse_py` in iotcommute/payload/columnar.py; both return
+(device table, layout, offset of the rows, number of rows) or raise the same DecodeError
+(message and position), which is also the one payload.decode_batch raises for the frame.
+Nothing per tick is allocated: the rows are only read to check device indexes, bool bytes and
+the int64 range of positions. The last device table and field table are kept with their bytes;
+a frame that repeats them byte for byte (a stream's batches usually do) reuses the parsed
+tuple and layout without decoding a name. Tables that differ (a firehose's batches name
+changing subsets of a device population) still find their ids in an intern table keyed by the
+ids' bytes, so an id seen before costs a hash and a compare, not a decode and an allocation.
+"""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.mem cimport PyMem_Calloc
+from cpython.object cimport PyObject
+from libc.string cimport memcmp, memcpy
+
+import os
+
+from iotcommute.exceptions import DecodeError
+
+cdef extern from *:
+    """
+    static inline uint16_t icc_ld16(const unsigned char *p) {
+        return (uint16_t)((uint16_t)p[0] | ((uint16_t)p[1] << 8));
+    }
+    static inline uint32_t icc_ld32(const unsigned char *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    static inline uint64_t icc_ld64(const unsigned char *p) {
+        return (uint64_t)icc_ld32(p) | ((uint64_t)icc_ld32(p + 4) << 32);
+    }
+    """
+    uint16_t icc_ld16(const unsigned char* p) nogil
+    uint32_t icc_ld32(const unsigned char* p) nogil
+    uint64_t icc_ld64(const unsigned char* p) nogil
+
+cdef enum:
+    C_HEADER = 14
+    C_MAX_TICKS = 100000
+    C_MAX_DEVICES = 4096
+    C_MAX_FIELDS = 255
+    ROW_PREFIX = 18
+
+cdef uint8_t[6] TYPE_SIZE
+TYPE_SIZE[:] = [0, 8, 8, 4, 1, 4]
+
+# The last tables seen, with the bytes they were parsed from. Replaced, never mutated.
+cdef bytes _dev_raw = None
+cdef uint32_t _dev_n = 0
+cdef tuple _dev_ids = None
+cdef bytes _fld_raw = None
+cdef uint32_t _fld_n = 0
+cdef object _fld_layout = None
+cdef object _fld_factory = None
+cdef bytes _fld_codes = None
+
+
+cdef extern from "Python.h":
+    void Py_INCREF_raw "Py_INCREF"(PyObject* o)
+    void Py_DECREF_raw "Py_DECREF"(PyObject* o)
+
+cdef extern from *:
+    """
+    /* Seeded 64-bit hash of an id's bytes (only an index: equality is checked on bytes). */
+    static inline uint64_t icc_hash(const unsigned char *p, Py_ssize_t n, uint64_t seed) {
+        uint64_t h = seed ^ (uint64_t)n;
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+        h ^= h >> 29; h *= 0xbf58476d1ce4e5b9ULL; h ^= h >> 32;
+        return h;
+    }
+    """
+    uint64_t icc_hash(const unsigned char* p, Py_ssize_t n, uint64_t seed) nogil
+
+
+cdef enum:
+    ID_SLOTS = 16384  # power of two, > 2 * (ID_FILL + C_MAX_DEVICES): load stays below 1/2
+    ID_FILL = 4096    # emptied before a table when it holds more
+
+
+# The intern table: device ids by their UTF-8 bytes. `stamp` is the number of the table that
+# last named the id, which finds a repeated id within one table. Used only by one parse at a
+# time (`_ids_busy`): a parse that starts while another is inside the table (a finalizer or
+# another thread getting the GIL during an allocation) takes the plain path instead.
+cdef struct _IdSlot:
+    uint64_t h
+    PyObject* s        # owned str, NULL when empty
+    Py_ssize_t size
+    const char* raw    # the bytes of `b`
+    PyObject* b        # owned bytes object: the id's UTF-8, for the compare
+    uint32_t stamp
+
+cdef _IdSlot* _ids = <_IdSlot*>PyMem_Calloc(ID_SLOTS, sizeof(_IdSlot))
+if _ids == NULL:
+    raise MemoryError()
+cdef Py_ssize_t _ids_count = 0
+cdef uint32_t _ids_epoch = 0
+cdef bint _ids_busy = False
+cdef uint64_t _ids_seed = int.from_bytes(os.urandom(8), "little")
+
+
+cdef void _ids_clear():
+    global _ids_count
+    cdef Py_ssize_t i
+    for i in range(ID_SLOTS):
+        if _ids[i].s != NULL:
+            Py_DECREF_raw(_ids[i].s)
+            Py_DECREF_raw(_ids[i].b)
+        _ids[i].s = NULL
+        _ids[i].b = NULL
+        _ids[i].stamp = 0
+    _ids_count = 0
+
+
+cdef Py_ssize_t _read_ids(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
+                          uint32_t n_dev, list out) except -1:
+    """The device table through the intern table: the same checks, order and messages as
+    _read_name plus the repeat check, ids shared with earlier tables."""
+    global _ids_count, _ids_epoch
+    cdef Py_ssize_t i, ln, k
+    cdef uint64_t h
+    cdef _IdSlot* slot
+    if _ids_count + n_dev > ID_FILL:
+        _ids_clear()
+    _ids_epoch += 1
+    if _ids_epoch == 0:  # wrapped: old stamps could look current
+        _ids_clear()
+        _ids_epoch = 1
+    for i in range(n_dev):
+        if off >= n:
+            raise DecodeError("tick batch truncated in the device table")
+        ln = p[off]
+        off += 1
+        if ln == 0:
+            raise DecodeError(f"device {i} has an empty name")
+        if off + ln > n:
+            raise DecodeError("tick batch truncated in the device table")
+        h = icc_hash(p + off, ln, _ids_seed)
+        k = <Py_ssize_t>(h & (ID_SLOTS - 1))
+        while True:
+            slot = &_ids[k]
+            if slot.s == NULL:
+                try:
+                    s = PyUnicode_DecodeUTF8(<const char*>p + off, ln, "strict")
+                except UnicodeDecodeError:
+                    raise DecodeError(f"device {i} is not valid UTF-8") from None
+                raw = PyBytes_FromStringAndSize(<const char*>p + off, ln)
+                Py_INCREF_raw(<PyObject*>s)
+                Py_INCREF_raw(<PyObject*>raw)
+                slot.s = <PyObject*>s
+                slot.b = <PyObject*>raw
+                slot.raw = PyBytes_AS_STRING(raw)
+                slot.size = ln
+                slot.h = h
+                slot.stamp = _ids_epoch
+                _ids_count += 1
+                out.append(s)
+                break
+            if slot.h == h and slot.size == ln and memcmp(slot.raw, p + off, ln) == 0:
+                if slot.stamp == _ids_epoch:
+                    raise DecodeError(f"device {i} repeats an earlier device id")
+                slot.stamp = _ids_epoch
+                out.append(<object>slot.s)
+                break
+            k = (k + 1) & (ID_SLOTS - 1)
+        off += ln
+    return off
+
+
+cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
+                                  str what, Py_ssize_t i, list out) except -1:
+    """Append one length-prefixed UTF-8 name to `out`; return the offset after it."""
+    cdef Py_ssize_t ln
+    if off >= n:
+        raise DecodeError(f"tick batch truncated in the {what} table")
+    ln = p[off]
+    off += 1
+    if ln == 0:
+        raise DecodeError(f"{what} {i} has an empty name")
+    if off + ln > n:
+        raise DecodeError(f"tick batch truncated in the {what} table")
+    try:
+        s = PyUnicode_DecodeUTF8(<const char*>p + off, ln, "strict")
+    except UnicodeDecodeError:
+        raise DecodeError(f"{what} {i} is not valid UTF-8") from None
+    out.append(s)
+    return off + ln
+
+
+cdef inline bint _repeats(const unsigned char* p, Py_ssize_t off, Py_ssize_t n, bytes raw):
+    cdef Py_ssize_t ln
+    if raw is None:
+        return False
+    ln = PyBytes_GET_SIZE(raw)
+    return off + ln <= n and memcmp(p + off, PyBytes_AS_STRING(raw), ln) == 0
+
+
+def parse_columns(bytes buf not None, make_layout):
+    """Checks 1-9 of docs/protocol-binary.md and the int64 position check; returns
+    (device table, make_layout(type codes, field names), offset of the rows, rows)."""
+    global _dev_raw, _dev_n, _dev_ids, _fld_raw, _fld_n, _fld_layout, _fld_factory, _fld_codes
+    global _ids_busy
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t off, start, i, j, row_size, n_bool = 0
+    cdef uint32_t n_dev, n_fld, n_ticks
+    cdef uint8_t code
+    cdef Py_ssize_t[C_MAX_FIELDS] bool_off
+    cdef Py_ssize_t[C_MAX_FIELDS] bool_idx
+    if n < C_HEADER:
+        raise DecodeError(f"tick batch truncated: {n} bytes, the header needs {C_HEADER}")
+    if memcmp(p, b"\xc1TKB", 4) != 0:
+        raise DecodeError("not a tick batch (bad magic)")
+    if p[4] != 1:
+        raise DecodeError(f"unsupported tick batch version {p[4]}")
+    if p[5] != 0:
+        raise DecodeError(f"reserved tick batch flags set: 0x{p[5]:02x}")
+    n_dev = icc_ld16(p + 6)
+    n_fld = icc_ld16(p + 8)
+    n_ticks = icc_ld32(p + 10)
+    if n_dev > C_MAX_DEVICES:
+        raise DecodeError(f"tick batch declares {n_dev} devices, the limit is {C_MAX_DEVICES}")
+    if n_fld > C_MAX_FIELDS:
+        raise DecodeError(f"tick batch declares {n_fld} fields, the limit is {C_MAX_FIELDS}")
+    if n_ticks > C_MAX_TICKS:
+        raise DecodeError(f"tick batch declares {n_ticks} ticks, the limit is {C_MAX_TICKS}")
+
+    # device table
+    off = C_HEADER
+    cdef tuple devices
+    cdef list ids
+    cdef set seen
+    if n_dev == _dev_n and _repeats(p, off, n, _dev_raw):
+        devices = _dev_ids
+        off += PyBytes_GET_SIZE(_dev_raw)
+    else:
+        ids = []
+        if not _ids_busy:
+            _ids_busy = True
+            try:
+                off = _read_ids(p, off, n, n_dev, ids)
+            finally:
+                _ids_busy = False
+        else:
+            seen = set()
+            for i in range(n_dev):
+                off = _read_name(p, off, n, "device", i, ids)
+                s = ids[i]
+                if s in seen:
+                    raise DecodeError(f"device {i} repeats an earlier device id")
+                seen.add(s)
+        devices = tuple(ids)
+        _dev_raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, off - C_HEADER)
+        _dev_n = n_dev
+        _dev_ids = devices
+
+    # field table
+    cdef list names
+    cdef bytearray codes
+    start = off
+    if n_fld == _fld_n and make_layout is _fld_factory and _repeats(p, off, n, _fld_raw):
+        layout = _fld_layout
+        off += PyBytes_GET_SIZE(_fld_raw)
+        codes_b = _fld_codes
+    else:
+        names = []
+        codes = bytearray()
+        for j in range(n_fld):
+            if off >= n:
+                raise DecodeError("tick batch truncated in the field table")
+            code = p[off]
+            if code < 1 or code > 5:
+                raise DecodeError(f"field {j} has unknown type code {code}")
+            off = _read_name(p, off + 1, n, "field", j, names)
+            if names[j] in names[:j]:
+                raise DecodeError(f"field {j} repeats an earlier field name")
+            codes.append(code)
+        codes_b = bytes(codes)
+        layout = None
+    row_size = ROW_PREFIX
+    for j in range(n_fld):
+        code = (<const unsigned char*>PyBytes_AS_STRING(codes_b))[j]
+        if code == 4:
+            bool_off[n_bool] = row_size
+            bool_idx[n_bool] = j
+            n_bool += 1
+        row_size += TYPE_SIZE[code]
+    cdef Py_ssize_t expected = <Py_ssize_t>n_ticks * row_size
+    if n - off != expected:
+        raise DecodeError(
+            f"tick batch rows need {expected} bytes for {n_ticks} ticks, {n - off} present"
+        )
+    if layout is None:
+        layout = make_layout(codes_b, tuple(names))
+        _fld_raw = PyBytes_FromStringAndSize(<const char*>p + start, off - start)
+        _fld_n = n_fld
+        _fld_layout = layout
+        _fld_factory = make_layout
+        _fld_codes = codes_b
+
+    # rows: device index, then each bool byte; positions from 2**63 after all of them
+    cdef const unsigned char* r = p + off
+    cdef Py_ssize_t big = -1
+    cdef uint16_t idx
+    cdef uint8_t b
+    for i in range(n_ticks):
+        idx = icc_ld16(r)
+        if idx >= n_dev:
+            pos = icc_ld64(r + 2)
+            raise DecodeError(
+                f"tick at position {pos} refers to device {idx}, the table has {n_dev}",
+                position=pos,
+            )
+        for j in range(n_bool):
+            b = r[bool_off[j]]
+            if b > 1:
+                pos = icc_ld64(r + 2)
+                raise DecodeError(
+                    f"tick at position {pos}: bool field {bool_idx[j]} holds {b}", position=pos
+                )
+        if big < 0 and (r[9] & 0x80):
+            big = i
+        r += row_size
+    if big >= 0:
+        pos = icc_ld64(p + off + big * row_size + 2)
+        raise DecodeError(
+            f"tick at position {pos}: positions from 2**63 do not fit the int64 position column",
+            position=pos,
+        )
+    return devices, layout, off, n_ticks
+
+
+cdef object _out(object alloc, Py_ssize_t size, unsigned char** ptr):
+    """A writable output of `size` bytes: alloc(size) (any writable buffer, e.g. an Arrow
+    buffer from its memory pool, which reuses memory from roll to roll instead of faulting
+    fresh pages in), or an uninitialised bytearray."""
+    cdef Py_buffer view
+    if alloc is None:
+        out = PyByteArray_FromStringAndSize(NULL, size)
+        ptr[0] = <unsigned char*>PyByteArray_AS_STRING(out)
+        return out
+    out = alloc(size)
+    PyObject_GetBuffer(out, &view, PyBUF_WRITABLE)
+    try:
+        if view.len < size:
+            raise ValueError("alloc returned a buffer smaller than asked for")
+        ptr[0] = <unsigned char*>view.buf  # the object owns the memory; it outlives the view
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def gather_rows(list batches, bytes codes not None, alloc=None):
+    """The rows of consecutive TickBatches of one field table as columns, in one pass over
+    the wire rows (a sink's roll: one copy, no strided pass per column). Returns
+    (devices, device codes, columns): `devices` the distinct ids in order of first use,
+    `device codes` int32 little-endian indexes into it, and one little-endian bytearray per
+    column after the device: position, ts, then each field (bytearrays, or what `alloc(size)`
+    returns). The twin is columnar._gather_py."""
+    cdef Py_ssize_t n_fld = PyBytes_GET_SIZE(codes), nb = len(batches), total = 0
+    cdef Py_ssize_t i, k, r, n, off, row_size, at = 0, nd = 0, n_cols = n_fld + 2
+    cdef Py_ssize_t[C_MAX_FIELDS + 2] width
+    cdef Py_ssize_t[C_MAX_FIELDS + 2] src
+    cdef unsigned char* dst[C_MAX_FIELDS + 2]
+    cdef uint32_t[C_MAX_DEVICES] lut
+    cdef const unsigned char* kinds = <const unsigned char*>PyBytes_AS_STRING(codes)
+    if n_fld > C_MAX_FIELDS:
+        raise ValueError("too many fields")
+    width[0] = 8
+    src[0] = 2
+    width[1] = 8
+    src[1] = 10
+    row_size = ROW_PREFIX
+    for k in range(n_fld):
+        if kinds[k] < 1 or kinds[k] > 5:
+            raise ValueError("unknown field type code")
+        width[k + 2] = TYPE_SIZE[kinds[k]]
+        src[k + 2] = row_size
+        row_size += TYPE_SIZE[kinds[k]]
+    for i in range(nb):
+        b = batches[i]
+        if b._layout.codes != codes:
+            raise ValueError("gather_rows needs batches of one field table")
+        total += <Py_ssize_t>b._n
+    # uninitialised: every byte is written below
+    cdef unsigned char* cw
+    out_codes = _out(alloc, total * 4, &cw)
+    cdef list cols = []
+    for k in range(n_cols):
+        cols.append(_out(alloc, total * width[k], &dst[k]))
+    cdef list uniq = []
+    cdef dict index = {}
+    cdef object last = None
+    cdef tuple devs
+    cdef bytes buf
+    cdef const unsigned char* row
+    cdef uint32_t code
+    cdef uint16_t idx
+    for i in range(nb):
+        b = batches[i]
+        buf = b._buf
+        off = b._off
+        n = b._n
+        if off < 0 or n < 0 or off + n * row_size > PyBytes_GET_SIZE(buf):
+            raise ValueError("a TickBatch's rows lie outside its buffer")
+        devs = b._devices
+        if devs is not last:
+            nd = len(devs)
+            if nd > C_MAX_DEVICES:
+                raise ValueError("too many devices")
+            for k in range(nd):
+                d = devs[k]
+                v = index.get(d)
+                if v is None:
+                    v = len(uniq)
+                    index[d] = v
+                    uniq.append(d)
+                lut[k] = <uint32_t>v
+            last = devs
+        row = <const unsigned char*>PyBytes_AS_STRING(buf) + off
+        for r in range(n):
+            idx = icc_ld16(row)
+            if idx >= nd:
+                raise ValueError("a TickBatch row names a device outside its table")
+            code = lut[idx]
+            cw[0] = <unsigned char>code
+            cw[1] = <unsigned char>(code >> 8)
+            cw[2] = <unsigned char>(code >> 16)
+            cw[3] = <unsigned char>(code >> 24)
+            cw += 4
+            for k in range(n_cols):
+                if width[k] == 8:
+                    memcpy(dst[k] + at * 8, row + src[k], 8)
+                elif width[k] == 4:
+                    memcpy(dst[k] + at * 4, row + src[k], 4)
+                else:
+                    dst[k][at] = row[src[k]]
+            at += 1
+            row += row_size
+    return uniq, out_codes, cols

@@ -1,0 +1,189 @@
+"""Columnar ingestion speed: tick-batch frames into TickBatches, into Arrow, into Parquet.
+
+Frames are in memory (no network): this is the decoding ceiling, not an end-to-end figure.
+Into Arrow: `to_arrow()` per batch has a fixed cost per column, `batches_to_arrow` gathers
+many batches at once.
+Sizes come from ``bench_scale`` (a smoke run by default; ``pytest --benchmark`` for numbers).
+Ticks/s are in each benchmark's extra_info (``ticks_per_s``, best round):
+
+    pytest benchmarks/test_bench_columnar.py --benchmark --benchmark-columns=min,median
+
+Shapes: ``5f-10dev`` is test_bench_payload's telemetry (5 fields, 10 devices interleaved, a
+device table that repeats from frame to frame); ``11f-firehose`` is the recv benchmark's tick
+(11 readings, 100 new devices in every 100-tick frame, so every table differs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import firehose
+import pytest
+
+from iotcommute.payload import _ticks_py, columnar
+from iotcommute.payload.columnar import TickBatch
+
+IMPLS = [pytest.param(columnar._parse_py, id="py")]
+if columnar.columnar_impl is not None:
+    IMPLS.insert(0, pytest.param(columnar.columnar_impl.parse_columns, id="c"))
+
+
+def telemetry(i: int) -> dict[str, Any]:
+    return {
+        "type": "tick",
+        "device": f"dev-{i % 10:04d}",
+        "position": 1 + i,
+        "ts": 1764128635.123456 + i / 1000,
+        "data": {
+            "temperature": 21.5 + (i % 7) / 4,
+            "humidity": 40.25,
+            "pressure": 1013.2,
+            "battery": 97 - i % 3,
+            "door_open": bool(i & 1),
+        },
+    }
+
+
+SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "5f-10dev": telemetry,
+    "11f-firehose": firehose.make_tick,
+}
+
+
+def frames(shape: str, per_frame: int, n_frames: int) -> list[bytes]:
+    make = SHAPES[shape]
+    return [
+        _ticks_py.encode_batch([make(f * per_frame + i) for i in range(per_frame)])
+        for f in range(n_frames)
+    ]
+
+
+def record(benchmark: Any, ticks: int, per_frame: int) -> None:
+    best = benchmark.stats.stats.min
+    benchmark.extra_info["ticks_per_frame"] = per_frame
+    benchmark.extra_info["ticks_per_s"] = round(ticks / best) if best else None
+
+
+@pytest.mark.parametrize("touch", ["batch", "columns"])
+@pytest.mark.parametrize("per_frame", [100, 1000])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("parse", IMPLS)
+def test_decode_to_tickbatch(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    parse: Any,
+    shape: str,
+    per_frame: int,
+    touch: str,
+) -> None:
+    """Frames to TickBatches; ``columns`` also takes every column (codes and each numeric
+    column as a numpy view), which is what a consumer of the batch does first."""
+    n_frames = bench_scale.n(200_000 // per_frame, minimum=5)
+    data = frames(shape, per_frame, min(n_frames, 50))
+    data = (data * (n_frames // len(data) + 1))[:n_frames]
+    want = _ticks_py.decode_batch(data[1])
+    assert columnar._decode_with(parse, data[1]).to_dicts() == want
+    decode = columnar._decode_with
+    names = columnar._decode_with(parse, data[0]).columns[1:]
+
+    def run_batches() -> None:
+        for f in data:
+            decode(parse, f)
+
+    def run_columns() -> None:
+        for f in data:
+            b = decode(parse, f)
+            b.codes  # noqa: B018 - the access is the work measured
+            for name in names:
+                b.column(name)
+
+    benchmark.pedantic(
+        run_batches if touch == "batch" else run_columns,
+        rounds=bench_scale.rounds,
+        warmup_rounds=bench_scale.warmup,
+        iterations=1,
+    )
+    record(benchmark, n_frames * per_frame, per_frame)
+
+
+@pytest.mark.parametrize("per_frame", [100, 1000, 10_000])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_to_arrow(
+    benchmark: Any, bench_scale: firehose.BenchScale, shape: str, per_frame: int
+) -> None:
+    """Decoded batches to Arrow RecordBatches (one copy per column, fixed cost per batch)."""
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (iotcommute[arrow])")
+    n_frames = bench_scale.n(200_000 // per_frame, minimum=3)
+    data = frames(shape, per_frame, min(n_frames, 20))
+    batches: list[TickBatch] = [columnar.decode_batch_columns(f) for f in data]
+    batches = (batches * (n_frames // len(batches) + 1))[:n_frames]
+    assert batches[0].to_arrow().num_rows == per_frame
+
+    def run() -> None:
+        for b in batches:
+            b.to_arrow()
+
+    benchmark.pedantic(
+        run, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+    )
+    record(benchmark, n_frames * per_frame, per_frame)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_batches_to_arrow(benchmark: Any, bench_scale: firehose.BenchScale, shape: str) -> None:
+    """Many 100-tick batches into one Arrow Table at once (columnar.batches_to_arrow): the
+    rows gathered in one pass, no per-batch Arrow arrays."""
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (iotcommute[arrow])")
+    per_frame = 100
+    n_frames = bench_scale.n(5_000, minimum=5)
+    batches = [columnar.decode_batch_columns(f) for f in frames(shape, per_frame, n_frames)]
+    assert columnar.batches_to_arrow(batches).num_rows == n_frames * per_frame
+
+    benchmark.pedantic(
+        columnar.batches_to_arrow,
+        args=(batches,),
+        rounds=bench_scale.rounds,
+        warmup_rounds=bench_scale.warmup,
+        iterations=1,
+    )
+    record(benchmark, n_frames * per_frame, per_frame)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_parquet_sink(
+    benchmark: Any, bench_scale: firehose.BenchScale, shape: str, compression: str
+) -> None:
+    """Decoded 100-tick batches written through ParquetSink and committed as one file
+    (fsync included): the sink's ticks/s on one core."""
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed (iotcommute[arrow])")
+    from iotcommute.sink.parquet import ParquetSink
+
+    per_frame = 100
+    n_frames = bench_scale.n(5_000, minimum=5)
+    data = frames(shape, per_frame, n_frames)  # distinct positions: the sink drops repeats
+    batches = [columnar.decode_batch_columns(f) for f in data]
+    dirs: list[str] = []
+
+    def run() -> None:
+        d = tempfile.mkdtemp(prefix="iotcommute-bench-")
+        dirs.append(d)
+        sink = ParquetSink(
+            d, roll_bytes=1 << 40, compression=None if compression == "none" else compression
+        )
+        for b in batches:
+            sink.write(b)
+        sink.close()
+        assert sink.last_committed() == batches[-1].last_position
+
+    try:
+        benchmark.pedantic(
+            run, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+        )
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    record(benchmark, n_frames * per_frame, per_frame)
