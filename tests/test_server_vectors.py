@@ -52,7 +52,7 @@ def _matches(got: Any, want: Any, seen: dict[str, Any]) -> bool:
         t = _TYPES[want["$match"]]
         return isinstance(got, t) and not isinstance(got, bool)
     if isinstance(want, dict) and set(want) == {"$same"}:
-        return seen.setdefault(want["$same"], got) == got
+        return bool(seen.setdefault(want["$same"], got) == got)
     if isinstance(want, dict):
         return (
             isinstance(got, dict)

@@ -28,8 +28,6 @@ all waiters, replaced after each wake-up), so an idle cursor costs nothing.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from array import array
@@ -175,6 +173,9 @@ class Block:
         return None
 
 
+_new_entry = tuple.__new__  # Entry(...) without the NamedTuple argument handling
+
+
 def _wake(w: asyncio.Future[None]) -> None:
     if not w.done():
         w.set_result(None)
@@ -230,8 +231,9 @@ class Log:
         # group commit
         self._pending: list[Record] = []
         self._writer: asyncio.Task[None] | None = None
-        self._committed: list[tuple[int, int, Committed]] = []  # heap by position
-        self._seq = itertools.count()
+        # callbacks waiting for durability, by position (appended in order: a deque; the
+        # rare out-of-order one, a duplicate's earlier position, is inserted in place)
+        self._committed: deque[tuple[int, Committed]] = deque()
         #: set while the store is failing: appends are refused until it recovers
         self.failure: BaseException | None = None
         self._recovering: asyncio.Task[None] | None = None
@@ -296,6 +298,10 @@ class Log:
                 logger.error("stored record %d cannot be decoded; it is not served", e.offset)
                 continue
             recs.append(Record(e.offset, e.device, e.ts, data, e.data, e.pid))
+            if e.pid is not None:  # the dedup window comes back with the records
+                got = self._ids.get((e.device, e.pid))
+                first = got[0] if got is not None and got[1] == e.offset - 1 else e.offset
+                self._remember(e.device, e.pid, first, e.offset)
         if recs:
             self._visible(recs)
 
@@ -343,9 +349,22 @@ class Log:
         Raises StoreError while the store is failing or too far behind. Callable from
         another thread (tests) when the log is in memory.
         """
-        return self.append_many(
-            device, [(time.time() if ts is None else float(ts), data, djson)], pid
-        )[1]
+        if self.failure is not None or len(self._pending) >= self.max_pending:
+            raise StoreError("the log store is unavailable or too far behind")
+        pos = self._assigned = self._assigned + 1
+        rec = Record(pos, device, time.time() if ts is None else float(ts), data, djson, pid)
+        if pid is not None:
+            self._remember(device, pid, pos, pos)
+        store = self.store
+        if store.immediate:
+            if store.keeps_records:
+                store.append_now(self.partition, [self._entry(rec)])
+            self._visible([rec])
+        else:
+            self._pending.append(rec)
+            if self._writer is None:
+                self._schedule()
+        return pos
 
     def append_many(
         self,
@@ -376,12 +395,16 @@ class Log:
             self._visible(recs)
         else:
             self._pending += recs
-            self._schedule()
+            if self._writer is None:
+                self._schedule()
         return first, last
 
     @staticmethod
     def _entry(r: Record) -> Entry:
-        return Entry(r.position, r.device, r.ts, r.data_json(), r.pid)
+        dj = r.djson
+        if dj is None:
+            dj = r.djson = dumps(r.data)
+        return _new_entry(Entry, (r.position, r.device, r.ts, dj, r.pid))
 
     def _remember(self, device: str, pid: str, first: int, last: int) -> None:
         key = (device, pid)
@@ -401,7 +424,14 @@ class Log:
         elif self.failure is not None:
             callback(self.failure)
         else:
-            heapq.heappush(self._committed, (position, next(self._seq), callback))
+            c = self._committed
+            if not c or c[-1][0] <= position:
+                c.append((position, callback))
+            else:
+                i = len(c)
+                while i > 0 and c[i - 1][0] > position:
+                    i -= 1
+                c.insert(i, (position, callback))
 
     def _schedule(self) -> None:
         if self._writer is not None:
@@ -453,8 +483,8 @@ class Log:
         for r in lost:
             if r.pid is not None and self._ids.get((r.device, r.pid), (0, 0))[1] == r.position:
                 del self._ids[(r.device, r.pid)]
-        waiting, self._committed = self._committed, []
-        for _, _, cb in sorted(waiting):
+        waiting, self._committed = self._committed, deque()
+        for _, cb in waiting:
             self._call(cb, exc)
         loop = self._loop
         if loop is not None and not loop.is_closed() and self._recovering is None:
@@ -473,11 +503,6 @@ class Log:
                     logger.error("log store still unavailable: %s", exc)
                     delay = min(delay * 2, 10.0)
                     continue
-                for e in entries:
-                    if e.pid is not None and e.offset > self._last:
-                        key = (e.device, e.pid)
-                        first = self._ids.get(key, (e.offset, 0))[0]
-                        self._remember(e.device, e.pid, first, e.offset)
                 self._add_entries(entries)
                 # Positions the failed batch took but the store does not hold were never
                 # visible, so they may be handed out again; the store's mark may not.
@@ -511,7 +536,7 @@ class Log:
         self._trim()
         committed = self._committed
         while committed and committed[0][0] <= last:
-            self._call(heapq.heappop(committed)[2], None)
+            self._call(committed.popleft()[1], None)
         if self._waiter is not None:
             self._wake()
 
