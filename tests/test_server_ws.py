@@ -496,7 +496,9 @@ def test_resume_across_restart_with_sqlite(ref_server_db: ServerThread) -> None:
         async with await connect(srv, DEVICE_HEADERS) as dev:
             out = []
             for i in range(n):
-                await dev.send(json.dumps({"type": "publish", "id": i, "data": {"i": start + i}}))
+                # ids are idempotency keys per device: a new record needs a new id
+                msg = {"type": "publish", "id": start + i, "data": {"i": start + i}}
+                await dev.send(json.dumps(msg))
                 out.append((await recv_type(dev, "published"))["position"])
             return out
 

@@ -119,6 +119,7 @@ class ServerConnection(asyncio.Protocol):
         self._resumed.set()
         self._stuck: asyncio.TimerHandle | None = None
         self._reading_paused = False
+        self._backlog = False  # wsproto holds events we did not handle yet
         self._skipped = False  # the cursor passed records it did not send since the last report
         self._progress_at = 0.0
         self.token: str | None = None  # the access token this stream was opened with
@@ -176,7 +177,10 @@ class ServerConnection(asyncio.Protocol):
         if self._stuck is not None:
             self._stuck.cancel()
             self._stuck = None
-        if not self._busy:
+        if self._backlog and self.ws is not None and not self.closed:
+            self._backlog = False
+            self._ws_events()
+        if not self._busy and not self.paused:
             self._resume_reading()
 
     def _pause_reading(self) -> None:
@@ -516,48 +520,55 @@ class ServerConnection(asyncio.Protocol):
         for ev in ws.events():
             if self.closed:
                 return
-            if isinstance(ev, (TextMessage, BytesMessage)):
-                self._size += len(ev.data)
-                if self._size > self.cfg.max_size:
-                    logger.info(
-                        "%s: message over %d bytes, closing 1009", self.peer, self.cfg.max_size
-                    )
-                    self.close(1009, "message too big")
-                    return
-                if ev.data:
-                    self._add_part(ev.data)
-                elif not ev.message_finished:
-                    # An empty fragment carries nothing; a stream of them only costs CPU,
-                    # but a peer that sends them is not a real client.
-                    self._fragments += 1
-                    if self._fragments > MAX_EMPTY_FRAGMENTS:
-                        logger.info("%s: too many empty fragments, closing 1009", self.peer)
-                        self.close(1009, "too many empty fragments")
-                        return
-                if not ev.message_finished:
-                    continue
-                parts, self._parts, self._size = self._parts, [], 0
-                self._fragments = 0
-                if isinstance(ev, TextMessage):
-                    self._on_text(_join_text(parts))
-                else:
-                    self._on_binary(_join_bytes(parts))
-            elif isinstance(ev, Ping):
-                self.write(encode_frame(OP_PONG, bytes(ev.payload)))
-            elif isinstance(ev, Pong):
-                pass  # _last_rx already updated
-            elif isinstance(ev, CloseConnection):
-                if ws.state is ConnectionState.REMOTE_CLOSING:
-                    # The peer closed: echo its code (RFC 6455 5.5.1) unless we already sent one.
-                    code = ev.code if ev.code not in (1005, 1006, 1015) else 1000
-                    self.close(code)
-                else:
-                    # wsproto reports a frame it could not parse this way; we fail the connection.
-                    logger.info(
-                        "%s: protocol error (%s): closing %d", self.peer, ev.reason, ev.code
-                    )
-                    self.close(ev.code, "protocol error")
+            if self.paused:
+                # Our answers are piling up: leave the rest of what was read in wsproto's
+                # buffer (at most one read) until the peer drains ours (resume_writing).
+                self._backlog = True
+                self._handle(ev)
                 return
+            self._handle(ev)
+
+    def _handle(self, ev: Any) -> None:
+        """One wsproto event of an upgraded connection."""
+        if isinstance(ev, (TextMessage, BytesMessage)):
+            self._size += len(ev.data)
+            if self._size > self.cfg.max_size:
+                logger.info("%s: message over %d bytes, closing 1009", self.peer, self.cfg.max_size)
+                self.close(1009, "message too big")
+                return
+            if ev.data:
+                self._add_part(ev.data)
+            elif not ev.message_finished:
+                # An empty fragment carries nothing; a stream of them only costs CPU,
+                # but a peer that sends them is not a real client.
+                self._fragments += 1
+                if self._fragments > MAX_EMPTY_FRAGMENTS:
+                    logger.info("%s: too many empty fragments, closing 1009", self.peer)
+                    self.close(1009, "too many empty fragments")
+                    return
+            if not ev.message_finished:
+                return
+            parts, self._parts, self._size = self._parts, [], 0
+            self._fragments = 0
+            if isinstance(ev, TextMessage):
+                self._on_text(_join_text(parts))
+            else:
+                self._on_binary(_join_bytes(parts))
+        elif isinstance(ev, Ping):
+            self.write(encode_frame(OP_PONG, bytes(ev.payload)))
+        elif isinstance(ev, Pong):
+            pass  # _last_rx already updated
+        elif isinstance(ev, CloseConnection):
+            ws = self.ws
+            if ws is not None and ws.state is ConnectionState.REMOTE_CLOSING:
+                # The peer closed: echo its code (RFC 6455 5.5.1) unless we already sent one.
+                code = ev.code if ev.code not in (1005, 1006, 1015) else 1000
+                self.close(code)
+            else:
+                # wsproto reports a frame it could not parse this way; we fail the connection.
+                logger.info("%s: protocol error (%s): closing %d", self.peer, ev.reason, ev.code)
+                self.close(ev.code, "protocol error")
+            return
 
     def _add_part(self, data: str | bytes | bytearray) -> None:
         """Collect a fragment; past a few, into one growing buffer (memory ~ message size,
