@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from array import array
 from bisect import bisect_right
@@ -230,6 +231,7 @@ class Log:
         self._loop: asyncio.AbstractEventLoop | None = None
         # group commit
         self._pending: list[Record] = []
+        self._lock = threading.Lock()
         self._writer: asyncio.Task[None] | None = None
         # callbacks waiting for durability, by position (appended in order: a deque; the
         # rare out-of-order one, a duplicate's earlier position, is inserted in place)
@@ -351,19 +353,17 @@ class Log:
         """
         if self.failure is not None or len(self._pending) >= self.max_pending:
             raise StoreError("the log store is unavailable or too far behind")
+        t = time.time() if ts is None else float(ts)
+        store = self.store
+        if not store.immediate:
+            return self.append_many(device, [(t, data, djson)], pid)[1]
         pos = self._assigned = self._assigned + 1
-        rec = Record(pos, device, time.time() if ts is None else float(ts), data, djson, pid)
+        rec = Record(pos, device, t, data, djson, pid)
         if pid is not None:
             self._remember(device, pid, pos, pos)
-        store = self.store
-        if store.immediate:
-            if store.keeps_records:
-                store.append_now(self.partition, [self._entry(rec)])
-            self._visible([rec])
-        else:
-            self._pending.append(rec)
-            if self._writer is None:
-                self._schedule()
+        if store.keeps_records:
+            store.append_now(self.partition, [self._entry(rec)])
+        self._visible([rec])
         return pos
 
     def append_many(
@@ -381,22 +381,24 @@ class Log:
             raise ValueError("nothing to append")
         if len(self._pending) >= self.max_pending:
             raise StoreError("the log store is too far behind")
-        first = self._assigned + 1
-        recs = [
-            Record(p, device, ts, data, dj, pid) for p, (ts, data, dj) in enumerate(items, first)
-        ]
-        last = self._assigned = recs[-1].position
-        if pid is not None:
-            self._remember(device, pid, first, last)
         store = self.store
+        with self._lock:  # positions and the pending batch (appends from a test's thread)
+            first = self._assigned + 1
+            recs = [
+                Record(p, device, ts, data, dj, pid)
+                for p, (ts, data, dj) in enumerate(items, first)
+            ]
+            last = self._assigned = recs[-1].position
+            if pid is not None:
+                self._remember(device, pid, first, last)
+            if not store.immediate:
+                self._pending += recs
         if store.immediate:
             if store.keeps_records:
                 store.append_now(self.partition, [self._entry(r) for r in recs])
             self._visible(recs)
-        else:
-            self._pending += recs
-            if self._writer is None:
-                self._schedule()
+        elif self._writer is None:
+            self._schedule()
         return first, last
 
     @staticmethod
@@ -441,16 +443,19 @@ class Log:
             raise RuntimeError("a durable Log must be opened with `await log.open()` first")
         if asyncio._get_running_loop() is loop:
             self._writer = loop.create_task(self._write_loop())
-        else:  # appended from another thread (a test)
-            self._writer = asyncio.run_coroutine_threadsafe(  # type: ignore[assignment]
-                self._write_loop(), loop
-            )
+        else:  # appended from another thread (a test): start the writer on the loop
+            loop.call_soon_threadsafe(self._start_writer)
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._pending:
+            self._schedule()
 
     async def _write_loop(self) -> None:
         """Group commit: hand everything pending to the store, make it visible, repeat."""
         try:
             while self._pending and self.failure is None:
-                batch, self._pending = self._pending, []
+                with self._lock:
+                    batch, self._pending = self._pending, []
                 try:
                     await self.store.append(self.partition, [self._entry(r) for r in batch])
                 except asyncio.CancelledError:
@@ -468,8 +473,9 @@ class Log:
             self._writer = None
 
     def _fail(self, exc: BaseException, batch: list[Record]) -> None:
-        lost = batch + self._pending
-        self._pending = []
+        with self._lock:
+            lost = batch + self._pending
+            self._pending = []
         logger.error(
             "log store %r failed; %d records (positions %d..%d) not stored, publishes are "
             "refused until it recovers: %s",
@@ -751,10 +757,7 @@ class Log:
             if w is None:
                 self._schedule()
                 continue
-            if isinstance(w, asyncio.Task):
-                await asyncio.shield(w)
-            else:
-                await asyncio.sleep(0.001)
+            await asyncio.shield(w)
 
     async def close(self) -> None:
         if self._recovering is not None:
