@@ -16,6 +16,7 @@ from .hub import Hub
 from .log import Log
 from .registry import Registry, demo_registry, ensure_sim_devices, sim_device_id
 from .simulate import Firehose, register_virtual, run_simulator
+from .store import LogStore
 
 logger = logging.getLogger("iotcommute.server")
 T = TypeVar("T")
@@ -42,7 +43,11 @@ class ServerConfig:
 
 
 class ReferenceServer:
-    """The reference IOT commute server: HTTP + WebSocket on one port."""
+    """The reference IOT commute server: HTTP + WebSocket on one port.
+
+    The log is in memory unless `db` (a SQLite file: `SqliteStore`) or `store` (any
+    `iotcommute.server.store.LogStore`, e.g. a JetStream one) makes it durable.
+    """
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class ReferenceServer:
         *,
         registry: Registry | None = None,
         db: str | Path | None = None,
+        store: LogStore | None = None,
         retain: int = 100_000,
         simulate: int = 0,
         rate: float = 1.0,
@@ -72,7 +78,10 @@ class ReferenceServer:
         self.sim_rate = rate
         self.firehose = firehose
         self.command_timeout = command_timeout
-        self.hub: Hub = Hub(registry, Log(retain, db), command_timeout=command_timeout)
+        if store is not None and db is not None:
+            raise ValueError("give either db (SQLite) or store, not both")
+        log = Log(retain, db, store=store)
+        self.hub: Hub = Hub(registry, log, command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
