@@ -315,3 +315,56 @@ def test_published_waits_for_the_commit(tmp_path: Path) -> None:
         await log.close()
 
     asyncio.run(main())
+
+
+def test_a_non_durable_restart_is_a_new_log(ref_server: ServerThread) -> None:
+    """welcome.log changes when an in-memory server restarts; a `from` beyond the new
+    log's tail starts at its tail and `subscribed.position` < `from` says so."""
+    srv = ref_server
+    for i in range(5):
+        srv.call(srv.hub.log.append, "sim-0001", {"n": i}, 1.0)
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    old = cli.recv_json()["log"]
+    cli.close()
+    srv.restart()
+    srv.call(srv.hub.log.append, "sim-0001", {"n": 0}, 1.0)
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    w = cli.recv_json()
+    assert w["log"] != old and (w["position"], w["first"]) == (1, 1)
+    cli.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 5})
+    assert _recv_type(cli, "subscribed")["position"] == 1
+    srv.call(srv.hub.log.append, "sim-0001", {"n": 1}, 1.0)
+    assert _recv_type(cli, "tick")["position"] == 2
+    cli.close()
+
+
+def test_a_device_connected_twice(ref_server: ServerThread) -> None:
+    """Commands go to the newest connection; when it closes, its pending command is
+    answered `device disconnected` although the older connection is still there."""
+    srv = ref_server
+    old = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    new = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    old.recv_json()
+    new.recv_json()
+    cli = RawWS(srv.port, f"Authorization: token {DEMO_API_KEY}:{_token(srv)}\r\n")
+    cli.recv_json()
+    cli.send_json({"type": "command", "id": "c-1", "device": README_DEVICE_ID, "data": {}})
+    assert _recv_type(new, "command")["id"] == "c-1"
+    new.close()
+    assert _recv_type(cli, "ack") == {
+        "type": "ack",
+        "id": "c-1",
+        "ok": False,
+        "error": "device disconnected",
+    }
+    cli.send_json({"type": "command", "id": "c-2", "device": README_DEVICE_ID, "data": 5})
+    assert _recv_type(old, "command") == {
+        "type": "command",
+        "id": "c-2",
+        "from": DEMO_USER,
+        "data": 5,
+    }
+    old.send_json({"type": "ack", "id": "c-2", "ok": True})
+    assert _recv_type(cli, "ack") == {"type": "ack", "id": "c-2", "ok": True}
+    old.close()
+    cli.close()
