@@ -131,6 +131,18 @@ def test_a_poison_record_is_skipped_not_fatal_to_other_streams(
     assert (tick["position"], tick["data"]) == (2, {"n": 2})
     assert any("cannot be encoded" in r.getMessage() for r in caplog.records)
     cli.close()
+    token = _token(srv)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(
+            (
+                "GET /devices/sim-0001/history?since=0 HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: token {DEMO_API_KEY}:{token}\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert resp.startswith(b"HTTP/1.1 200") and b'"position":2' in resp
 
 
 def _token(srv: ServerThread) -> str:
