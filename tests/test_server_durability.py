@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_server_robust import RawWS
 
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import DEMO_API_KEY, DEMO_USER, README_DEVICE_ID, README_DEVICE_KEY
 from iotcommute.server.store import Entry, SqliteStore, StoreError
-from tests.test_server_robust import RawWS
 
 DEVICE = f"X-Device-Id: {README_DEVICE_ID}\r\nX-Device-Key: {README_DEVICE_KEY}\r\n"
 
