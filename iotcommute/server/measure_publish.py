@@ -153,10 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def measure_log(path: str, n: int = 200_000, in_flight: int = 2_000) -> float:
     """Records/s through Log.append + when_durable on a SQLite store, in process (no
     network): `in_flight` appends outstanding at any time, each counted when durable."""
@@ -189,3 +185,7 @@ def measure_log(path: str, n: int = 200_000, in_flight: int = 2_000) -> float:
         return n / elapsed
 
     return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
