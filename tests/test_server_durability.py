@@ -380,3 +380,29 @@ def test_a_device_connected_twice(ref_server: ServerThread) -> None:
     assert _recv_type(cli, "ack") == {"type": "ack", "id": "c-2", "ok": True}
     old.close()
     cli.close()
+
+
+def test_nan_in_a_device_batch_refuses_the_whole_batch(ref_server: ServerThread) -> None:
+    payload = pytest.importorskip("iotcommute.payload")
+    srv = ref_server
+    dev = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    dev.recv_json()
+    ticks = [
+        {"type": "tick", "device": README_DEVICE_ID, "position": 0, "ts": 1.0, "data": {"t": v}}
+        for v in (1.5, 7.25, 2.5)
+    ]
+    # Our encoder refuses NaN: patch it in, as another implementation's device might send.
+    blob = payload.encode_batch(ticks)
+    marker = struct.pack("<d", 7.25)
+    assert blob.count(marker) == 1
+    dev.send_frame(2, blob.replace(marker, struct.pack("<d", float("nan"))))
+    err = _recv_type(dev, "error")
+    assert err["code"] == "input" and "finite" in err["message"]
+    ticks[1]["data"] = {"t": 2.0}
+    dev.send_frame(2, payload.encode_batch(ticks))
+    deadline = time.monotonic() + 5
+    while srv.call(lambda: srv.hub.log.last_position) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    recs = srv.call(srv.hub.log.read, 0)
+    assert [r.data for r in recs] == [{"t": 1.5}, {"t": 2.0}, {"t": 2.5}]  # only the good batch
+    dev.close()
