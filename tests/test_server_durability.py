@@ -406,3 +406,18 @@ def test_nan_in_a_device_batch_refuses_the_whole_batch(ref_server: ServerThread)
     recs = srv.call(srv.hub.log.read, 0)
     assert [r.data for r in recs] == [{"t": 1.5}, {"t": 2.0}, {"t": 2.5}]  # only the good batch
     dev.close()
+
+
+def test_firehose_over_a_durable_log(
+    ref_server_factory: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """With --db the firehose appends ordinary records (blocks are for the in-memory log)
+    and its subscribers get them once durable, in order."""
+    srv = ref_server_factory(firehose=True, simulate=3, db=tmp_path / "log.sqlite")
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    cli.recv_json()
+    cli.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 0})
+    _recv_type(cli, "subscribed")
+    got = [_recv_type(cli, "tick")["position"] for _ in range(5000)]
+    assert got == list(range(1, 5001))
+    cli.close()
