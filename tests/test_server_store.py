@@ -168,10 +168,25 @@ def test_window_over_holes_matches_a_model(
         ]
         lost = [p for p, d in trimmed if p > after and d in want]
         gap = log.gap(after, want)
-        if not lost:
+        # What came before the records loaded at open (retain + history of them) is
+        # unknown to the server: a cursor from there gets a gap whatever it subscribes to.
+        known_from = positions[max(0, len(positions) - (retain + 3))]
+        unknown = after < known_from - 1 and after < kept[0][0] - 1
+        if not lost and not unknown:
             assert gap is None
+        elif unknown:
+            assert gap is not None and gap[:2] == (after, kept[0][0] - 1)
+            assert gap[2] >= len(lost)
         else:
             assert gap is not None and gap[:2] == (after, kept[0][0] - 1)
             assert gap[2] >= len(lost)  # exact within the trim history, else an upper bound
 
     asyncio.run(main())
+
+
+def test_sqlite_refuses_a_path_it_cannot_open_at_once(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        SqliteStore(tmp_path / "no-such-dir" / "log.sqlite")
+    (tmp_path / "junk").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        SqliteStore(tmp_path / "junk")
