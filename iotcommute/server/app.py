@@ -16,6 +16,7 @@ from .hub import Hub
 from .log import Log
 from .registry import Registry, demo_registry, ensure_sim_devices, sim_device_id
 from .simulate import Firehose, register_virtual, run_simulator
+from .store import LogStore
 
 logger = logging.getLogger("iotcommute.server")
 T = TypeVar("T")
@@ -42,7 +43,11 @@ class ServerConfig:
 
 
 class ReferenceServer:
-    """The reference IOT commute server: HTTP + WebSocket on one port."""
+    """The reference IOT commute server: HTTP + WebSocket on one port.
+
+    The log is in memory unless `db` (a SQLite file: `SqliteStore`) or `store` (any
+    `iotcommute.server.store.LogStore`, e.g. a JetStream one) makes it durable.
+    """
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class ReferenceServer:
         *,
         registry: Registry | None = None,
         db: str | Path | None = None,
+        store: LogStore | None = None,
         retain: int = 100_000,
         simulate: int = 0,
         rate: float = 1.0,
@@ -72,10 +78,12 @@ class ReferenceServer:
         self.sim_rate = rate
         self.firehose = firehose
         self.command_timeout = command_timeout
-        self.hub: Hub = Hub(registry, Log(retain, db), command_timeout=command_timeout)
+        if store is not None and db is not None:
+            raise ValueError("give either db (SQLite) or store, not both")
+        log = Log(retain, db, store=store)
+        self.hub: Hub = Hub(registry, log, command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -94,6 +102,7 @@ class ReferenceServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         hub = self.hub
+        await hub.log.open()
         if self.simulate:
             sims = register_virtual(hub, self.simulate)
             if not self.firehose:
@@ -107,17 +116,7 @@ class ReferenceServer:
             lambda: ServerConnection(self), self.host, self._port, reuse_address=True, backlog=512
         )
         self._port = self.port
-        if self.db is not None:
-            self._flusher = loop.create_task(self._flush_loop())
         logger.info("serving on %s (log retains %d records)", self.url, self.retain)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            try:
-                self.hub.log.flush()
-            except Exception:
-                logger.exception("could not write the log to SQLite")
 
     async def stop(self, close_timeout: float = 2.0) -> None:
         """Close 1001 to every peer, wait a little for them to go, flush and close the store."""
@@ -126,9 +125,6 @@ class ReferenceServer:
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
         conns = list(self.hub.connections)
         for c in conns:
             if c.ws is not None:
@@ -145,7 +141,7 @@ class ReferenceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
-        self.hub.log.close()
+        await self.hub.log.close()
         logger.info("server stopped")
 
     async def serve_forever(self) -> None:

@@ -539,6 +539,9 @@ async def _delete_session(hub: Any, st: RestState, headers: dict[str, str]) -> R
             await _maybe_await(fn(auth.token))
             break
     st.revoke(auth.token)
+    end = getattr(hub, "end_session", None)
+    if end is not None:
+        end(auth.token)  # the WebSocket streams opened with this token end too (1008)
     log.info("session invalidated for user %s", auth.user_id)
     return _ok(True)
 
@@ -571,6 +574,7 @@ async def _history(hub: Any, auth: _Auth, device_id: str, query: dict[str, str])
     ticks = [
         {"type": "tick", "device": r.device, "position": r.position, "ts": r.ts, "data": r.data}
         for r in records[:limit]
+        if _servable(r)
     ]
     nxt: int | None = None
     if len(records) > limit:
@@ -579,11 +583,25 @@ async def _history(hub: Any, auth: _Auth, device_id: str, query: dict[str, str])
         nxt = examined
     more: dict[str, Any] = {"next": nxt}
     gap = getattr(log_, "gap", None)
-    lost = gap(since) if gap is not None and since_given is not None else None
+    lost = gap(since, {dev.id}) if gap is not None and since_given is not None else None
     if lost:
         # Records after `since` were trimmed from the capped log (counts all devices).
         more["gap"] = {"from": lost[0], "to": lost[1], "missed": lost[2]}
     return _ok(ticks, **more)
+
+
+def _servable(r: Any) -> bool:
+    """False for a record whose data cannot be encoded (skipped, logged), so one bad
+    record never turns a history page into a 500."""
+    encode = getattr(r, "data_json", None)
+    if encode is None:
+        return True
+    try:
+        encode()
+    except (TypeError, ValueError):
+        log.error("record %s cannot be encoded; left out of the history", r.position)
+        return False
+    return True
 
 
 async def _command(
