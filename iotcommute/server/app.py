@@ -75,7 +75,6 @@ class ReferenceServer:
         self.hub: Hub = Hub(registry, Log(retain, db), command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -94,6 +93,7 @@ class ReferenceServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         hub = self.hub
+        await hub.log.open()
         if self.simulate:
             sims = register_virtual(hub, self.simulate)
             if not self.firehose:
@@ -107,17 +107,7 @@ class ReferenceServer:
             lambda: ServerConnection(self), self.host, self._port, reuse_address=True, backlog=512
         )
         self._port = self.port
-        if self.db is not None:
-            self._flusher = loop.create_task(self._flush_loop())
         logger.info("serving on %s (log retains %d records)", self.url, self.retain)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            try:
-                self.hub.log.flush()
-            except Exception:
-                logger.exception("could not write the log to SQLite")
 
     async def stop(self, close_timeout: float = 2.0) -> None:
         """Close 1001 to every peer, wait a little for them to go, flush and close the store."""
@@ -126,9 +116,6 @@ class ReferenceServer:
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
         conns = list(self.hub.connections)
         for c in conns:
             if c.ws is not None:
@@ -145,7 +132,7 @@ class ReferenceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
-        self.hub.log.close()
+        await self.hub.log.close()
         logger.info("server stopped")
 
     async def serve_forever(self) -> None:

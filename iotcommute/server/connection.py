@@ -722,7 +722,7 @@ class ServerConnection(asyncio.Protocol):
                 # A bulk-appended block (the firehose): its frames come pre-encoded, in
                 # writes of about write_high / 4 (~256-byte ticks), so the buffer still
                 # exceeds write_high by at most one write.
-                a = cursor + 1
+                a = max(cursor + 1, blk.start)
                 b = min(blk.end, a + max(cfg.write_batch, cfg.write_high // 1024))
                 out: Any = blk.binary_frames(a, b) if self.binary else (blk.json_frames(a, b),)
                 if out is not None and out[0] is not None:

@@ -562,7 +562,7 @@ async def _history(hub: Any, auth: _Auth, device_id: str, query: dict[str, str])
         nxt = examined
     more: dict[str, Any] = {"next": nxt}
     gap = getattr(log_, "gap", None)
-    lost = gap(since) if gap is not None and since_given is not None else None
+    lost = gap(since, {dev.id}) if gap is not None and since_given is not None else None
     if lost:
         # Records after `since` were trimmed from the capped log (counts all devices).
         more["gap"] = {"from": lost[0], "to": lost[1], "missed": lost[2]}

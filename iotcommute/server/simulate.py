@@ -17,6 +17,7 @@ from typing import Any
 from .hub import Hub
 from .log import Block, Log, Record
 from .registry import sim_device_id
+from .store import StoreError
 from .wire import OP_BINARY, OP_TEXT, dumps, encode_frame, frame_header
 
 logger = logging.getLogger("iotcommute.server.simulate")
@@ -89,10 +90,13 @@ async def run_simulator(hub: Hub, sims: list[SimDevice], rate: float) -> None:
             if due > rate:  # we fell behind (busy machine): skip ahead instead of bursting
                 done += due - max(1, int(rate))
                 due = max(1, int(rate))
-            for _ in range(due):
-                ts = time.time()
-                for s in sims:
-                    log.append(s.id, s.tick(), ts)
+            try:
+                for _ in range(due):
+                    ts = time.time()
+                    for s in sims:
+                        log.append(s.id, s.tick(), ts)
+            except StoreError:
+                pass  # the store is down or behind (the Log logged it): skip these ticks
             done += due
         await asyncio.sleep(min(0.1, max(0.001, start + (done + 1) / rate - loop.time())))
 
@@ -133,7 +137,19 @@ class Firehose:
         self.binary_ok = True
 
     def refill(self) -> None:
-        a = self.log.last_position + 1
+        log = self.log
+        if not log.accepts_blocks:
+            # A durable log: ordinary appends, one block's worth once the last is stored.
+            if log.pending() or log.failure is not None:
+                return
+            ts = time.time()
+            pool = self._pool
+            for _ in range(self.block):
+                dev, _, data, _, _ = pool[self._i]
+                self._i = (self._i + 1) % len(pool)
+                log.append(dev, data, ts)
+            return
+        a = log.last_position + 1
         n = self.block
         top = 10 ** len(str(a))
         if a + n > top:  # every position of a block has the same number of digits
@@ -303,6 +319,22 @@ class FirehoseBlock(Block):
                 return None
             out.append(encode_frame(OP_BINARY, batch))
             a += n
+        return out
+
+    def device_counts(self, a: int, b: int) -> dict[str, int]:
+        """Per-device record counts of positions a..b-1 from the pool's cycle (no Records)."""
+        pool = self.fh._pool
+        npool = len(pool)
+        n = b - a
+        full, rest = divmod(n, npool)
+        out: dict[str, int] = {}
+        if full:
+            for dev, *_ in pool:
+                out[dev] = out.get(dev, 0) + full
+        k = (self.k + a - self.start) % npool
+        for j in range(rest):
+            dev = pool[(k + j) % npool][0]
+            out[dev] = out.get(dev, 0) + 1
         return out
 
     def record(self, position: int) -> Record:

@@ -66,6 +66,9 @@ class LogStore(abc.ABC):
     durable: bool = False
     #: `append_now` is available and commits synchronously
     immediate: bool = False
+    #: False for a store that keeps no copy of the records (the default in-memory store:
+    #: the Log's window is the only copy); the Log then never hands it any
+    keeps_records: bool = True
 
     @abc.abstractmethod
     async def open(self) -> str:

@@ -25,6 +25,7 @@ class MemoryStore(LogStore):
 
     def __init__(self, *, keep: bool = False) -> None:
         self.keep = keep
+        self.keeps_records = keep
         self._log_id = ""
         self._last: dict[int, int] = {}
         self._entries: dict[int, list[Entry]] = {}
@@ -50,12 +51,6 @@ class MemoryStore(LogStore):
         self._last[partition] = entries[-1].offset
         if self.keep:
             self._entries.setdefault(partition, []).extend(entries)
-
-    def advance(self, partition: int, offset: int) -> None:
-        """Record that offsets up to `offset` were used without entries (bulk firehose blocks)."""
-        if offset <= self._last.get(partition, 0):
-            raise ValueError("offsets must grow")
-        self._last[partition] = offset
 
     async def append(self, partition: int, entries: Sequence[Entry]) -> None:
         self.append_now(partition, entries)
