@@ -56,6 +56,8 @@ class ReferenceServer:
         rate: float = 1.0,
         firehose: bool = False,
         command_timeout: float = 10.0,
+        log_url: str | None = None,
+        partitions: int = 1,
         **limits: Any,
     ) -> None:
         self.host = host
@@ -72,7 +74,17 @@ class ReferenceServer:
         self.sim_rate = rate
         self.firehose = firehose
         self.command_timeout = command_timeout
-        self.hub: Hub = Hub(registry, Log(retain, db), command_timeout=command_timeout)
+        # [jetstream hook, issue 15] `--log nats://...`: a log shared by server processes
+        self.log_url = log_url
+        self.partitions = partitions
+        log: Log
+        if log_url is not None:
+            from .cluster import shared_log
+
+            log = shared_log(log_url, retain)
+        else:
+            log = Log(retain, db)
+        self.hub: Hub = Hub(registry, log, command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,6 +106,10 @@ class ReferenceServer:
         loop = asyncio.get_running_loop()
         hub = self.hub
         await hub.log.open()
+        if self.log_url is not None:  # [jetstream hook]
+            from .cluster import start_cluster
+
+            await start_cluster(self)
         if self.simulate:
             sims = register_virtual(hub, self.simulate)
             if not self.firehose:
@@ -132,6 +148,8 @@ class ReferenceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
+        if self.hub.cluster is not None:  # [jetstream hook]
+            await self.hub.cluster.close()
         await self.hub.log.close()
         logger.info("server stopped")
 

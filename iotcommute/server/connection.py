@@ -555,6 +555,11 @@ class ServerConnection(asyncio.Protocol):
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
             self.send_error("input", '"ts" must be a number', msg_id)
             return
+        if getattr(self.hub.log, "shared", False):  # [jetstream hook, issue 15]
+            from .cluster import handle_publish
+
+            handle_publish(self, self.device_id, msg_id, data, ts)
+            return
         pos = self.hub.log.append(self.device_id, data, ts)
         if msg_id is not None:
             self.send_json({"type": "published", "id": msg_id, "position": pos})

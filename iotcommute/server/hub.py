@@ -12,6 +12,7 @@ from .log import Log
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from .cluster import CommandRouter
     from .connection import ServerConnection
 
 logger = logging.getLogger("iotcommute.server")
@@ -57,6 +58,8 @@ class Hub:
         self.refill: Callable[[], None] | None = None
         #: set by the firehose: a pre-encoded tick batch for its records, or None
         self.binary_batch: Callable[[list[Any]], bytes | None] | None = None
+        #: [jetstream hook, issue 15] commands to devices on other server processes
+        self.cluster: CommandRouter | None = None
 
     # -- presence ----------------------------------------------------------
     def online(self, device_id: str) -> bool:
@@ -64,6 +67,8 @@ class Hub:
 
     def device_connected(self, device_id: str, conn: ServerConnection) -> None:
         self._device_conns.setdefault(device_id, []).append(conn)
+        if self.cluster is not None:  # [jetstream hook]
+            self.cluster.device_online(device_id)
 
     def device_disconnected(self, device_id: str, conn: ServerConnection) -> None:
         conns = self._device_conns.get(device_id)
@@ -71,6 +76,8 @@ class Hub:
             conns.remove(conn)
         if not conns:
             self._device_conns.pop(device_id, None)
+            if self.cluster is not None:  # [jetstream hook]
+                self.cluster.device_offline(device_id)
             # Nobody can answer these any more: tell the requesters now instead of at timeout.
             for key in [k for k in self._pending if k[0] == device_id]:
                 self._resolve(key, {"ok": False, "error": "device disconnected"})
@@ -84,6 +91,8 @@ class Hub:
         sender: str,
         callback: AckCallback,
         timeout: float | None = None,
+        *,
+        local_only: bool = False,
     ) -> None:
         """Forward a command; `callback(ack)` is called exactly once (ack, refusal or timeout).
 
@@ -93,6 +102,12 @@ class Hub:
         vdev = self.virtual.get(device_id)
         conns = self._device_conns.get(device_id)
         if vdev is None and not conns:
+            # [jetstream hook] the device may be connected to another server process
+            t = self.command_timeout if timeout is None else timeout
+            cl = self.cluster
+            if cl is not None and not local_only:
+                if cl.forward(device_id, cmd_id, data, sender, callback, t):
+                    return
             raise LookupError("device offline")
         if key in self._pending:
             raise KeyError("a command with this id is already pending for this device")

@@ -76,6 +76,21 @@ def redact_url(url: str) -> str:
     return scheme + "://" + rest.rpartition("@")[2]
 
 
+def store_from_url(url: str, **kwargs: Any) -> JetStreamStore:
+    """`--log nats://host:port[,host2:port2...][/name]`: a JetStreamStore for that URL.
+
+    Several comma-separated hosts are the seeds of one cluster; an optional path names the
+    log (the stream prefix, default "iotcommute")."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("nats", "tls") or not sep or not rest:
+        raise ValueError("a JetStream log URL looks like nats://host:port[/name]")
+    hosts, _, name = rest.partition("/")
+    servers = [f"{scheme}://{h}" for h in hosts.split(",") if h]
+    if name:
+        kwargs.setdefault("name", name)
+    return JetStreamStore(servers, **kwargs)
+
+
 class JetStreamStore(LogStore):
     """A `LogStore` on a NATS JetStream server or cluster.
 
@@ -299,6 +314,40 @@ class JetStreamStore(LogStore):
             if ack.get("seq") != e.offset:
                 raise StoreError(f"JetStream stored offset {e.offset} as {ack.get('seq')}")
         self._last[partition] = max(self._last.get(partition, 0), entries[-1].offset)
+
+    async def append_assigned(
+        self, partition: int, entries: Sequence[tuple[Entry, str]]
+    ) -> list[tuple[int, bool]]:
+        """Store entries at sequences the engine chooses (several writers): each entry with
+        its `Nats-Msg-Id`. Returns (sequence, duplicate) per entry, once every PubAck is in;
+        a duplicate's sequence is the one first stored under that id. StoreError otherwise.
+        """
+        if not entries:
+            return []
+        await self.connect()
+        if not self.connected():
+            raise StoreError("NATS is not connected")
+        pub = await self._publisher()
+        subject = self.subject(partition)
+        futs: list[asyncio.Future[dict[str, Any]]] = []
+        try:
+            for e, msg_id in entries:
+                futs.append(await pub.publish(subject, encode_entry(e), {"Nats-Msg-Id": msg_id}))
+            acks = await asyncio.wait_for(asyncio.gather(*futs), self.append_timeout)
+        except asyncio.CancelledError:
+            pub.cancel(futs)
+            raise
+        except StoreError:
+            pub.cancel(futs)
+            raise
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            pub.cancel(futs)
+            raise StoreError(f"JetStream append failed: {type(exc).__name__}") from None
+        out = [(int(a["seq"]), bool(a.get("duplicate", False))) for a in acks]
+        top = max(s for s, _ in out)
+        if top > self._last.get(partition, 0):
+            self._last[partition] = top
+        return out
 
     async def _publisher(self) -> _Publisher:
         nc = self.nc
