@@ -111,3 +111,109 @@ async def publish_all(
         elif m["type"] == "error":
             raise AssertionError(f"publish refused: {m}")
     return got
+
+
+class GroupMember:
+    """A consumer-group member speaking the protocol: it processes ticks of the partitions
+    it owns, commits after processing (every `commit_every` ticks and when idle), and keeps
+    a record of everything for the checks: `processed` [(partition, position)], `commits`
+    [(partition, position)] accepted by the server."""
+
+    def __init__(self, name: str, url: str, group: str, headers: dict[str, str]) -> None:
+        self.name = name
+        self.url = url
+        self.group = group
+        self.headers = headers
+        self.ws: ClientConnection | None = None
+        self.of = 0
+        self.owned: set[int] = set()
+        self.done: dict[int, int] = {}  # partition -> last processed position
+        self.committed: dict[int, int] = {}
+        self.processed: list[tuple[int, int]] = []
+        self.commits: list[tuple[int, int]] = []
+        self.refused: list[int] = []
+        self.events: list[tuple[str, list[int]]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.commit_every = 20
+        self._n = 0
+        self.member_id = ""
+
+    async def start(self) -> GroupMember:
+        self.ws, _ = await connect(self.url, self.headers)
+        sub = {"type": "subscribe", "id": "g", "group": self.group}
+        await self.ws.send(json.dumps(sub))
+        m = await recv_type(self.ws, "subscribed")
+        self.member_id = m["member"]
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def _commit(self) -> None:
+        todo = [
+            {"partition": p, "position": pos}
+            for p, pos in self.done.items()
+            if p in self.owned and pos > self.committed.get(p, 0)
+        ]
+        if todo and self.ws is not None:
+            self._n += 1
+            await self.ws.send(json.dumps({"type": "commit", "id": self._n, "partitions": todo}))
+
+    async def _run(self) -> None:
+        from iotcommute.partition import partition
+
+        ws = self.ws
+        assert ws is not None
+        since = 0
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), 0.2)
+                except TimeoutError:
+                    if since:
+                        since = 0
+                        await self._commit()
+                    continue
+                m = json.loads(raw)
+                t = m["type"]
+                if t == "tick":
+                    p = partition(m["device"], self.of)
+                    assert p in self.owned, (self.name, "tick of a partition not owned", p)
+                    self.processed.append((p, m["position"]))
+                    self.done[p] = m["position"]
+                    since += 1
+                    if since >= self.commit_every:
+                        since = 0
+                        await self._commit()
+                elif t == "assign":
+                    self.of = m["of"]
+                    for a in m["partitions"]:
+                        self.owned.add(a["partition"])
+                        self.done[a["partition"]] = a["position"]
+                        self.committed[a["partition"]] = a["position"]
+                    self.events.append(("assign", [a["partition"] for a in m["partitions"]]))
+                elif t == "revoke":
+                    for p in m["partitions"]:
+                        self.owned.discard(p)
+                    self.events.append(("revoke", m["partitions"]))
+                elif t == "committed":
+                    for c in m["partitions"]:
+                        self.commits.append((c["partition"], c["position"]))
+                        self.committed[c["partition"]] = c["position"]
+                    self.refused += m["refused"]
+                elif t == "error":
+                    self.errors.append(m)
+        except (websockets.ConnectionClosed, OSError):
+            return
+
+    def kill(self) -> None:
+        """Vanish like a SIGKILLed process: no close frame, no last commit."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.ws is not None:
+            self.ws.transport.abort()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.ws is not None:
+            await self.ws.close()

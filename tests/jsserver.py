@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    kwargs: dict[str, float] = {}
+    kwargs: dict[str, float] = {"group_session_timeout": args.session_timeout}
     server = ReferenceServer(
         "127.0.0.1",
         0,

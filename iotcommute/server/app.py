@@ -58,6 +58,7 @@ class ReferenceServer:
         command_timeout: float = 10.0,
         log_url: str | None = None,
         partitions: int = 1,
+        group_session_timeout: float = 10.0,
         **limits: Any,
     ) -> None:
         self.host = host
@@ -76,7 +77,10 @@ class ReferenceServer:
         self.command_timeout = command_timeout
         # [jetstream hook, issue 15] `--log nats://...`: a log shared by server processes
         self.log_url = log_url
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
         self.partitions = partitions
+        self.group_session_timeout = group_session_timeout
         log: Log
         if log_url is not None:
             from .cluster import shared_log
@@ -148,7 +152,9 @@ class ReferenceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
-        if self.hub.cluster is not None:  # [jetstream hook]
+        if self.hub.groups is not None:  # [jetstream hook]
+            await self.hub.groups.close()
+        if self.hub.cluster is not None:
             await self.hub.cluster.close()
         await self.hub.log.close()
         logger.info("server stopped")

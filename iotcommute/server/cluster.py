@@ -419,8 +419,15 @@ def shared_log(url: str, retain: int, **store_kwargs: Any) -> SharedLog:
 
 
 async def start_cluster(server: ReferenceServer) -> None:
-    """Wire a server whose log is shared: commands across processes."""
+    """Wire a server whose log is shared: commands across processes, consumer groups."""
+    from .groups import GroupCoordinator
+
     log = server.hub.log
     assert isinstance(log, SharedLog)
     server.hub.cluster = CommandRouter(server.hub, log.js_store)
+    groups = GroupCoordinator(
+        log.js_store, server.partitions, session_timeout=server.group_session_timeout
+    )
+    await groups.start()
+    server.hub.groups = groups
     logger.info("log shared through %r", log.js_store)

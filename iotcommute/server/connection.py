@@ -108,6 +108,7 @@ class ServerConnection(asyncio.Protocol):
         self._resumed.set()
         self.sent_ticks = 0
         self.max_buffer_seen = 0
+        self.group_member: Any = None  # [jetstream hook] a consumer-group membership
         # keep-alive and rate limit
         self._last_rx = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -134,6 +135,10 @@ class ServerConnection(asyncio.Protocol):
             self.hub.device_disconnected(self.device_id, self)
         if self._pump is not None:
             self._pump.cancel()
+        if self.group_member is not None:  # [jetstream hook]
+            from .groups import handle_lost
+
+            handle_lost(self)
         self._resumed.set()
         self._kick_pump()
         logger.debug("%s: connection lost (%s)", self.peer, exc)
@@ -586,6 +591,21 @@ class ServerConnection(asyncio.Protocol):
 
     def _h_subscribe(self, msg: dict[str, Any]) -> None:
         msg_id = msg.get("id")
+        if "group" in msg or "partitions" in msg:  # [jetstream hook, issue 15]
+            from . import groups
+
+            if "group" in msg:
+                groups.handle_subscribe(self, msg)
+                return
+            n = self.server.partitions
+            devs = groups.partition_devices(self, msg["partitions"], n)
+            if devs is None:
+                self.send_error("input", f'"partitions": a list of integers 0..{n - 1}', msg_id)
+                return
+            if not devs:
+                self.send_error("input", "none of your devices is in these partitions", msg_id)
+                return
+            msg = {**msg, "devices": devs}
         devices = self._parse_devices(msg)
         if devices is None:
             return
@@ -669,6 +689,11 @@ class ServerConnection(asyncio.Protocol):
     def _ack_back(self, ack: dict[str, Any]) -> None:
         if not self.closed:
             self.send_json(ack)
+
+    def _h_commit(self, msg: dict[str, Any]) -> None:  # [jetstream hook, issue 15]
+        from .groups import handle_commit
+
+        handle_commit(self, msg)
 
     def _h_ack(self, msg: dict[str, Any]) -> None:
         if self.role != "device" or self.device_id is None:
@@ -842,4 +867,5 @@ _HANDLERS: dict[str, Callable[[ServerConnection, dict[str, Any]], None]] = {
     "unsubscribe": ServerConnection._h_unsubscribe,
     "command": ServerConnection._h_command,
     "ack": ServerConnection._h_ack,
+    "commit": ServerConnection._h_commit,  # [jetstream hook]
 }

@@ -14,6 +14,7 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .cluster import CommandRouter
     from .connection import ServerConnection
+    from .groups import GroupCoordinator
 
 logger = logging.getLogger("iotcommute.server")
 
@@ -60,6 +61,8 @@ class Hub:
         self.binary_batch: Callable[[list[Any]], bytes | None] | None = None
         #: [jetstream hook, issue 15] commands to devices on other server processes
         self.cluster: CommandRouter | None = None
+        #: [jetstream hook] consumer groups (a shared log only)
+        self.groups: GroupCoordinator | None = None
 
     # -- presence ----------------------------------------------------------
     def online(self, device_id: str) -> bool:
