@@ -217,3 +217,54 @@ class GroupMember:
             self.task.cancel()
         if self.ws is not None:
             await self.ws.close()
+
+
+class Publisher:
+    """A device publishing `n` records with ids, one at a time, each until its `published`;
+    when its server goes away it reconnects to another one and re-sends the unacked
+    publish with the same id (what the device library does)."""
+
+    def __init__(self, i: int, urls: list[str], n: int, pause: float = 0.005) -> None:
+        self.i = i
+        self.urls = urls
+        self.n = n
+        self.pause = pause
+        self.acked: dict[str, int] = {}
+        self.reconnects = 0
+        self.resent = 0
+
+    async def _connect(self, k: int) -> tuple[ClientConnection, int]:
+        for j in range(len(self.urls) * 20):
+            url = self.urls[(k + j) % len(self.urls)]
+            try:
+                ws, _ = await connect(url, device_headers(self.i))
+                return ws, (k + j) % len(self.urls)
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                await asyncio.sleep(0.1)
+        raise RuntimeError("no server to publish to")
+
+    async def run(self) -> None:
+        k = self.i % len(self.urls)
+        ws, k = await self._connect(k)
+        seq = 0
+        while seq < self.n:
+            pid = f"p{self.i}-{seq}"
+            try:
+                await ws.send(json.dumps({"type": "publish", "id": pid, "data": {"seq": seq}}))
+                while True:
+                    m = await recv_json(ws, 10)
+                    if m["type"] == "published" and m["id"] == pid:
+                        self.acked[pid] = m["position"]
+                        seq += 1
+                        break
+                    if m["type"] == "error" and m.get("id") == pid:
+                        await asyncio.sleep(0.1)  # unavailable: re-send the same id
+                        self.resent += 1
+                        break
+            except (websockets.ConnectionClosed, OSError, TimeoutError):
+                self.reconnects += 1
+                self.resent += 1
+                ws, k = await self._connect(k + 1)
+                continue
+            await asyncio.sleep(self.pause)
+        await ws.close()
