@@ -133,6 +133,11 @@ class GroupMember:
         self.commits: list[tuple[int, int]] = []
         self.refused: list[int] = []
         self.events: list[tuple[str, list[int]]] = []
+        #: (partition, tenure) for every processed record, in order; a tenure is one
+        #: assign..revoke span; `tenure_commit[(p, tenure)]` = last accepted commit in it
+        self.tenure: dict[int, int] = {}
+        self.processed_in: list[tuple[int, int, int, float]] = []
+        self.tenure_commit: dict[tuple[int, int], int] = {}
         self.errors: list[dict[str, Any]] = []
         self.task: asyncio.Task[None] | None = None
         self.commit_every = 20
@@ -179,6 +184,7 @@ class GroupMember:
                     p = partition(m["device"], self.of)
                     assert p in self.owned, (self.name, "tick of a partition not owned", p)
                     self.processed.append((p, m["position"]))
+                    self.processed_in.append((p, m["position"], self.tenure[p], time.monotonic()))
                     self.done[p] = m["position"]
                     since += 1
                     if since >= self.commit_every:
@@ -188,6 +194,7 @@ class GroupMember:
                     self.of = m["of"]
                     for a in m["partitions"]:
                         self.owned.add(a["partition"])
+                        self.tenure[a["partition"]] = self.tenure.get(a["partition"], 0) + 1
                         self.done[a["partition"]] = a["position"]
                         self.committed[a["partition"]] = a["position"]
                     self.events.append(("assign", [a["partition"] for a in m["partitions"]]))
@@ -198,6 +205,8 @@ class GroupMember:
                 elif t == "committed":
                     for c in m["partitions"]:
                         self.commits.append((c["partition"], c["position"]))
+                        key = (c["partition"], self.tenure[c["partition"]])
+                        self.tenure_commit[key] = c["position"]
                         self.committed[c["partition"]] = c["position"]
                     self.refused += m["refused"]
                 elif t == "error":

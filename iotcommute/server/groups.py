@@ -379,7 +379,9 @@ class GroupCoordinator:
                 elif float(val.get("expires", 0)) - now < self.session_timeout / 2:
                     new = {**val, "expires": now + self.session_timeout}
                     if await self._cas(key, new, rev) is None:
-                        m.revoke([p])
+                        fresh = self.cache.get(key)
+                        if fresh is None or fresh[0].get("owner") != m.id:
+                            m.revoke([p])  # taken over meanwhile; else retry next round
                 elif p not in m.owned:  # ours in the engine, not yet streamed (restart)
                     m.assign({p: int(val.get("position", 0))})
             elif want in local and not alive:
@@ -399,6 +401,12 @@ class GroupCoordinator:
         self, m: Member, parts: list[tuple[int, int]]
     ) -> tuple[list[tuple[int, int]], list[int]]:
         """Advance the group's positions for partitions `m` owns; (accepted, refused)."""
+        async with self._lock:  # one writer per process: no CAS races with renewals
+            return await self._commit(m, parts)
+
+    async def _commit(
+        self, m: Member, parts: list[tuple[int, int]]
+    ) -> tuple[list[tuple[int, int]], list[int]]:
         accepted: list[tuple[int, int]] = []
         refused: list[int] = []
         for p, pos in parts:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -456,10 +457,13 @@ class _Publisher:
 
 
 class Follower:
-    """An ordered consumer on one partition that feeds stored entries to a callback.
+    """Feeds the stored entries of one partition, from a sequence on, to a callback.
 
-    It restarts itself from the last sequence it delivered when NATS comes back, so the
-    callback sees every retained record once, in order (a trimmed range shows as a jump).
+    A loop over an ephemeral pull consumer (no acks, starting at the next sequence wanted):
+    a backlog comes in batches of up to 1000, the tail within about `poll` seconds. Any
+    failure (connection lost, consumer lost with its node, leader changed) recreates the
+    consumer from the last sequence delivered, so the callback sees every retained record
+    once, in order; a trimmed range shows as a jump in the sequences.
     """
 
     def __init__(
@@ -468,81 +472,106 @@ class Follower:
         partition: int,
         after: int,
         on_entries: Callable[[list[Entry]], Awaitable[None] | None],
+        poll: float = 0.25,
     ) -> None:
         self.store = store
         self.partition = partition
         self.last = after
         self.on_entries = on_entries
-        self._sub: Any = None
-        self._batch: list[Entry] = []
-        self._flush: asyncio.Handle | None = None
+        self.poll = poll
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.restarts = 0
 
     async def start(self) -> None:
-        await self._subscribe()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def _subscribe(self) -> None:
+    async def _consumer(self) -> Any:
         js = await self.store.connect()
-        self._sub = await js.subscribe(
+        return await js.pull_subscribe(
             self.store.subject(self.partition),
             stream=self.store.stream(self.partition),
-            cb=self._on_msg,
-            ordered_consumer=True,
-            idle_heartbeat=1.0,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=self.last + 1),
-            pending_msgs_limit=200_000,
-            pending_bytes_limit=256 * 1024 * 1024,
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.last + 1,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=30.0,
+                mem_storage=True,
+                num_replicas=1,
+            ),
         )
 
-    async def _on_msg(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        if seq <= self.last:
-            return  # a restarted consumer re-sent something already delivered
-        self.last = seq
-        self._batch.append(decode_entry(seq, msg.data))
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._deliver)
-
-    def _deliver(self) -> None:
-        self._flush = None
-        batch, self._batch = self._batch, []
-        if batch and not self._stopped:
-            try:
-                res = self.on_entries(batch)
-                if asyncio.iscoroutine(res):
-                    asyncio.get_running_loop().create_task(res)
-            except Exception:
-                logger.exception("log follower callback failed")
-
-    async def _watch(self) -> None:
-        """Re-subscribe from the last delivered sequence after a reconnect (the engine
-        may have lost the ephemeral consumer, e.g. a restarted single node)."""
-        seen = self.store.reconnects
+    async def _run(self) -> None:
+        store = self.store
+        psub: Any = None
+        seen = store.reconnects
+        idle_since = time.monotonic()
+        failing = False
         while not self._stopped:
-            await asyncio.sleep(0.25)
-            if self.store.reconnects != seen and self.store.connected():
-                seen = self.store.reconnects
+            try:
+                if store.reconnects != seen:  # the consumer may have gone with a node
+                    seen = store.reconnects
+                    await self._drop(psub)
+                    psub = None
+                if psub is None:
+                    if not store.connected():
+                        await asyncio.sleep(self.poll)
+                        continue
+                    psub = await self._consumer()
+                    idle_since = time.monotonic()
+                    if failing:
+                        logger.info("log follower resumed after sequence %d", self.last)
+                        failing = False
                 try:
-                    if self._sub is not None:
-                        await self._sub.unsubscribe()
-                except Exception:
-                    pass
-                try:
-                    await self._subscribe()
-                    logger.info("log follower resumed after sequence %d", self.last)
-                except Exception as exc:
-                    logger.warning("log follower could not resume yet: %s", exc)
-                    seen = -1  # try again on the next round
+                    msgs = await psub.fetch(1000, timeout=self.poll)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if time.monotonic() - idle_since > 5.0:
+                        # quiet for a while: make sure the consumer still exists
+                        await psub.consumer_info()
+                        idle_since = time.monotonic()
+                    continue
+                idle_since = time.monotonic()
+                batch = []
+                for m in msgs:
+                    seq = m.metadata.sequence.stream
+                    if seq > self.last:
+                        self.last = seq
+                        batch.append(decode_entry(seq, m.data))
+                if batch:
+                    self._deliver(batch)
+            except asyncio.CancelledError:
+                await self._drop(psub)
+                raise
+            except Exception as exc:
+                if not failing:
+                    logger.warning("log follower interrupted (%s); resuming", type(exc).__name__)
+                failing = True
+                self.restarts += 1
+                await self._drop(psub)
+                psub = None
+                await asyncio.sleep(self.poll)
+
+    @staticmethod
+    async def _drop(psub: Any) -> None:
+        if psub is not None:
+            try:
+                await asyncio.wait_for(psub.unsubscribe(), 1.0)
+            except Exception:
+                pass
+
+    def _deliver(self, batch: list[Entry]) -> None:
+        try:
+            res = self.on_entries(batch)
+            if asyncio.iscoroutine(res):
+                asyncio.get_running_loop().create_task(res)
+        except Exception:
+            logger.exception("log follower callback failed")
 
     async def stop(self) -> None:
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
-        if self._sub is not None:
             try:
-                await self._sub.unsubscribe()
-            except Exception:
+                await self._task
+            except (asyncio.CancelledError, Exception):
                 pass
