@@ -301,7 +301,7 @@ class JetStreamStore(LogStore):
                 hdr = {"Nats-Msg-Id": prefix + str(e.offset), _EXPECTED_LAST: str(prev)}
                 futs.append(await pub.publish(subject, encode_entry(e), hdr))
                 prev = e.offset
-            acks = await asyncio.wait_for(asyncio.gather(*futs), self.append_timeout)
+            acks = await self._acks(futs)
         except asyncio.CancelledError:
             pub.cancel(futs)
             raise
@@ -334,7 +334,7 @@ class JetStreamStore(LogStore):
         try:
             for e, msg_id in entries:
                 futs.append(await pub.publish(subject, encode_entry(e), {"Nats-Msg-Id": msg_id}))
-            acks = await asyncio.wait_for(asyncio.gather(*futs), self.append_timeout)
+            acks = await self._acks(futs)
         except asyncio.CancelledError:
             pub.cancel(futs)
             raise
@@ -349,6 +349,26 @@ class JetStreamStore(LogStore):
         if top > self._last.get(partition, 0):
             self._last[partition] = top
         return out
+
+    async def _acks(self, futs: list[asyncio.Future[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Every PubAck, or TimeoutError when none arrived for `append_timeout` (a big
+        batch may take longer in total; a stalled engine may not stall us for longer)."""
+        loop = asyncio.get_running_loop()
+        last = [loop.time()]
+
+        def progress(_: object) -> None:
+            last[0] = loop.time()
+
+        for f in futs:
+            f.add_done_callback(progress)
+        together = asyncio.gather(*futs)
+        while True:
+            try:
+                return list(await asyncio.wait_for(asyncio.shield(together), self.append_timeout))
+            except TimeoutError:
+                if loop.time() - last[0] >= self.append_timeout:
+                    together.cancel()
+                    raise
 
     async def _publisher(self) -> _Publisher:
         nc = self.nc
