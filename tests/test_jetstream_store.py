@@ -217,3 +217,16 @@ def test_engine_away_refuses_then_recovers(
 
     assert redact_url("nats://user:secret@host:4222") == "nats://host:4222"
     assert "secret" not in repr(store("nats://u:secret@127.0.0.1:1"))
+
+
+def test_log_url() -> None:
+    from iotcommute.server.store.jetstream import store_from_url
+
+    s = store_from_url("nats://a:4222,b:4223/fleet1?replicas=3")
+    assert s.servers == ["nats://a:4222", "nats://b:4223"]
+    assert (s.name, s.replicas) == ("fleet1", 3)
+    assert s.stream(0) == "fleet1-p0" and s.subject(0) == "fleet1.log.0"
+    assert store_from_url("nats://h:1").name == "iotcommute"
+    for bad in ("http://h:1", "nats://", "nats://h:1?replicas=9", "nats://h:1?x=1", "nats://h/a.b"):
+        with pytest.raises(ValueError):
+            store_from_url(bad)

@@ -474,6 +474,9 @@ def handle_subscribe(conn: ServerConnection, msg: dict[str, Any]) -> None:
     if fmt not in ("json", "binary"):
         conn.send_error("input", '"format" must be "json" or "binary"', msg_id)
         return
+    if conn.role != "client":
+        conn.send_error("permission", "only the client role may join a consumer group", msg_id)
+        return
     if getattr(conn, "group_member", None) is not None or conn.devices:
         conn.send_error("input", "this connection already subscribed", msg_id)
         return

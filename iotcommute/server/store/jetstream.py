@@ -78,13 +78,20 @@ def redact_url(url: str) -> str:
 
 
 def store_from_url(url: str, **kwargs: Any) -> JetStreamStore:
-    """`--log nats://host:port[,host2:port2...][/name]`: a JetStreamStore for that URL.
+    """`--log nats://host:port[,host2:port2...][/name][?replicas=N]`: a JetStreamStore.
 
     Several comma-separated hosts are the seeds of one cluster; an optional path names the
-    log (the stream prefix, default "iotcommute")."""
+    log (the stream prefix, default "iotcommute"); `replicas` is the stream's replication
+    factor (default 1; 3 on a 3-node cluster)."""
     scheme, sep, rest = url.partition("://")
     if scheme not in ("nats", "tls") or not sep or not rest:
-        raise ValueError("a JetStream log URL looks like nats://host:port[/name]")
+        raise ValueError("a JetStream log URL looks like nats://host:port[/name][?replicas=N]")
+    rest, _, query = rest.partition("?")
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "replicas" or not value.isdigit() or not 1 <= int(value) <= 5:
+            raise ValueError("the only JetStream log URL option is replicas=1..5")
+        kwargs.setdefault("replicas", int(value))
     hosts, _, name = rest.partition("/")
     servers = [f"{scheme}://{h}" for h in hosts.split(",") if h]
     if name:
