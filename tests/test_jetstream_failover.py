@@ -12,6 +12,7 @@ from the partition's owner, and every acknowledged publish is in the log exactly
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -86,7 +87,7 @@ async def scenario(nats: NatsServer, procs: list[ServerProc], urls: list[str]) -
     pids = Counter((e.device, e.pid) for e in log)
     assert len(log) == sum(p.n for p in pubs) == len(pids)
     assert max(pids.values()) == 1
-    stored = {e.pid: e.offset for e in log}
+    stored = {json.loads(e.pid): e.offset for e in log}  # the server keeps ids as JSON text
     for p in pubs:
         for pid, pos in p.acked.items():
             assert stored[pid] == pos

@@ -119,6 +119,8 @@ def test_welcome_for_device_and_token_client(ref_server: ServerThread) -> None:
                 "user": DEMO_USER,
                 "position": 3,
                 "server": "iotcommute-ref/0.1",
+                "log": ref_server.hub.log.log_id,
+                "first": 1,
             }
             assert ws.response is not None and ws.response.headers["X-Protocol-Version"] == "1"
         async with await websockets.connect(
@@ -157,6 +159,11 @@ def test_welcome_for_device_and_token_client(ref_server: ServerThread) -> None:
         ({**DEVICE_HEADERS, "X-Role": "admin"}, 403, "permission"),
         (device_headers("sensor-only-1", "SENSORONLY0000000001", "client"), 403, "permission"),
         ({**DEVICE_HEADERS, "X-Protocol-Version": "2"}, 426, "version"),
+        # checked in the order 426, 401, 403: the first failing check answers
+        ({**DEVICE_HEADERS, "X-Protocol-Version": "one"}, 426, "version"),
+        ({"X-Device-Id": "nope", "X-Device-Key": "x", "X-Protocol-Version": "2"}, 426, "version"),
+        ({"X-Device-Id": "nope", "X-Device-Key": "x", "X-Role": "admin"}, 401, "token"),
+        ({"Authorization": "token demo-app:not-a-token", "X-Role": "device"}, 401, "token"),
     ],
 )
 def test_handshake_refused(
@@ -489,7 +496,9 @@ def test_resume_across_restart_with_sqlite(ref_server_db: ServerThread) -> None:
         async with await connect(srv, DEVICE_HEADERS) as dev:
             out = []
             for i in range(n):
-                await dev.send(json.dumps({"type": "publish", "id": i, "data": {"i": start + i}}))
+                # ids are idempotency keys per device: a new record needs a new id
+                msg = {"type": "publish", "id": start + i, "data": {"i": start + i}}
+                await dev.send(json.dumps(msg))
                 out.append((await recv_type(dev, "published"))["position"])
             return out
 

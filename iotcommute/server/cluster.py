@@ -237,30 +237,33 @@ def publish(
     log.when_durable(last, lambda err: done(err, first, last, False))
 
 
-def handle_publish(
-    conn: ServerConnection, device: str, msg_id: Any, data: dict[str, Any], ts: float | None
+def publish_shared(
+    conn: ServerConnection,
+    device: str,
+    items: Sequence[tuple[float, dict[str, Any], bytes | None]],
+    pid: str | None,
+    msg_id: Any,
+    batch: bool,
 ) -> None:
-    """A device's JSON publish on a shared log: `published` (with `duplicate` for a re-sent
-    id) once the engine stored it, `error` `unavailable` when it could not."""
+    """A device's validated JSON publish on a shared log: `published` (with `first` for a
+    batch, `duplicate` for a re-sent id) once the engine stored it, `error` `unavailable`
+    when it could not (nothing stored: re-send it)."""
 
     def done(err: BaseException | None, first: int, last: int, dup: bool) -> None:
+        if conn.closed:
+            return
         if err is not None:
             conn.send_error("unavailable", "the log store is unavailable; retry later", msg_id)
         elif msg_id is not None:
             ans: dict[str, Any] = {"type": "published", "id": msg_id, "position": last}
+            if batch:
+                ans["first"] = first
             if dup:
                 ans["duplicate"] = True
             conn.send_json(ans)
 
-    pid = None if msg_id is None else str(msg_id)
     try:
-        publish(
-            conn.hub.log,
-            device,
-            [(time.time() if ts is None else float(ts), data, None)],
-            pid,
-            done,
-        )
+        publish(conn.hub.log, device, items, pid, done)
     except StoreError:
         conn.send_error("unavailable", "the log store is unavailable; retry later", msg_id)
 

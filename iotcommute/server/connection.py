@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -31,7 +33,9 @@ from wsproto.events import (
 
 from .log import Record
 from .registry import ROLES, _eq
-from .wire import OP_BINARY, OP_PING, OP_PONG, close_frame, dumps, encode_frame, loads
+from .store import StoreError
+from .values import INT_MAX, Invalid, check_ts, check_value, encode_data
+from .wire import OP_BINARY, OP_PING, OP_PONG, close_frame, dumps, encode_frame, loads_exact
 
 if TYPE_CHECKING:
     from .app import ReferenceServer
@@ -41,6 +45,12 @@ logger = logging.getLogger("iotcommute.server")
 STREAM_PATH = "/v1/stream"
 PROTOCOL_VERSION = 1
 SERVER_NAME = "iotcommute-ref/0.1"
+#: records in one `publish` with a `batch`
+MAX_PUBLISH_BATCH = 10_000
+#: empty fragments in one incoming message
+MAX_EMPTY_FRAGMENTS = 1024
+#: at most one `progress` per connection per this many seconds
+PROGRESS_INTERVAL = 0.1
 
 _rest_module: Any = None
 
@@ -97,6 +107,7 @@ class ServerConnection(asyncio.Protocol):
         # incoming message assembly
         self._parts: list[Any] = []
         self._size = 0
+        self._fragments = 0
         # subscription / cursor
         self.cursor: int | None = None
         self.devices: set[str] = set()
@@ -106,6 +117,13 @@ class ServerConnection(asyncio.Protocol):
         self.paused = False
         self._resumed: asyncio.Event = asyncio.Event()
         self._resumed.set()
+        self._stuck: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._backlog = False  # wsproto holds events we did not handle yet
+        self._skipped = False  # the cursor passed records it did not send since the last report
+        self._progress_at = 0.0
+        self.token: str | None = None  # the access token this stream was opened with
+        self._expiry: asyncio.TimerHandle | None = None
         self.sent_ticks = 0
         self.max_buffer_seen = 0
         self.group_member: Any = None  # [jetstream hook] a consumer-group membership
@@ -131,6 +149,11 @@ class ServerConnection(asyncio.Protocol):
         self.hub.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        for h in (self._stuck, self._expiry):
+            if h is not None:
+                h.cancel()
+        if self.token is not None:
+            self.hub.stream_closed(self.token, self)
         if self.device_id is not None and self.role == "device":
             self.hub.device_disconnected(self.device_id, self)
         if self._pump is not None:
@@ -144,12 +167,48 @@ class ServerConnection(asyncio.Protocol):
         logger.debug("%s: connection lost (%s)", self.peer, exc)
 
     def pause_writing(self) -> None:
+        """The peer is not reading what we send: stop reading what it sends (its pings,
+        invalid messages and requests would each add an answer to the buffer) and drop it
+        if this lasts for the stuck timeout."""
         self.paused = True
         self._resumed.clear()
+        self._pause_reading()
+        if self._stuck is None:
+            self._stuck = self.loop.call_later(self.cfg.stuck_timeout, self._stuck_out)
 
     def resume_writing(self) -> None:
         self.paused = False
         self._resumed.set()
+        if self._stuck is not None:
+            self._stuck.cancel()
+            self._stuck = None
+        if self._backlog and self.ws is not None and not self.closed:
+            self._backlog = False
+            self._ws_events()
+        if not self._busy and not self.paused:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        t = self.transport
+        if not self._reading_paused and t is not None and not t.is_closing():
+            self._reading_paused = True
+            t.pause_reading()
+
+    def _resume_reading(self) -> None:
+        t = self.transport
+        if self._reading_paused and t is not None and not t.is_closing():
+            self._reading_paused = False
+            t.resume_reading()
+            # Reading resumed: silence while paused was ours, not the peer's.
+            self._last_rx = time.monotonic()
+
+    def _stuck_out(self) -> None:
+        self._stuck = None
+        if self.paused and not self.closed:
+            logger.warning(
+                "%s: not reading for %.0f s, dropping it", self.peer, self.cfg.stuck_timeout
+            )
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
@@ -244,6 +303,7 @@ class ServerConnection(asyncio.Protocol):
                 req = self._req
                 assert req is not None
                 self._busy = True
+                self._pause_reading()
                 self.loop.create_task(self._rest(req, bytes(self._body)))
                 return
             elif isinstance(ev, h11.ConnectionClosed):
@@ -319,6 +379,8 @@ class ServerConnection(asyncio.Protocol):
             return
         self._respond(int(status), rheaders, bytes(rbody))
         self._busy = False
+        if not self.paused:
+            self._resume_reading()
         # A keep-alive connection gets handshake_timeout of idleness before the next request.
         if self._timer is not None:
             self._timer.cancel()
@@ -380,8 +442,15 @@ class ServerConnection(asyncio.Protocol):
                 "user": self._owner,
                 "position": self.hub.log.last_position,
                 "server": SERVER_NAME,
+                "log": self.hub.log.log_id,
+                "first": self.hub.log.first_position,
             }
         )
+        if self.token is not None:
+            self.hub.stream_opened(self.token, self)
+            left = self.hub.registry.sessions.remaining(self.token)
+            if left is not None:
+                self._expiry = self.loop.call_later(max(0.0, left), self._session_expired)
         self._ws_events()  # frames that arrived together with the request
 
     def _authenticate(self, headers: dict[str, str]) -> None:
@@ -397,10 +466,10 @@ class ServerConnection(asyncio.Protocol):
                 f"unsupported protocol version; this server speaks {PROTOCOL_VERSION}",
                 [("X-Protocol-Version", str(PROTOCOL_VERSION))],
             )
+        # Order: 404 (path), 426 (versions), 401 (credentials), 403 (role): a wrong key is
+        # reported as such even when the role is wrong too.
         auth = headers.get("authorization", "")
         role = headers.get("x-role", "").strip().lower() or ("client" if auth else "device")
-        if role not in ROLES:
-            raise _Reject(403, "permission", "unknown role; use device or client")
         reg = self.hub.registry
         if auth:
             scheme, _, cred = auth.partition(" ")
@@ -410,9 +479,12 @@ class ServerConnection(asyncio.Protocol):
             session = reg.sessions.get(token)
             if session is None or not _eq(session.api_key, api_key):
                 raise _Reject(401, "token", "invalid or expired access token")
+            if role not in ROLES:
+                raise _Reject(403, "permission", "unknown role; use device or client")
             if role != "client":
                 raise _Reject(403, "permission", "an access token may only connect as a client")
             self.role = "client"
+            self.token = token
             self.peer_id = session.user_id
             self._owner = session.user_id
         else:
@@ -421,6 +493,8 @@ class ServerConnection(asyncio.Protocol):
             dev = reg.check_device(dev_id, key) if dev_id and key else None
             if dev is None:
                 raise _Reject(401, "token", "invalid device id or key")
+            if role not in ROLES:
+                raise _Reject(403, "permission", "unknown role; use device or client")
             if role not in dev.roles:
                 raise _Reject(403, "permission", f"this device may not connect as {role}")
             self.role = role
@@ -451,38 +525,77 @@ class ServerConnection(asyncio.Protocol):
         for ev in ws.events():
             if self.closed:
                 return
-            if isinstance(ev, (TextMessage, BytesMessage)):
-                self._size += len(ev.data)
-                if self._size > self.cfg.max_size:
-                    logger.info(
-                        "%s: message over %d bytes, closing 1009", self.peer, self.cfg.max_size
-                    )
-                    self.close(1009, "message too big")
-                    return
-                self._parts.append(ev.data)
-                if not ev.message_finished:
-                    continue
-                parts, self._parts, self._size = self._parts, [], 0
-                if isinstance(ev, TextMessage):
-                    self._on_text(parts[0] if len(parts) == 1 else "".join(parts))
-                else:
-                    self._on_binary(b"".join(parts))
-            elif isinstance(ev, Ping):
-                self.write(encode_frame(OP_PONG, bytes(ev.payload)))
-            elif isinstance(ev, Pong):
-                pass  # _last_rx already updated
-            elif isinstance(ev, CloseConnection):
-                if ws.state is ConnectionState.REMOTE_CLOSING:
-                    # The peer closed: echo its code (RFC 6455 5.5.1) unless we already sent one.
-                    code = ev.code if ev.code not in (1005, 1006, 1015) else 1000
-                    self.close(code)
-                else:
-                    # wsproto reports a frame it could not parse this way; we fail the connection.
-                    logger.info(
-                        "%s: protocol error (%s): closing %d", self.peer, ev.reason, ev.code
-                    )
-                    self.close(ev.code, "protocol error")
+            if self.paused:
+                # Our answers are piling up: leave the rest of what was read in wsproto's
+                # buffer (at most one read) until the peer drains ours (resume_writing).
+                self._backlog = True
+                self._handle(ev)
                 return
+            self._handle(ev)
+
+    def _handle(self, ev: Any) -> None:
+        """One wsproto event of an upgraded connection."""
+        if isinstance(ev, (TextMessage, BytesMessage)):
+            self._size += len(ev.data)
+            if self._size > self.cfg.max_size:
+                logger.info("%s: message over %d bytes, closing 1009", self.peer, self.cfg.max_size)
+                self.close(1009, "message too big")
+                return
+            if ev.data:
+                self._add_part(ev.data)
+            elif not ev.message_finished:
+                # An empty fragment carries nothing; a stream of them only costs CPU,
+                # but a peer that sends them is not a real client.
+                self._fragments += 1
+                if self._fragments > MAX_EMPTY_FRAGMENTS:
+                    logger.info("%s: too many empty fragments, closing 1009", self.peer)
+                    self.close(1009, "too many empty fragments")
+                    return
+            if not ev.message_finished:
+                return
+            parts, self._parts, self._size = self._parts, [], 0
+            self._fragments = 0
+            if isinstance(ev, TextMessage):
+                self._on_text(_join_text(parts))
+            else:
+                self._on_binary(_join_bytes(parts))
+        elif isinstance(ev, Ping):
+            self.write(encode_frame(OP_PONG, bytes(ev.payload)))
+        elif isinstance(ev, Pong):
+            pass  # _last_rx already updated
+        elif isinstance(ev, CloseConnection):
+            ws = self.ws
+            if ws is not None and ws.state is ConnectionState.REMOTE_CLOSING:
+                # The peer closed: echo its code (RFC 6455 5.5.1) unless we already sent one.
+                code = ev.code if ev.code not in (1005, 1006, 1015) else 1000
+                self.close(code)
+            else:
+                # wsproto reports a frame it could not parse this way; we fail the connection.
+                logger.info("%s: protocol error (%s): closing %d", self.peer, ev.reason, ev.code)
+                self.close(ev.code, "protocol error")
+            return
+
+    def _add_part(self, data: str | bytes | bytearray) -> None:
+        """Collect a fragment; past a few, into one growing buffer (memory ~ message size,
+        whatever the number of fragments)."""
+        parts = self._parts
+        accumulating = len(parts) == 1 and isinstance(parts[0], (io.StringIO, bytearray))
+        if not accumulating and len(parts) < 8:
+            parts.append(data)
+            return
+        if not accumulating:
+            acc: io.StringIO | bytearray
+            if isinstance(data, str):
+                acc = io.StringIO()
+                acc.write("".join(parts))
+            else:
+                acc = bytearray(b"".join(parts))
+            parts[:] = [acc]
+        acc = parts[0]
+        if isinstance(acc, io.StringIO):
+            acc.write(str(data))
+        else:
+            acc.extend(data.encode() if isinstance(data, str) else data)
 
     def _rate_ok(self) -> bool:
         if self.cfg.max_rate <= 0:
@@ -499,7 +612,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _on_text(self, text: str) -> None:
         try:
-            msg = loads(text)
+            msg = loads_exact(text)
         except ValueError:
             self.send_error("input", "message is not valid JSON")
             return
@@ -537,14 +650,26 @@ class ServerConnection(asyncio.Protocol):
         except Exception as exc:  # DecodeError, or anything a hostile batch provokes
             self.send_error("input", f"invalid tick batch: {type(exc).__name__}")
             return
-        log = self.hub.log
-        for t in ticks:
-            data = t.get("data")
-            if isinstance(data, dict):
+        items: list[tuple[float, dict[str, Any], bytes | None]] = []
+        now = time.time()
+        try:
+            for t in ticks:
+                data = t.get("data")
+                if not isinstance(data, dict):
+                    raise Invalid("a tick without data")
+                check_value(data)  # NaN or infinity in a batch: the whole batch is refused
                 ts = t.get("ts")
-                log.append(
-                    self.device_id, data, ts if isinstance(ts, (int, float)) and ts > 0 else None
-                )
+                ok_ts = isinstance(ts, (int, float)) and math.isfinite(ts) and ts > 0
+                items.append((float(ts) if ok_ts else now, data, None))
+        except Invalid as exc:
+            self.send_error("input", f"invalid tick batch: {exc}")
+            return
+        if not items:
+            return
+        try:
+            self.hub.log.append_many(self.device_id, items)
+        except StoreError:
+            self.send_error("unavailable", "the log store is unavailable; retry later")
 
     # -- message handlers --------------------------------------------------
     def _h_publish(self, msg: dict[str, Any]) -> None:
@@ -552,32 +677,88 @@ class ServerConnection(asyncio.Protocol):
         if self.role != "device" or self.device_id is None:
             self.send_error("permission", "only the device role may publish", msg_id)
             return
-        data = msg.get("data")
-        ts = msg.get("ts")
-        if not isinstance(data, dict):
-            self.send_error("input", '"data" must be a JSON object', msg_id)
+        batch = msg.get("batch")
+        try:
+            if msg_id is not None and (
+                isinstance(msg_id, bool)
+                or not isinstance(msg_id, (str, int))
+                or (isinstance(msg_id, int) and abs(msg_id) > INT_MAX)
+            ):
+                raise Invalid('"id" must be a string or a 64-bit integer')
+            now = time.time()
+            max_size = self.cfg.max_size
+            items: list[tuple[float, Any, bytes | None]] = []
+            if batch is None:
+                ts = check_ts(msg.get("ts"))
+                items.append((now if ts is None else ts, msg.get("data"), None))
+            else:
+                if "data" in msg:
+                    raise Invalid('a publish has either "data" or "batch"')
+                if not isinstance(batch, list) or not batch:
+                    raise Invalid('"batch" must be a non-empty list of {"ts", "data"} objects')
+                if len(batch) > MAX_PUBLISH_BATCH:
+                    raise Invalid(f'"batch" may hold at most {MAX_PUBLISH_BATCH} records')
+                for t in batch:
+                    if not isinstance(t, dict):
+                        raise Invalid('"batch" must be a non-empty list of {"ts", "data"} objects')
+                    ts = check_ts(t.get("ts"))
+                    items.append((now if ts is None else ts, t.get("data"), None))
+            checked = [(ts, data, encode_data(data, max_size)) for ts, data, _ in items]
+        except Invalid as exc:
+            self.send_error("input", str(exc), msg_id)
             return
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
-            self.send_error("input", '"ts" must be a number', msg_id)
-            return
-        if getattr(self.hub.log, "shared", False):  # [jetstream hook, issue 15]
-            from .cluster import handle_publish
+        log = self.hub.log
+        pid = None if msg_id is None else dumps(msg_id).decode()
+        if pid is not None:
+            found = log.find_publish(self.device_id, pid)
+            if found is not None:  # a re-sent publish: stored once, answered again
+                self._answer_publish(msg_id, found, batch is not None, duplicate=True)
+                return
+        if getattr(log, "shared", False):  # [jetstream hook, issue 15] engine-made positions
+            from .cluster import publish_shared
 
-            handle_publish(self, self.device_id, msg_id, data, ts)
+            publish_shared(self, self.device_id, checked, pid, msg_id, batch is not None)
             return
-        pos = self.hub.log.append(self.device_id, data, ts)
-        if msg_id is not None:
-            self.send_json({"type": "published", "id": msg_id, "position": pos})
+        try:
+            first_last = log.append_many(self.device_id, checked, pid)
+        except StoreError:
+            self.send_error("unavailable", "the log store is unavailable; retry later", msg_id)
+            return
+        self._answer_publish(msg_id, first_last, batch is not None, duplicate=False)
+
+    def _answer_publish(
+        self, msg_id: Any, first_last: tuple[int, int], batch: bool, *, duplicate: bool
+    ) -> None:
+        """`published` once the records are durable (durable before visible); `error`
+        `unavailable` if the store failed first. Publishes without an id get no answer
+        unless the store failed."""
+        first, last = first_last
+
+        def done(err: BaseException | None) -> None:
+            if self.closed:
+                return
+            if err is not None:
+                self.send_error(
+                    "unavailable", "the log store failed; not stored, retry later", msg_id
+                )
+            elif msg_id is not None:
+                out: dict[str, Any] = {"type": "published", "id": msg_id, "position": last}
+                if batch:
+                    out["first"] = first
+                if duplicate:
+                    out["duplicate"] = True
+                self.send_json(out)
+
+        self.hub.log.when_durable(last, done)
 
     def _parse_devices(self, msg: dict[str, Any]) -> set[str] | str | None:
-        """The requested device set, "*" or None after sending an error."""
+        """The requested device set, "*" or None after sending an error. Shape errors
+        (`input`) are checked by the caller first; here: unknown devices (`not_found`),
+        then devices of another fleet (`permission`)."""
         devices = msg.get("devices", "*")
         msg_id = msg.get("id")
         if devices == "*":
             return "*"
-        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-            self.send_error("input", '"devices" must be "*" or a list of device ids', msg_id)
-            return None
         wanted = set(devices)
         foreign = wanted - self.fleet
         if foreign:
@@ -589,7 +770,24 @@ class ServerConnection(asyncio.Protocol):
             return None
         return wanted
 
+    def _devices_shape_ok(self, msg: dict[str, Any]) -> bool:
+        devices = msg.get("devices", "*")
+        if devices == "*":
+            return True
+        if (
+            not isinstance(devices, list)
+            or not devices
+            or not all(isinstance(d, str) for d in devices)
+        ):
+            self.send_error(
+                "input", '"devices" must be "*" or a non-empty list of device ids', msg.get("id")
+            )
+            return False
+        return True
+
     def _h_subscribe(self, msg: dict[str, Any]) -> None:
+        # Validation order: devices (shape), from, format (all `input`), then unknown
+        # devices (`not_found`), then foreign devices (`permission`); nothing changes on error.
         msg_id = msg.get("id")
         if "group" in msg or "partitions" in msg:  # [jetstream hook, issue 15]
             from . import groups
@@ -606,11 +804,12 @@ class ServerConnection(asyncio.Protocol):
                 self.send_error("input", "none of your devices is in these partitions", msg_id)
                 return
             msg = {**msg, "devices": devs}
-        devices = self._parse_devices(msg)
-        if devices is None:
+        if not self._devices_shape_ok(msg):
             return
         frm = msg.get("from")
-        if frm is not None and (isinstance(frm, bool) or not isinstance(frm, int) or frm < 0):
+        if frm is not None and (
+            isinstance(frm, bool) or not isinstance(frm, int) or not 0 <= frm <= INT_MAX
+        ):
             self.send_error("input", '"from" must be null or a position >= 0', msg_id)
             return
         fmt = msg.get("format", "json")
@@ -623,17 +822,23 @@ class ServerConnection(asyncio.Protocol):
             except ImportError:
                 self.send_error("input", "binary format not supported by this server build", msg_id)
                 return
+        devices = self._parse_devices(msg)
+        if devices is None:
+            return
         log = self.hub.log
         had_devices = bool(self.devices)
         self.devices |= set(self.fleet) if isinstance(devices, str) else devices
         self.binary = fmt == "binary"
         last = log.last_position
         if frm is not None:
-            # A position beyond the log (a server that lost its in-memory log) restarts at the tail.
+            # A new cursor for the whole connection. A position beyond the log (a server
+            # that lost its in-memory log) starts at the tail.
             self.cursor = min(frm, last)
+            self._skipped = False
         elif self.cursor is None or not had_devices:
             # "from now": also after an unsubscribe of everything, whose cursor stood still.
             self.cursor = last
+            self._skipped = False
         self.send_json(
             {
                 "type": "subscribed",
@@ -648,6 +853,8 @@ class ServerConnection(asyncio.Protocol):
         self._kick_pump()
 
     def _h_unsubscribe(self, msg: dict[str, Any]) -> None:
+        if not self._devices_shape_ok(msg):
+            return
         devices = self._parse_devices(msg)
         if devices is None:
             return
@@ -666,25 +873,41 @@ class ServerConnection(asyncio.Protocol):
         if self.role != "client":
             self.send_error("permission", "only the client role may send commands", cmd_id)
             return
-        if isinstance(cmd_id, bool) or not isinstance(cmd_id, (str, int)):
+        if (
+            isinstance(cmd_id, bool)
+            or not isinstance(cmd_id, (str, int))
+            or (isinstance(cmd_id, int) and abs(cmd_id) > INT_MAX)
+        ):
             self.send_error("input", 'a command needs an "id" (string or integer)', cmd_id)
             return
         device = msg.get("device")
         if not isinstance(device, str):
             self.send_error("input", 'a command needs a "device"', cmd_id)
             return
+        data = msg.get("data", {})
+        try:
+            check_value(data)
+        except Invalid as exc:
+            self.send_error("input", f'"data": {exc}', cmd_id)
+            return
         if device not in self.fleet:
             code = "not_found" if self.hub.registry.device(device) is None else "permission"
             self.send_error(code, "no such device in your fleet", cmd_id)
             return
         try:
-            self.hub.route_command(
-                device, cmd_id, msg.get("data", {}), self.peer_id, self._ack_back
+            self.hub.route_command(device, cmd_id, data, self.peer_id, self._ack_back, origin=self)
+        except KeyError:  # (a LookupError too: test it first)
+            self.send_error(
+                "input", "a command with this id is already pending on this connection", cmd_id
             )
         except LookupError:
             self.send_json({"type": "ack", "id": cmd_id, "ok": False, "error": "device offline"})
-        except KeyError:
-            self.send_error("input", "a command with this id is already pending", cmd_id)
+
+    def _session_expired(self) -> None:
+        self._expiry = None
+        if not self.closed:
+            logger.info("%s: session expired, closing the stream", self.peer)
+            self.close(1008, "session expired", wait=True)
 
     def _ack_back(self, ack: dict[str, Any]) -> None:
         if not self.closed:
@@ -728,25 +951,23 @@ class ServerConnection(asyncio.Protocol):
         payload: Any = None
         while not self.closed:
             if self.paused:
-                try:
-                    await asyncio.wait_for(self._resumed.wait(), cfg.stuck_timeout)
-                except TimeoutError:
-                    logger.warning(
-                        "%s: not reading for %.0f s, dropping it", self.peer, cfg.stuck_timeout
-                    )
-                    self.abort()
-                    return
+                await self._resumed.wait()  # the stuck timer drops a peer that never reads
                 continue
             cursor = self.cursor
             if cursor is None or not self.devices:
                 await self._wait_kick(None)
                 continue
-            gap = log.gap(cursor)
-            if gap is not None:
-                self.send_json({"type": "gap", "from": gap[0], "to": gap[1], "missed": gap[2]})
-                cursor = self.cursor = gap[1]
             # Every device of the registry: skip the per-record filter.
             devices = None if len(self.devices) == len(self.hub.registry) else self.devices
+            if cursor < log.first_position - 1:
+                gap = log.gap(cursor, devices)
+                if gap is not None:
+                    # Only when a subscribed device lost records after the cursor.
+                    self.send_json({"type": "gap", "from": gap[0], "to": gap[1], "missed": gap[2]})
+                    self._skipped = False
+                else:
+                    self._skipped = True
+                cursor = self.cursor = log.first_position - 1
             blk = log.block_after(cursor)
             if blk is not None and (devices is None or blk.devices <= devices):
                 # A bulk-appended block (the firehose): its frames come pre-encoded, in
@@ -758,6 +979,7 @@ class ServerConnection(asyncio.Protocol):
                 if out is not None and out[0] is not None:
                     self.cursor = b - 1
                     self.sent_ticks += b - a
+                    self._skipped = False
                     transport.writelines(out)
                     if cfg.track_buffer:
                         size = transport.get_write_buffer_size()
@@ -769,11 +991,23 @@ class ServerConnection(asyncio.Protocol):
             if not recs:
                 if last != cursor:
                     self.cursor = last
+                    self._skipped = True
                     continue
                 refill = self.hub.refill
-                if refill is not None:
+                if refill is not None and log.accepts_blocks:
                     refill()
                     continue
+                if self._skipped:
+                    wait = self._progress_at + PROGRESS_INTERVAL - time.monotonic()
+                    if wait <= 0:
+                        self._skipped = False
+                        self._progress_at = time.monotonic()
+                        self.send_json({"type": "progress", "position": cursor})
+                        continue
+                    await self._wait_kick(log, wait)
+                    continue
+                if refill is not None:
+                    refill()
                 await self._wait_kick(log)
                 continue
             if self.binary:
@@ -789,8 +1023,12 @@ class ServerConnection(asyncio.Protocol):
                     else:
                         frames += _binary_frames(payload, chunk)
             else:
-                frames = [r.frame() for r in recs]
+                try:
+                    frames = [r.frame() for r in recs]
+                except Exception:
+                    frames = _json_frames(recs)
             self.cursor = last
+            self._skipped = last != recs[-1].position
             self.sent_ticks += len(recs)
             transport.writelines(frames)
             if cfg.track_buffer:
@@ -800,13 +1038,13 @@ class ServerConnection(asyncio.Protocol):
             # Let other peers and the reader side run between batches.
             await asyncio.sleep(0)
 
-    async def _wait_kick(self, log: Any) -> None:
+    async def _wait_kick(self, log: Any, timeout: float | None = None) -> None:
         k = self._kick = self.loop.create_future()
         if log is None:
             await k
             return
         tail = log.tail_future()
-        await asyncio.wait((k, tail), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((k, tail), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not k.done():
             k.cancel()
 
@@ -826,6 +1064,31 @@ class ServerConnection(asyncio.Protocol):
         return f"ServerConnection({self.peer}, role={self.role!r}, id={self.peer_id!r})"
 
 
+def _join_text(parts: list[Any]) -> str:
+    if len(parts) == 1:
+        p = parts[0]
+        return p.getvalue() if isinstance(p, io.StringIO) else str(p)
+    return "".join(parts)
+
+
+def _join_bytes(parts: list[Any]) -> bytes:
+    if len(parts) == 1:
+        return bytes(parts[0])
+    return b"".join(parts)
+
+
+def _json_frames(recs: list[Record]) -> list[bytes]:
+    """JSON tick frames of these records, skipping (with an ERROR log) one that cannot be
+    encoded: a poison record must not take the stream of every subscriber down."""
+    out = []
+    for r in recs:
+        try:
+            out.append(r.frame())
+        except Exception:
+            logger.error("record %d (device %s) cannot be encoded; skipped", r.position, r.device)
+    return out
+
+
 def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
     """Tick batches for these records, in order.
 
@@ -837,18 +1100,20 @@ def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
     """
     frames: list[bytes] = []
     run: list[dict[str, Any]] = []
+    run_recs: list[Record] = []
     shape: tuple[Any, ...] | None = None
 
     def flush() -> None:
         try:
             frames.append(encode_frame(OP_BINARY, payload.encode_batch(run)))
         except Exception:
-            for t in run:  # e.g. a value out of range: only that record falls back to JSON
-                try:
+            for t, r in zip(run, run_recs):  # e.g. a value out of range: only that record
+                try:  # falls back to JSON
                     frames.append(encode_frame(OP_BINARY, payload.encode_batch([t])))
                 except Exception:
-                    frames.append(encode_frame(0x1, dumps(t)))
+                    frames.extend(_json_frames([r]))
         run.clear()
+        run_recs.clear()
 
     for r in recs:
         sig = r.shape()
@@ -856,6 +1121,7 @@ def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
             flush()
         shape = sig
         run.append(r.as_tick())
+        run_recs.append(r)
     if run:
         flush()
     return frames

@@ -28,9 +28,8 @@ all waiters, replaced after each wake-up), so an idle cursor costs nothing.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
+import threading
 import time
 from array import array
 from bisect import bisect_right
@@ -175,6 +174,9 @@ class Block:
         return None
 
 
+_new_entry = tuple.__new__  # Entry(...) without the NamedTuple argument handling
+
+
 def _wake(w: asyncio.Future[None]) -> None:
     if not w.done():
         w.set_result(None)
@@ -229,9 +231,11 @@ class Log:
         self._loop: asyncio.AbstractEventLoop | None = None
         # group commit
         self._pending: list[Record] = []
+        self._lock = threading.Lock()
         self._writer: asyncio.Task[None] | None = None
-        self._committed: list[tuple[int, int, Committed]] = []  # heap by position
-        self._seq = itertools.count()
+        # callbacks waiting for durability, by position (appended in order: a deque; the
+        # rare out-of-order one, a duplicate's earlier position, is inserted in place)
+        self._committed: deque[tuple[int, Committed]] = deque()
         #: set while the store is failing: appends are refused until it recovers
         self.failure: BaseException | None = None
         self._recovering: asyncio.Task[None] | None = None
@@ -296,6 +300,10 @@ class Log:
                 logger.error("stored record %d cannot be decoded; it is not served", e.offset)
                 continue
             recs.append(Record(e.offset, e.device, e.ts, data, e.data, e.pid))
+            if e.pid is not None:  # the dedup window comes back with the records
+                got = self._ids.get((e.device, e.pid))
+                first = got[0] if got is not None and got[1] == e.offset - 1 else e.offset
+                self._remember(e.device, e.pid, first, e.offset)
         if recs:
             self._visible(recs)
 
@@ -343,9 +351,20 @@ class Log:
         Raises StoreError while the store is failing or too far behind. Callable from
         another thread (tests) when the log is in memory.
         """
-        return self.append_many(
-            device, [(time.time() if ts is None else float(ts), data, djson)], pid
-        )[1]
+        if self.failure is not None or len(self._pending) >= self.max_pending:
+            raise StoreError("the log store is unavailable or too far behind")
+        t = time.time() if ts is None else float(ts)
+        store = self.store
+        if not store.immediate:
+            return self.append_many(device, [(t, data, djson)], pid)[1]
+        pos = self._assigned = self._assigned + 1
+        rec = Record(pos, device, t, data, djson, pid)
+        if pid is not None:
+            self._remember(device, pid, pos, pos)
+        if store.keeps_records:
+            store.append_now(self.partition, [self._entry(rec)])
+        self._visible([rec])
+        return pos
 
     def append_many(
         self,
@@ -362,26 +381,32 @@ class Log:
             raise ValueError("nothing to append")
         if len(self._pending) >= self.max_pending:
             raise StoreError("the log store is too far behind")
-        first = self._assigned + 1
-        recs = [
-            Record(p, device, ts, data, dj, pid) for p, (ts, data, dj) in enumerate(items, first)
-        ]
-        last = self._assigned = recs[-1].position
-        if pid is not None:
-            self._remember(device, pid, first, last)
         store = self.store
+        with self._lock:  # positions and the pending batch (appends from a test's thread)
+            first = self._assigned + 1
+            recs = [
+                Record(p, device, ts, data, dj, pid)
+                for p, (ts, data, dj) in enumerate(items, first)
+            ]
+            last = self._assigned = recs[-1].position
+            if pid is not None:
+                self._remember(device, pid, first, last)
+            if not store.immediate:
+                self._pending += recs
         if store.immediate:
             if store.keeps_records:
                 store.append_now(self.partition, [self._entry(r) for r in recs])
             self._visible(recs)
-        else:
-            self._pending += recs
+        elif self._writer is None:
             self._schedule()
         return first, last
 
     @staticmethod
     def _entry(r: Record) -> Entry:
-        return Entry(r.position, r.device, r.ts, r.data_json(), r.pid)
+        dj = r.djson
+        if dj is None:
+            dj = r.djson = dumps(r.data)
+        return _new_entry(Entry, (r.position, r.device, r.ts, dj, r.pid))
 
     def _remember(self, device: str, pid: str, first: int, last: int) -> None:
         key = (device, pid)
@@ -401,7 +426,14 @@ class Log:
         elif self.failure is not None:
             callback(self.failure)
         else:
-            heapq.heappush(self._committed, (position, next(self._seq), callback))
+            c = self._committed
+            if not c or c[-1][0] <= position:
+                c.append((position, callback))
+            else:
+                i = len(c)
+                while i > 0 and c[i - 1][0] > position:
+                    i -= 1
+                c.insert(i, (position, callback))
 
     def _schedule(self) -> None:
         if self._writer is not None:
@@ -411,16 +443,19 @@ class Log:
             raise RuntimeError("a durable Log must be opened with `await log.open()` first")
         if asyncio._get_running_loop() is loop:
             self._writer = loop.create_task(self._write_loop())
-        else:  # appended from another thread (a test)
-            self._writer = asyncio.run_coroutine_threadsafe(  # type: ignore[assignment]
-                self._write_loop(), loop
-            )
+        else:  # appended from another thread (a test): start the writer on the loop
+            loop.call_soon_threadsafe(self._start_writer)
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._pending:
+            self._schedule()
 
     async def _write_loop(self) -> None:
         """Group commit: hand everything pending to the store, make it visible, repeat."""
         try:
             while self._pending and self.failure is None:
-                batch, self._pending = self._pending, []
+                with self._lock:
+                    batch, self._pending = self._pending, []
                 try:
                     await self.store.append(self.partition, [self._entry(r) for r in batch])
                 except asyncio.CancelledError:
@@ -438,8 +473,9 @@ class Log:
             self._writer = None
 
     def _fail(self, exc: BaseException, batch: list[Record]) -> None:
-        lost = batch + self._pending
-        self._pending = []
+        with self._lock:
+            lost = batch + self._pending
+            self._pending = []
         logger.error(
             "log store %r failed; %d records (positions %d..%d) not stored, publishes are "
             "refused until it recovers: %s",
@@ -453,8 +489,8 @@ class Log:
         for r in lost:
             if r.pid is not None and self._ids.get((r.device, r.pid), (0, 0))[1] == r.position:
                 del self._ids[(r.device, r.pid)]
-        waiting, self._committed = self._committed, []
-        for _, _, cb in sorted(waiting):
+        waiting, self._committed = self._committed, deque()
+        for _, cb in waiting:
             self._call(cb, exc)
         loop = self._loop
         if loop is not None and not loop.is_closed() and self._recovering is None:
@@ -473,11 +509,6 @@ class Log:
                     logger.error("log store still unavailable: %s", exc)
                     delay = min(delay * 2, 10.0)
                     continue
-                for e in entries:
-                    if e.pid is not None and e.offset > self._last:
-                        key = (e.device, e.pid)
-                        first = self._ids.get(key, (e.offset, 0))[0]
-                        self._remember(e.device, e.pid, first, e.offset)
                 self._add_entries(entries)
                 # Positions the failed batch took but the store does not hold were never
                 # visible, so they may be handed out again; the store's mark may not.
@@ -511,7 +542,7 @@ class Log:
         self._trim()
         committed = self._committed
         while committed and committed[0][0] <= last:
-            self._call(heapq.heappop(committed)[2], None)
+            self._call(committed.popleft()[1], None)
         if self._waiter is not None:
             self._wake()
 
@@ -726,10 +757,7 @@ class Log:
             if w is None:
                 self._schedule()
                 continue
-            if isinstance(w, asyncio.Task):
-                await asyncio.shield(w)
-            else:
-                await asyncio.sleep(0.001)
+            await asyncio.shield(w)
 
     async def close(self) -> None:
         if self._recovering is not None:

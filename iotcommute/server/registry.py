@@ -99,6 +99,11 @@ class SessionStore:
     def delete(self, access_token: str) -> bool:
         return self._sessions.pop(access_token, None) is not None
 
+    def remaining(self, access_token: str) -> float | None:
+        """Seconds until this session expires (None if it is unknown or expired)."""
+        s = self.get(access_token)
+        return None if s is None else s.expires_at - self._clock()
+
     def create_request_token(self, user_id: str, api_key: str, ttl: float = 300.0) -> RequestToken:
         r = RequestToken(secrets.token_urlsafe(16), user_id, api_key, self._clock() + ttl)
         self._requests[r.request_token] = r

@@ -522,6 +522,9 @@ async def _delete_session(hub: Any, st: RestState, headers: dict[str, str]) -> R
             await _maybe_await(fn(auth.token))
             break
     st.revoke(auth.token)
+    end = getattr(hub, "end_session", None)
+    if end is not None:
+        end(auth.token)  # the WebSocket streams opened with this token end too (1008)
     log.info("session invalidated for user %s", auth.user_id)
     return _ok(True)
 

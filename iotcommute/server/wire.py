@@ -10,6 +10,7 @@ against itself.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -39,6 +40,23 @@ except ImportError:  # pragma: no cover - orjson is a dependency on CPython
         if isinstance(buf, memoryview):
             buf = bytes(buf)
         return json.loads(buf)
+
+
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_exact(buf: str | bytes) -> Any:
+    """`loads`, except that integers keep their exact value at any size (orjson reads an
+    integer beyond 64 bits as a float): so the server can refuse them instead of storing
+    a different number. Only text with a run of 19 digits takes the slow path."""
+    text = buf if isinstance(buf, str) else bytes(buf).decode("utf-8")
+    if _LONG_NUMBER.search(text) is None:
+        return loads(text)
+    return json.loads(text, parse_constant=_no_constant)
 
 
 OP_CONT = 0x0
