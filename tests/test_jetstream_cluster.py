@@ -78,6 +78,23 @@ def test_two_processes_one_log(two_servers: tuple[ServerProc, ServerProc]) -> No
         assert seen == list(range(1, 91))
         assert max(more.values()) == 90
 
+        # A batch publish: stored together, answered with first and last; re-sent to the
+        # other process: the same positions, as a duplicate.
+        batch = {"type": "publish", "id": "bt-1", "batch": [{"data": {"i": i}} for i in range(3)]}
+        await dev2.send(json.dumps(batch))
+        m = await recv_type(dev2, "published")
+        assert (m["first"], m["position"]) == (91, 93)
+        dev2b, _ = await connect(a.ws_url, device_headers(2))
+        await dev2b.send(json.dumps(batch))
+        m2 = await recv_type(dev2b, "published")
+        assert m2 == {**m, "duplicate": True}
+        await dev2b.close()
+        while seen[-1] < 93:
+            t = await recv_json(cl)
+            if t["type"] == "tick":
+                seen.append(t["position"])
+        assert seen == list(range(1, 94))
+
         # A command from a client on a to the device connected to b, and its ack back.
         await cl.send(
             json.dumps({"type": "command", "id": "c-1", "device": sim_device_id(2), "data": {}})
