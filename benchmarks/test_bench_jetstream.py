@@ -9,7 +9,9 @@
 - ticks/s visible elsewhere: a second `SharedLog` on its own connection (another server
   process in production) follows the stream; the rate at which appended records become
   readable there, from the first append to the last record seen (the in-memory log has no
-  "elsewhere": its figure is its own append rate).
+  "elsewhere": its figure is its own append rate);
+- aggregate ticks/s of a consumer group of 1 and 2 member processes (each on its own
+  server process) draining a preloaded stream.
 
 Plain `pytest` runs it smoke-sized (a real nats-server is started; skipped with the reason
 when the binary cannot run); `pytest --benchmark` at full size.
@@ -134,5 +136,96 @@ def test_visible_elsewhere_rate(
             "subject": "jetstream-shared",
             "case": "ticks/s visible on another process",
             "value": n / best,
+        }
+    )
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_group_rate(
+    members: int, nats_server: NatsServer, bench_scale: Any, benchmark: Any, bench_record: Any
+) -> None:
+    """Aggregate ticks/s of a consumer group of 1 or 2 member processes, each on its own
+    server process (so 2 members = 2 server + 2 client processes), draining a stream of
+    records from 16 devices preloaded into the log (4 partitions)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from iotcommute.server.cluster import SharedLog
+    from iotcommute.server.registry import sim_device_id
+    from iotcommute.server.store.jetstream import JetStreamStore
+    from tests.jsprocs import ServerProc
+
+    n = bench_scale.n(FULL, minimum=400) // 16 * 16
+    here = Path(__file__).parent
+    rates: list[float] = []
+    round_no = 0
+
+    def one() -> None:
+        nonlocal round_no
+        round_no += 1
+        name = f"g{members}r{round_no}"
+        url = f"{nats_server.url}/{name}"
+
+        async def preload() -> None:
+            log = SharedLog(JetStreamStore(nats_server.url, name=name), n + 10)
+            await log.open()
+            from iotcommute.server.cluster import publish
+
+            left = n // 16
+            done = asyncio.get_running_loop().create_future()
+
+            def ok(err: BaseException | None, a: int, b: int, dup: bool) -> None:
+                nonlocal left
+                assert err is None
+                left -= 1
+                if left == 0:
+                    done.set_result(None)
+
+            for k in range(n // 16):
+                items = [(1.0, {"k": k, "v": 1.5}, None)] * 16
+                publish(log, sim_device_id(k % 16 + 1), items, None, ok)
+                if k % 50 == 49:
+                    await asyncio.sleep(0)
+            await asyncio.wait_for(done, 300)
+            await log.close()
+
+        asyncio.run(preload())
+        servers = [ServerProc(url, "--partitions", "4").start() for _ in range(members)]
+        procs = []
+        try:
+            for s in servers:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(here / "group_member.py"), s.ws_url, "bench", "40"],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        cwd=here.parent,
+                    )
+                )
+                assert procs[-1].stdout is not None
+                assert procs[-1].stdout.readline().strip() == "joined"
+            outs = [p.communicate(timeout=300)[0].split() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for s in servers:
+                s.stop()
+        total = sum(int(o[0]) for o in outs)
+        assert total >= n  # duplicates only around rebalances (members join one by one)
+        t0 = min(float(o[1]) for o in outs if int(o[0]))
+        t1 = max(float(o[2]) for o in outs if int(o[0]))
+        rates.append(total / max(t1 - t0, 1e-6))
+
+    benchmark.pedantic(one, rounds=bench_scale.rounds, iterations=1)
+    best = max(rates)
+    benchmark.extra_info["ticks_per_s"] = best
+    bench_record(
+        {
+            "section": "jetstream",
+            "subject": f"group of {members}",
+            "case": "aggregate ticks/s",
+            "value": best,
         }
     )
