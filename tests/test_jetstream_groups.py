@@ -124,3 +124,48 @@ def test_static_partitions_and_group_rebalance(servers: list[ServerProc]) -> Non
             await ws.close()
 
     asyncio.run(asyncio.wait_for(main(), 100))
+
+
+@pytest.mark.timeout(120)
+def test_group_goes_on_after_the_engine_restarts(nats_server: NatsServer) -> None:
+    """nats-server killed and restarted under a group: the member keeps its partitions (or
+    gets them back), later records are delivered and commits are accepted again."""
+    srv = ServerProc(nats_server.url, "--partitions", "2", "--session-timeout", "2").start()
+
+    async def publish_retrying(ws: Any, pid: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            await ws.send(json.dumps({"type": "publish", "id": pid, "data": {"x": 1}}))
+            m = await recv_json(ws)
+            if m["type"] == "published":
+                return
+            assert m["code"] == "unavailable" and time.monotonic() < deadline
+            await asyncio.sleep(0.3)
+
+    async def main() -> None:
+        dev, _ = await connect(srv.ws_url, device_headers(1))
+        m1 = await GroupMember("m1", srv.ws_url, "g", device_headers(22, role="client")).start()
+        m1.commit_every = 5
+        await until(lambda: m1.owned == {0, 1})
+        for k in range(10):
+            await publish_retrying(dev, f"a{k}")
+        await until(lambda: len(m1.processed) == 10)
+        nats_server.kill()
+        await asyncio.sleep(0.5)
+        nats_server.start()
+        for k in range(10):
+            await publish_retrying(dev, f"b{k}")
+        await until(lambda: len({pos for _, pos in m1.processed}) == 20, 30)
+        n_commits = len(m1.commits)
+        for k in range(10):
+            await publish_retrying(dev, f"c{k}")
+        await until(lambda: len({pos for _, pos in m1.processed}) == 30, 30)
+        await until(lambda: len(m1.commits) > n_commits, 30)  # commits work again
+        assert sorted({pos for _, pos in m1.processed}) == list(range(1, 31))
+        await m1.close()
+        await dev.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 100))
+    finally:
+        srv.stop()

@@ -238,32 +238,51 @@ class GroupCoordinator:
             self.cache[key] = (value, rev)
 
     async def _watch_loop(self) -> None:
-        """Follow every change of the bucket (restarting the watch after a failure)."""
+        """Follow every change of the bucket; the watch is started again after a failure
+        or a reconnect (the engine may have lost its consumer), re-reading every key."""
+        import nats.errors
+
         while True:
+            w = None
             try:
                 assert self.kv is not None
+                seen = self.store.reconnects
                 w = self._watcher = await self.kv.watchall()
-                while True:
-                    e = await w.updates(timeout=3600)  # type: ignore[no-untyped-call]
+                while self.store.reconnects == seen:
+                    try:
+                        e = await w.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                    except nats.errors.TimeoutError:
+                        continue
                     if e is None:
                         continue  # end of the initial values
-                    rev = int(e.revision or 0)
-                    if e.operation in ("DEL", "PURGE") or not e.value:
-                        cur = self.cache.get(e.key)
-                        if cur is None or cur[1] < rev:
-                            self.cache.pop(e.key, None)
-                        continue
-                    try:
-                        val = loads(e.value)
-                    except ValueError:
-                        continue
-                    if isinstance(val, dict):
-                        self._see(e.key, val, rev)
+                    if not hasattr(e, "key"):
+                        break  # the watcher was stopped
+                    self._entry(e)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.info("group watch restarting: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
+            finally:
+                if w is not None:
+                    try:
+                        await w.stop()  # type: ignore[no-untyped-call]
+                    except Exception:
+                        pass
+
+    def _entry(self, e: Any) -> None:
+        rev = int(e.revision or 0)
+        if e.operation in ("DEL", "PURGE") or not e.value:
+            cur = self.cache.get(e.key)
+            if cur is None or cur[1] < rev:
+                self.cache.pop(e.key, None)
+            return
+        try:
+            val = loads(e.value)
+        except ValueError:
+            return
+        if isinstance(val, dict):
+            self._see(e.key, val, rev)
 
     async def _cas(self, key: str, value: dict[str, Any], rev: int) -> int | None:
         """Write `value` if the key is still at `rev` (0: absent); the new revision or None."""
