@@ -230,3 +230,46 @@ def test_log_url() -> None:
     for bad in ("http://h:1", "nats://", "nats://h:1?replicas=9", "nats://h:1?x=1", "nats://h/a.b"):
         with pytest.raises(ValueError):
             store_from_url(bad)
+
+
+def test_reference_server_on_a_jetstream_store(nats_server: NatsServer) -> None:
+    """The server's own Log (one writer, positions chosen by the Log and checked by the
+    engine) over JetStreamStore: acks after the PubAck, and a restarted server continues
+    the same log (same id, positions go on, everything replayable)."""
+    import json
+
+    from iotcommute.server import ServerThread
+    from tests.jsprocs import connect, device_headers, publish_all, recv_json, recv_type
+
+    def server() -> ServerThread:
+        return ServerThread("127.0.0.1", 0, store=store(nats_server.url, name="ref")).start()
+
+    async def session(srv: ServerThread, prefix: str) -> tuple[dict[str, int], str, list[int]]:
+        dev, welcome = await connect(srv.ws_url, device_headers(1))
+        acked = await publish_all(dev, prefix, 20)
+        cl, _ = await connect(srv.ws_url, device_headers(2, role="client"))
+        await cl.send(json.dumps({"type": "subscribe", "id": 1, "from": 0}))
+        await recv_type(cl, "subscribed")
+        seen: list[int] = []
+        while not seen or seen[-1] < max(acked.values()):
+            t = await recv_json(cl)
+            if t["type"] == "tick":
+                seen.append(t["position"])
+        await dev.close()
+        await cl.close()
+        return acked, str(welcome.get("log")), seen
+
+    srv = server()
+    try:
+        acked1, log1, seen1 = run(asyncio.wait_for(session(srv, "a"), 30))
+    finally:
+        srv.stop()
+    srv = server()
+    try:
+        acked2, log2, seen2 = run(asyncio.wait_for(session(srv, "b"), 30))
+    finally:
+        srv.stop()
+    assert sorted(acked1.values()) == list(range(1, 21))
+    assert sorted(acked2.values()) == list(range(21, 41))
+    assert seen1 == list(range(1, 21)) and seen2 == list(range(1, 41))
+    assert log1 == log2 != "None"

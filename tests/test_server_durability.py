@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_server_robust import RawWS
 
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import DEMO_API_KEY, DEMO_USER, README_DEVICE_ID, README_DEVICE_KEY
 from iotcommute.server.store import Entry, SqliteStore, StoreError
-from tests.test_server_robust import RawWS
 
 DEVICE = f"X-Device-Id: {README_DEVICE_ID}\r\nX-Device-Key: {README_DEVICE_KEY}\r\n"
 
@@ -131,6 +131,18 @@ def test_a_poison_record_is_skipped_not_fatal_to_other_streams(
     assert (tick["position"], tick["data"]) == (2, {"n": 2})
     assert any("cannot be encoded" in r.getMessage() for r in caplog.records)
     cli.close()
+    token = _token(srv)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(
+            (
+                "GET /devices/sim-0001/history?since=0 HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: token {DEMO_API_KEY}:{token}\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    assert resp.startswith(b"HTTP/1.1 200") and b'"position":2' in resp
 
 
 def _token(srv: ServerThread) -> str:
@@ -315,3 +327,97 @@ def test_published_waits_for_the_commit(tmp_path: Path) -> None:
         await log.close()
 
     asyncio.run(main())
+
+
+def test_a_non_durable_restart_is_a_new_log(ref_server: ServerThread) -> None:
+    """welcome.log changes when an in-memory server restarts; a `from` beyond the new
+    log's tail starts at its tail and `subscribed.position` < `from` says so."""
+    srv = ref_server
+    for i in range(5):
+        srv.call(srv.hub.log.append, "sim-0001", {"n": i}, 1.0)
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    old = cli.recv_json()["log"]
+    cli.close()
+    srv.restart()
+    srv.call(srv.hub.log.append, "sim-0001", {"n": 0}, 1.0)
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    w = cli.recv_json()
+    assert w["log"] != old and (w["position"], w["first"]) == (1, 1)
+    cli.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 5})
+    assert _recv_type(cli, "subscribed")["position"] == 1
+    srv.call(srv.hub.log.append, "sim-0001", {"n": 1}, 1.0)
+    assert _recv_type(cli, "tick")["position"] == 2
+    cli.close()
+
+
+def test_a_device_connected_twice(ref_server: ServerThread) -> None:
+    """Commands go to the newest connection; when it closes, its pending command is
+    answered `device disconnected` although the older connection is still there."""
+    srv = ref_server
+    old = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    new = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    old.recv_json()
+    new.recv_json()
+    cli = RawWS(srv.port, f"Authorization: token {DEMO_API_KEY}:{_token(srv)}\r\n")
+    cli.recv_json()
+    cli.send_json({"type": "command", "id": "c-1", "device": README_DEVICE_ID, "data": {}})
+    assert _recv_type(new, "command")["id"] == "c-1"
+    new.close()
+    assert _recv_type(cli, "ack") == {
+        "type": "ack",
+        "id": "c-1",
+        "ok": False,
+        "error": "device disconnected",
+    }
+    cli.send_json({"type": "command", "id": "c-2", "device": README_DEVICE_ID, "data": 5})
+    assert _recv_type(old, "command") == {
+        "type": "command",
+        "id": "c-2",
+        "from": DEMO_USER,
+        "data": 5,
+    }
+    old.send_json({"type": "ack", "id": "c-2", "ok": True})
+    assert _recv_type(cli, "ack") == {"type": "ack", "id": "c-2", "ok": True}
+    old.close()
+    cli.close()
+
+
+def test_nan_in_a_device_batch_refuses_the_whole_batch(ref_server: ServerThread) -> None:
+    payload = pytest.importorskip("iotcommute.payload")
+    srv = ref_server
+    dev = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    dev.recv_json()
+    ticks = [
+        {"type": "tick", "device": README_DEVICE_ID, "position": 0, "ts": 1.0, "data": {"t": v}}
+        for v in (1.5, 7.25, 2.5)
+    ]
+    # Our encoder refuses NaN: patch it in, as another implementation's device might send.
+    blob = payload.encode_batch(ticks)
+    marker = struct.pack("<d", 7.25)
+    assert blob.count(marker) == 1
+    dev.send_frame(2, blob.replace(marker, struct.pack("<d", float("nan"))))
+    err = _recv_type(dev, "error")
+    assert err["code"] == "input" and "finite" in err["message"]
+    ticks[1]["data"] = {"t": 2.0}
+    dev.send_frame(2, payload.encode_batch(ticks))
+    deadline = time.monotonic() + 5
+    while srv.call(lambda: srv.hub.log.last_position) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    recs = srv.call(srv.hub.log.read, 0)
+    assert [r.data for r in recs] == [{"t": 1.5}, {"t": 2.0}, {"t": 2.5}]  # only the good batch
+    dev.close()
+
+
+def test_firehose_over_a_durable_log(
+    ref_server_factory: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """With --db the firehose appends ordinary records (blocks are for the in-memory log)
+    and its subscribers get them once durable, in order."""
+    srv = ref_server_factory(firehose=True, simulate=3, db=tmp_path / "log.sqlite")
+    cli = RawWS(srv.port, DEVICE + "X-Role: client\r\n")
+    cli.recv_json()
+    cli.send_json({"type": "subscribe", "id": 1, "devices": "*", "from": 0})
+    _recv_type(cli, "subscribed")
+    got = [_recv_type(cli, "tick")["position"] for _ in range(5000)]
+    assert got == list(range(1, 5001))
+    cli.close()

@@ -88,6 +88,8 @@ async def _play(srv: ServerThread, vec: dict[str, Any]) -> None:
                 while True:
                     raw = await asyncio.wait_for(conns[step["conn"]].recv(), 5.0)
                     got = json.loads(raw)
+                    # Control messages are recognisable by their first bytes (type first).
+                    assert isinstance(raw, str) and raw.startswith(f'{{"type":"{got["type"]}"')
                     # `progress` may come whenever a cursor passed other devices' records
                     # and reached the tail: only a step that expects one checks it.
                     if got.get("type") != "progress" or step["expect"]["type"] == "progress":

@@ -16,6 +16,7 @@ from .hub import Hub
 from .log import Log
 from .registry import Registry, demo_registry, ensure_sim_devices, sim_device_id
 from .simulate import Firehose, register_virtual, run_simulator
+from .store import LogStore
 
 logger = logging.getLogger("iotcommute.server")
 T = TypeVar("T")
@@ -42,7 +43,11 @@ class ServerConfig:
 
 
 class ReferenceServer:
-    """The reference IOT commute server: HTTP + WebSocket on one port."""
+    """The reference IOT commute server: HTTP + WebSocket on one port.
+
+    The log is in memory unless `db` (a SQLite file: `SqliteStore`) or `store` (any
+    `iotcommute.server.store.LogStore`, e.g. a JetStream one) makes it durable.
+    """
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class ReferenceServer:
         *,
         registry: Registry | None = None,
         db: str | Path | None = None,
+        store: LogStore | None = None,
         retain: int = 100_000,
         simulate: int = 0,
         rate: float = 1.0,
@@ -81,13 +87,15 @@ class ReferenceServer:
             raise ValueError("partitions must be >= 1")
         self.partitions = partitions
         self.group_session_timeout = group_session_timeout
+        if sum(x is not None for x in (store, db, log_url)) > 1:
+            raise ValueError("give one of db (SQLite), store or log_url")
         log: Log
         if log_url is not None:
             from .cluster import shared_log
 
             log = shared_log(log_url, retain)
         else:
-            log = Log(retain, db)
+            log = Log(retain, db, store=store)
         self.hub: Hub = Hub(registry, log, command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

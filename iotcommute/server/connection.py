@@ -1053,7 +1053,9 @@ class ServerConnection(asyncio.Protocol):
         if self.closed:
             return
         idle = time.monotonic() - self._last_rx
-        if idle > self.cfg.ping_interval + self.cfg.ping_timeout:
+        # While we do not read (the peer's buffer is full: the stuck timer decides), its
+        # silence is ours, not the peer's.
+        if idle > self.cfg.ping_interval + self.cfg.ping_timeout and not self._reading_paused:
             logger.info("%s: no data for %.0f s, closing", self.peer, idle)
             self.close(1011, "keepalive timeout", wait=True)
             return

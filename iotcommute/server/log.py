@@ -174,6 +174,73 @@ class Block:
         return None
 
 
+class _Positions:
+    """The position of every window item: `base + i` while they are dense (no array to
+    maintain: the firehose appends millions per second), an array once a hole appears."""
+
+    __slots__ = ("arr", "base", "n")
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.n = 0
+        self.arr: array[int] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        arr = self.arr
+        if arr is not None:
+            return arr[i]
+        if i < 0:
+            i += self.n
+        return self.base + i
+
+    def span(self, a: int, b: int) -> Sequence[int]:
+        arr = self.arr
+        return arr[a:b] if arr is not None else range(self.base + a, self.base + b)
+
+    def add_range(self, a: int, b: int) -> None:
+        """Positions a..b-1 follow."""
+        if self.arr is None:
+            if self.n == 0:
+                self.base = a
+            elif a != self.base + self.n:
+                self._sparse()
+        if self.arr is not None:
+            self.arr.extend(range(a, b))
+        self.n += b - a
+
+    def add(self, positions: list[int]) -> None:
+        if self.arr is None and positions[-1] - positions[0] == len(positions) - 1:
+            self.add_range(positions[0], positions[-1] + 1)
+            return
+        if self.arr is None:
+            self._sparse()
+        assert self.arr is not None
+        self.arr.extend(positions)
+        self.n += len(positions)
+
+    def _sparse(self) -> None:
+        self.arr = array("q", range(self.base, self.base + self.n))
+
+    def drop(self, k: int) -> None:
+        """The first k items leave."""
+        if self.arr is not None:
+            del self.arr[:k]
+        else:
+            self.base += k
+        self.n -= k
+
+    def seek(self, after: int, lo: int, hi: int | None = None) -> int:
+        """Index of the first position > after in [lo, hi) (bisect by value)."""
+        hi = self.n if hi is None else hi
+        arr = self.arr
+        if arr is not None:
+            return bisect_right(arr, after, lo, hi)
+        return min(max(lo, after + 1 - self.base), hi)
+
+
 _new_entry = tuple.__new__  # Entry(...) without the NamedTuple argument handling
 
 
@@ -222,7 +289,7 @@ class Log:
         self.max_pending = max_pending
         self.log_id = ""
         self._items: list[Record | Block] = []
-        self._pos = array("q")  # position of every item of _items
+        self._pos = _Positions()  # position of every item of _items
         self._blocks = False  # a Block was ever appended: reads must materialize
         self._head = 0  # index of the first retained record in _items
         self._last = 0  # newest visible (durable) position
@@ -245,11 +312,12 @@ class Log:
         # what fell out of the trim history: device -> [count, highest position]
         self._forgotten: dict[str, list[int]] = {}
         self._forgotten_all = [0, 0, 0]  # records, lowest and highest position
+        self._known_from = 0  # lowest position this window ever held (0: none yet)
         self._trimmed_to = 0  # the store was told to drop positions below this
         self.appended = 0  # records made visible since start (statistics)
         self.opened = False
         if store.immediate and not store.durable:
-            self._open_loaded(_run_now(store.open()), [])
+            self._open_loaded(_run_now(store.open()), _run_now(self._read_all(0)))
 
     # -- opening -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -275,8 +343,9 @@ class Log:
             if not chunk:
                 return out
             out += chunk
-            if len(out) > self.retain:
-                del out[: len(out) - self.retain]
+            keep = self.retain + self.history  # the newest trimmed ones seed the history
+            if len(out) > keep:
+                del out[: len(out) - keep]
             after = chunk[-1].offset
 
     def _open_loaded(self, log_id: str, entries: list[Entry]) -> None:
@@ -284,6 +353,8 @@ class Log:
         last = max(self.store.last_offset(self.partition), self._last)
         self._add_entries(entries)
         self._last = self._assigned = max(last, self._last)
+        if not self._known_from:  # nothing retained: what came before is unknown
+            self._known_from = self._last + 1
         self.opened = True
 
     def _add_entries(self, entries: list[Entry]) -> None:
@@ -531,8 +602,10 @@ class Log:
     def _visible(self, recs: list[Record]) -> None:
         """Durable records join the window: readers, tail waiters and acks hear of them."""
         items = self._items
+        if not self._known_from:
+            self._known_from = recs[0].position
         items += recs
-        self._pos.extend(r.position for r in recs)
+        self._pos.add([r.position for r in recs])
         last = recs[-1].position
         if last > self._last:
             self._last = last
@@ -574,7 +647,7 @@ class Log:
             drop = self._head - self.history
             self._forget(0, drop)
             del items[:drop]
-            del self._pos[:drop]
+            self._pos.drop(drop)
             self._head -= drop
         if self.store.immediate and self.store.keeps_records:
             _run_now(self.store.trim(self.partition, first))
@@ -637,8 +710,10 @@ class Log:
             raise ValueError("a block must start right after the last position")
         if not self.accepts_blocks:
             raise ValueError("blocks are for the in-memory log")
+        if not self._known_from:
+            self._known_from = block.start
         self._items += [block] * block.n
-        self._pos.extend(range(block.start, block.end))
+        self._pos.add_range(block.start, block.end)
         self._blocks = True
         self._last = self._assigned = block.end - 1
         self.appended += block.n
@@ -651,7 +726,7 @@ class Log:
         """The block holding the first record after `after`, if that record came in a block."""
         if not self._blocks or after >= self._last:
             return None
-        i = bisect_right(self._pos, after, self._head)
+        i = self._pos.seek(after, self._head)
         if i >= len(self._items):
             return None
         r = self._items[i]
@@ -684,7 +759,7 @@ class Log:
         if after >= self._last:
             return [], after
         items, pos = self._items, self._pos
-        start = bisect_right(pos, after, self._head)
+        start = pos.seek(after, self._head)
         if start >= len(items):  # a hole at the tail (a record that could not be loaded)
             return [], self._last
         blocks = self._blocks
@@ -693,7 +768,7 @@ class Log:
             out = items[start:end]
             if blocks:
                 at = self._at
-                out = [at(p, r) for p, r in zip(pos[start:end], out)]
+                out = [at(p, r) for p, r in zip(pos.span(start, end), out)]
             return out, pos[end - 1]  # type: ignore[return-value]
         found: list[Record] = []
         end = min(len(items), start + max_scan)
@@ -721,8 +796,14 @@ class Log:
         first = self.first_position
         if after >= first - 1:
             return None
-        i = bisect_right(self._pos, after, 0, self._head)
+        i = self._pos.seek(after, 0, self._head)
         missed = sum(c[0] for c in self._counts(i, self._head, devices).values())
+        unknown = 0
+        if i == 0 and after < self._known_from - 1:
+            # Before anything this server remembers (trimmed before a restart, say): the
+            # count is an upper bound, and a gap is reported since loss cannot be ruled out.
+            unknown = self._known_from - 1 - after
+            missed += unknown
         if i == 0 and self._forgotten_all[0]:
             n_all, lo, hi = self._forgotten_all
             forgotten = self._forgotten

@@ -557,6 +557,7 @@ async def _history(hub: Any, auth: _Auth, device_id: str, query: dict[str, str])
     ticks = [
         {"type": "tick", "device": r.device, "position": r.position, "ts": r.ts, "data": r.data}
         for r in records[:limit]
+        if _servable(r)
     ]
     nxt: int | None = None
     if len(records) > limit:
@@ -570,6 +571,20 @@ async def _history(hub: Any, auth: _Auth, device_id: str, query: dict[str, str])
         # Records after `since` were trimmed from the capped log (counts all devices).
         more["gap"] = {"from": lost[0], "to": lost[1], "missed": lost[2]}
     return _ok(ticks, **more)
+
+
+def _servable(r: Any) -> bool:
+    """False for a record whose data cannot be encoded (skipped, logged), so one bad
+    record never turns a history page into a 500."""
+    encode = getattr(r, "data_json", None)
+    if encode is None:
+        return True
+    try:
+        encode()
+    except (TypeError, ValueError):
+        log.error("record %s cannot be encoded; left out of the history", r.position)
+        return False
+    return True
 
 
 async def _command(

@@ -134,6 +134,7 @@ class Firehose:
         # their ids cannot be reused), and verified batch templates by (first index, length).
         self._index = {id(e[2]): i for i, e in enumerate(self._pool)}
         self._templates: dict[tuple[int, int], _Template | None] = {}
+        self._counts: dict[tuple[int, int], dict[str, int]] = {}  # FirehoseBlock.device_counts
         self.binary_ok = True
 
     def refill(self) -> None:
@@ -322,19 +323,26 @@ class FirehoseBlock(Block):
         return out
 
     def device_counts(self, a: int, b: int) -> dict[str, int]:
-        """Per-device record counts of positions a..b-1 from the pool's cycle (no Records)."""
-        pool = self.fh._pool
-        npool = len(pool)
-        n = b - a
-        full, rest = divmod(n, npool)
+        """Per-device record counts of positions a..b-1 from the pool's cycle (no Records;
+        cached by pool offset and length, so the caller must not change the dict)."""
+        fh = self.fh
+        npool = len(fh._pool)
+        k = (self.k + a - self.start) % npool
+        key = (k, b - a)
+        got = fh._counts.get(key)
+        if got is not None:
+            return got
+        full, rest = divmod(b - a, npool)
         out: dict[str, int] = {}
         if full:
-            for dev, *_ in pool:
+            for dev, *_ in fh._pool:
                 out[dev] = out.get(dev, 0) + full
-        k = (self.k + a - self.start) % npool
         for j in range(rest):
-            dev = pool[(k + j) % npool][0]
+            dev = fh._pool[(k + j) % npool][0]
             out[dev] = out.get(dev, 0) + 1
+        if len(fh._counts) > 4096:
+            fh._counts.clear()
+        fh._counts[key] = out
         return out
 
     def record(self, position: int) -> Record:

@@ -9,9 +9,12 @@ store for three things only:
   (``last_offset``), so positions continue after a restart and are never handed out twice;
   the retained records are loaded with ``read()``.
 - ``append(partition, entries)``: make a batch durable, all or nothing. The `Log` chooses
-  the offsets (strictly increasing, each above ``last_offset``; holes are allowed) and calls
-  ``append`` for one partition at a time, never concurrently, so a store may write them
-  as given (SQLite) or check them (e.g. a JetStream expected-last-sequence header). Only
+  the offsets and calls ``append`` for one partition at a time, never concurrently. It
+  hands them out contiguously: a call's first offset is ``last_offset + 1`` and the
+  entries follow one by one (after a failed call, the re-``open()`` says where to go on),
+  so a store may write them as given (SQLite) or, if its engine numbers records itself,
+  check them (e.g. a JetStream expected-last-sequence header) and fail on a mismatch.
+  Readers must still accept holes (``read`` seeks by value): an older log may have them. Only
   after ``append`` returned does anyone hear of these records (durable before visible).
   An exception means "not known to be stored": the `Log` stops acknowledging and calls
   ``open()`` again before it appends anything else.

@@ -198,6 +198,7 @@ class JetStreamStore(LogStore):
             )
         except Exception as exc:
             raise StoreError(f"cannot reach NATS: {type(exc).__name__}") from None
+        self._closing = False
         self.nc = nc
         self.js = nc.jetstream(timeout=self.append_timeout)
         return self.js

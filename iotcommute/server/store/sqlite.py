@@ -53,6 +53,16 @@ class SqliteStore(LogStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # Fail here, not later on the loop, for a path SQLite cannot open (a missing
+        # directory, a file that is not a database): `iotcommute serve` reports it in a line.
+        try:
+            probe = sqlite3.connect(str(self.path))
+            try:
+                probe.execute("PRAGMA schema_version").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._db: sqlite3.Connection | None = None
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotcommute-sqlite")
         self._last: dict[int, int] = {}
@@ -65,7 +75,10 @@ class SqliteStore(LogStore):
 
     # -- opening -----------------------------------------------------------------------
     async def open(self) -> str:
-        await self._run(self._open_sync)
+        try:
+            await self._run(self._open_sync)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return self._log_id
 
     def _open_sync(self) -> None:
