@@ -169,3 +169,40 @@ def test_group_goes_on_after_the_engine_restarts(nats_server: NatsServer) -> Non
         asyncio.run(asyncio.wait_for(main(), 100))
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_binary_group_member(nats_server: NatsServer) -> None:
+    """A member in the binary format gets its partitions' records as tick batches."""
+    from iotcommute.payload import decode_batch
+
+    srv = ServerProc(nats_server.url, "--partitions", "2").start()
+
+    async def main() -> None:
+        devs = [await connect(srv.ws_url, device_headers(i)) for i in (1, 2, 3)]
+        for i, (ws, _) in enumerate(devs):
+            await publish_all(ws, f"x{i}", 10)
+        cl, _ = await connect(srv.ws_url, device_headers(23, role="client"))
+        await cl.send(json.dumps({"type": "subscribe", "id": 1, "group": "b", "format": "binary"}))
+        assert (await recv_type(cl, "subscribed"))["format"] == "binary"
+        got: list[int] = []
+        assigned: set[int] = set()
+        while len(got) < 30:
+            raw = await asyncio.wait_for(cl.recv(), 10)
+            if isinstance(raw, bytes):
+                for t in decode_batch(raw):
+                    assert partition(t["device"], 2) in assigned
+                    got.append(t["position"])
+            else:
+                m = json.loads(raw)
+                if m["type"] == "assign":
+                    assigned |= {a["partition"] for a in m["partitions"]}
+        assert sorted(got) == list(range(1, 31))
+        await cl.close()
+        for ws, _ in devs:
+            await ws.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 40))
+    finally:
+        srv.stop()

@@ -156,14 +156,20 @@ class Member:
                     out.append(r)
             self.cursor = last
             if out:
+                from .connection import _binary_frames, _json_frames
+
+                frames: list[bytes] = []
                 if self.binary:
                     if payload is None:
                         payload = importlib.import_module("iotcommute.payload")
-                    from .connection import _binary_frames
-
-                    conn.transport.writelines(_binary_frames(payload, out))  # type: ignore[union-attr]
+                    for i in range(0, len(out), 100):
+                        frames += _binary_frames(payload, out[i : i + 100])
                 else:
-                    conn.transport.writelines([r.frame() for r in out])  # type: ignore[union-attr]
+                    frames = _json_frames(out)  # a record that cannot be encoded is skipped
+                transport = conn.transport
+                if transport is None or transport.is_closing():
+                    return
+                transport.writelines(frames)
                 self.sent += len(out)
             await asyncio.sleep(0)
 
