@@ -62,6 +62,9 @@ class ReferenceServer:
         rate: float = 1.0,
         firehose: bool = False,
         command_timeout: float = 10.0,
+        log_url: str | None = None,
+        partitions: int = 1,
+        group_session_timeout: float = 10.0,
         **limits: Any,
     ) -> None:
         self.host = host
@@ -78,9 +81,21 @@ class ReferenceServer:
         self.sim_rate = rate
         self.firehose = firehose
         self.command_timeout = command_timeout
-        if store is not None and db is not None:
-            raise ValueError("give either db (SQLite) or store, not both")
-        log = Log(retain, db, store=store)
+        # [jetstream hook, issue 15] `--log nats://...`: a log shared by server processes
+        self.log_url = log_url
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.partitions = partitions
+        self.group_session_timeout = group_session_timeout
+        if sum(x is not None for x in (store, db, log_url)) > 1:
+            raise ValueError("give one of db (SQLite), store or log_url")
+        log: Log
+        if log_url is not None:
+            from .cluster import shared_log
+
+            log = shared_log(log_url, retain)
+        else:
+            log = Log(retain, db, store=store)
         self.hub: Hub = Hub(registry, log, command_timeout=command_timeout)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +118,10 @@ class ReferenceServer:
         loop = asyncio.get_running_loop()
         hub = self.hub
         await hub.log.open()
+        if self.log_url is not None:  # [jetstream hook]
+            from .cluster import start_cluster
+
+            await start_cluster(self)
         if self.simulate:
             sims = register_virtual(hub, self.simulate)
             if not self.firehose:
@@ -141,6 +160,10 @@ class ReferenceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
+        if self.hub.groups is not None:  # [jetstream hook]
+            await self.hub.groups.close()
+        if self.hub.cluster is not None:
+            await self.hub.cluster.close()
         await self.hub.log.close()
         logger.info("server stopped")
 

@@ -31,7 +31,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from .log import Record
+from .frames import binary_frames, json_frames
 from .registry import ROLES, _eq
 from .store import StoreError
 from .values import INT_MAX, Invalid, check_ts, check_value, encode_data
@@ -126,6 +126,7 @@ class ServerConnection(asyncio.Protocol):
         self._expiry: asyncio.TimerHandle | None = None
         self.sent_ticks = 0
         self.max_buffer_seen = 0
+        self.group_member: Any = None  # [jetstream hook] a consumer-group membership
         # keep-alive and rate limit
         self._last_rx = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -157,6 +158,10 @@ class ServerConnection(asyncio.Protocol):
             self.hub.device_disconnected(self.device_id, self)
         if self._pump is not None:
             self._pump.cancel()
+        if self.group_member is not None:  # [jetstream hook]
+            from .groups import handle_lost
+
+            handle_lost(self)
         self._resumed.set()
         self._kick_pump()
         logger.debug("%s: connection lost (%s)", self.peer, exc)
@@ -709,6 +714,11 @@ class ServerConnection(asyncio.Protocol):
             if found is not None:  # a re-sent publish: stored once, answered again
                 self._answer_publish(msg_id, found, batch is not None, duplicate=True)
                 return
+        if getattr(log, "shared", False):  # [jetstream hook, issue 15] engine-made positions
+            from .cluster import publish_shared
+
+            publish_shared(self, self.device_id, checked, pid, msg_id, batch is not None)
+            return
         try:
             first_last = log.append_many(self.device_id, checked, pid)
         except StoreError:
@@ -779,6 +789,21 @@ class ServerConnection(asyncio.Protocol):
         # Validation order: devices (shape), from, format (all `input`), then unknown
         # devices (`not_found`), then foreign devices (`permission`); nothing changes on error.
         msg_id = msg.get("id")
+        if "group" in msg or "partitions" in msg:  # [jetstream hook, issue 15]
+            from . import groups
+
+            if "group" in msg:
+                groups.handle_subscribe(self, msg)
+                return
+            n = self.server.partitions
+            devs = groups.partition_devices(self, msg["partitions"], n)
+            if devs is None:
+                self.send_error("input", f'"partitions": a list of integers 0..{n - 1}', msg_id)
+                return
+            if not devs:
+                self.send_error("input", "none of your devices is in these partitions", msg_id)
+                return
+            msg = {**msg, "devices": devs}
         if not self._devices_shape_ok(msg):
             return
         frm = msg.get("from")
@@ -888,6 +913,11 @@ class ServerConnection(asyncio.Protocol):
         if not self.closed:
             self.send_json(ack)
 
+    def _h_commit(self, msg: dict[str, Any]) -> None:  # [jetstream hook, issue 15]
+        from .groups import handle_commit
+
+        handle_commit(self, msg)
+
     def _h_ack(self, msg: dict[str, Any]) -> None:
         if self.role != "device" or self.device_id is None:
             self.send_error(
@@ -991,12 +1021,12 @@ class ServerConnection(asyncio.Protocol):
                     if pre is not None:
                         frames.append(encode_frame(OP_BINARY, pre))
                     else:
-                        frames += _binary_frames(payload, chunk)
+                        frames += binary_frames(payload, chunk)
             else:
                 try:
                     frames = [r.frame() for r in recs]
                 except Exception:
-                    frames = _json_frames(recs)
+                    frames = json_frames(recs)
             self.cursor = last
             self._skipped = last != recs[-1].position
             self.sent_ticks += len(recs)
@@ -1049,60 +1079,11 @@ def _join_bytes(parts: list[Any]) -> bytes:
     return b"".join(parts)
 
 
-def _json_frames(recs: list[Record]) -> list[bytes]:
-    """JSON tick frames of these records, skipping (with an ERROR log) one that cannot be
-    encoded: a poison record must not take the stream of every subscriber down."""
-    out = []
-    for r in recs:
-        try:
-            out.append(r.frame())
-        except Exception:
-            logger.error("record %d (device %s) cannot be encoded; skipped", r.position, r.device)
-    return out
-
-
-def _binary_frames(payload: Any, recs: list[Record]) -> list[bytes]:
-    """Tick batches for these records, in order.
-
-    A batch carries one data shape (same fields, and a field's type is inferred over the
-    batch), so consecutive records are grouped by field names *and* value types: an int
-    then stays an int after decoding, exactly as in the JSON tick. A record a batch cannot
-    carry at all (a string value published as JSON, say) goes out as a JSON tick in its
-    place, so one odd record does not cost a binary subscriber its connection.
-    """
-    frames: list[bytes] = []
-    run: list[dict[str, Any]] = []
-    run_recs: list[Record] = []
-    shape: tuple[Any, ...] | None = None
-
-    def flush() -> None:
-        try:
-            frames.append(encode_frame(OP_BINARY, payload.encode_batch(run)))
-        except Exception:
-            for t, r in zip(run, run_recs):  # e.g. a value out of range: only that record
-                try:  # falls back to JSON
-                    frames.append(encode_frame(OP_BINARY, payload.encode_batch([t])))
-                except Exception:
-                    frames.extend(_json_frames([r]))
-        run.clear()
-        run_recs.clear()
-
-    for r in recs:
-        sig = r.shape()
-        if sig is not shape and sig != shape and run:
-            flush()
-        shape = sig
-        run.append(r.as_tick())
-        run_recs.append(r)
-    if run:
-        flush()
-    return frames
-
-
 _HANDLERS: dict[str, Callable[[ServerConnection, dict[str, Any]], None]] = {
     "publish": ServerConnection._h_publish,
     "subscribe": ServerConnection._h_subscribe,
     "unsubscribe": ServerConnection._h_unsubscribe,
     "command": ServerConnection._h_command,
     "ack": ServerConnection._h_ack,
+    "commit": ServerConnection._h_commit,  # [jetstream hook]
 }

@@ -13,7 +13,9 @@ from .log import Log
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from .cluster import CommandRouter
     from .connection import ServerConnection
+    from .groups import GroupCoordinator
 
 logger = logging.getLogger("iotcommute.server")
 
@@ -77,6 +79,10 @@ class Hub:
         self.refill: Callable[[], None] | None = None
         #: set by the firehose: a pre-encoded tick batch for its records, or None
         self.binary_batch: Callable[[list[Any]], bytes | None] | None = None
+        #: [jetstream hook, issue 15] commands to devices on other server processes
+        self.cluster: CommandRouter | None = None
+        #: [jetstream hook] consumer groups (a shared log only)
+        self.groups: GroupCoordinator | None = None
 
     # -- presence ----------------------------------------------------------
     def online(self, device_id: str) -> bool:
@@ -84,6 +90,8 @@ class Hub:
 
     def device_connected(self, device_id: str, conn: ServerConnection) -> None:
         self._device_conns.setdefault(device_id, []).append(conn)
+        if self.cluster is not None:  # [jetstream hook]
+            self.cluster.device_online(device_id)
 
     def device_disconnected(self, device_id: str, conn: ServerConnection) -> None:
         conns = self._device_conns.get(device_id)
@@ -91,6 +99,8 @@ class Hub:
             conns.remove(conn)
         if not conns:
             self._device_conns.pop(device_id, None)
+            if self.cluster is not None:  # [jetstream hook]
+                self.cluster.device_offline(device_id)
         # Commands sent to this connection cannot be answered by it any more: tell their
         # senders now instead of at timeout (another connection of the device may still
         # acknowledge them until then, but it never received them).
@@ -126,6 +136,7 @@ class Hub:
         timeout: float | None = None,
         *,
         origin: object | None = None,
+        local_only: bool = False,
     ) -> None:
         """Forward a command; `callback(ack)` is called exactly once (ack, refusal or timeout).
 
@@ -139,6 +150,12 @@ class Hub:
         vdev = self.virtual.get(device_id)
         conns = self._device_conns.get(device_id)
         if vdev is None and not conns:
+            # [jetstream hook] the device may be connected to another server process
+            t = self.command_timeout if timeout is None else timeout
+            cl = self.cluster
+            if cl is not None and not local_only:
+                if cl.forward(device_id, cmd_id, data, sender, callback, t):
+                    return
             raise LookupError("device offline")
         if okey is not None and okey in self._by_origin:
             raise KeyError("a command with this id is already pending on this connection")
