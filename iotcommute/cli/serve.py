@@ -17,6 +17,7 @@ import logging
 import signal
 from typing import Any
 
+from ..exceptions import IotCommuteError
 from ._util import EXIT_ERROR, EXIT_OK, UsageError, describe, positive_float, positive_int, say
 
 __all__ = ["add_arguments", "banner", "run"]
@@ -34,8 +35,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="JSON registry of users, apps and devices (default: the built-in demo registry)",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--db", metavar="PATH", help="keep the log in this SQLite file (survives restarts)"
+    )
+    where.add_argument(
+        "--log",
+        metavar="URL",
+        help="keep the log in NATS JetStream, shared by every server started with the same URL: "
+        "nats://HOST:PORT[,HOST:PORT...][/NAME][?replicas=3] (docs/scaling.md)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="device partitions (consumer groups share them; docs/protocol.md section 14)",
+    )
+    parser.add_argument(
+        "--group-session-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds before a silent group member loses its partitions",
     )
     parser.add_argument("--retain", type=positive_int, default=100_000, help="records kept")
     parser.add_argument(
@@ -136,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             args.port,
             registry=registry,
             db=args.db,
+            log_url=args.log,
+            partitions=args.partitions,
+            group_session_timeout=args.group_session_timeout,
             retain=args.retain,
             simulate=args.simulate,
             rate=args.rate,
@@ -164,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
             await server.start()
         except OSError as exc:
             failed.append(_listen_error(args.host, args.port, exc))
+            await server.stop()
+            return
+        except IotCommuteError as exc:  # the log store cannot be opened (NATS away, ...)
+            failed.append(f"cannot open the log: {describe(exc)}")
             await server.stop()
             return
         # Line 1 on stdout, so scripts (and tests) learn the port when --port 0 was used.

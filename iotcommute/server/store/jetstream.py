@@ -182,7 +182,9 @@ class JetStreamStore(LogStore):
             assert self.js is not None
             return self.js
         try:
-            nc = await nats.connect(
+            # The first connection has a deadline (a server that cannot reach its log says so
+            # and stops); once connected, the client reconnects forever by itself.
+            connecting = nats.connect(
                 servers=self.servers,
                 name="iotcommute-server",
                 connect_timeout=max(1, round(self.connect_timeout)),
@@ -196,6 +198,7 @@ class JetStreamStore(LogStore):
                 reconnected_cb=self._on_reconnected,
                 error_cb=self._on_error,
             )
+            nc = await asyncio.wait_for(connecting, 3 * self.connect_timeout + 2)
         except Exception as exc:
             raise StoreError(f"cannot reach NATS: {type(exc).__name__}") from None
         self._closing = False
