@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from iotcommute.server.registry import sim_device_id, sim_device_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class ServerProc:

@@ -244,10 +244,11 @@ def test_pipelined_requests_behind_a_pending_command_stay_in_the_kernel(
     ref_server: ServerThread,
 ) -> None:
     srv = ref_server
+    # the command stays pending for the whole test (10 s), however slow this machine is
     dev = RawWS(srv.port, DEVICE + "X-Role: device\r\n")  # connected, never acknowledges
     dev.recv_json()
     token = _token(srv)
-    body = b'{"data":{"led":"on"},"timeout":2}'
+    body = b'{"data":{"led":"on"},"timeout":10}'
     req = (
         f"POST /devices/{README_DEVICE_ID}/commands HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: token {DEMO_API_KEY}:{token}\r\nContent-Type: application/json\r\n"
