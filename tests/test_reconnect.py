@@ -11,7 +11,7 @@ import pytest
 from test_client_support import CutProxy, MiniServer, wait_for, watch_subscribed
 
 from iotcommute import WebSocket
-from iotcommute.backoff import Backoff, is_fatal
+from iotcommute.client.backoff import Backoff, is_fatal
 from iotcommute.exceptions import NetworkError, TokenError
 from iotcommute.server import ServerThread
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY, sim_device_id

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from .exceptions import IotCommuteError
+from ..exceptions import IotCommuteError
 
 __all__ = ["Backoff", "is_fatal"]
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from . import payload
+from .. import payload
 from .backoff import Backoff, is_fatal
 from .checkpoint import Checkpoint
-from .events import EOF, Accepted, CloseReceived, Failed, Pong, State
-from .exceptions import (
+from ..events import EOF, Accepted, CloseReceived, Failed, Pong, State
+from ..exceptions import (
     CommandError,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -43,7 +43,7 @@ from .exceptions import (
     ServerError,
     TimeoutError_,
 )
-from .protocol import ClientProtocol
+from ..protocol import ClientProtocol
 
 __all__ = ["Engine", "Options", "parse_url"]
 

@@ -45,9 +45,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import payload
-from .exceptions import IotCommuteError, NotConnectedError, OperationTimeout
-from .transport import Engine, Options
+from .. import payload
+from ..exceptions import IotCommuteError, NotConnectedError, OperationTimeout
+from .engine import Engine, Options
 
 __all__ = ["WebSocket", "default_loop_factory"]
 

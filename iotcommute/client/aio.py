@@ -30,9 +30,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from . import payload
-from .exceptions import ConnectionClosedOK, NotConnectedError
-from .transport import Engine, Options
+from .. import payload
+from ..exceptions import ConnectionClosedOK, NotConnectedError
+from .engine import Engine, Options
 
 __all__ = ["AsyncWebSocket"]
 
