@@ -4,135 +4,43 @@
         async for tick in ws:
             print(tick)
 
-Same options and reconnect/resume behaviour as client.WebSocket (they share
-transport.Engine). Ticks go into a bounded queue: above `max_queue` the transport stops
-reading from the socket (TCP backpressure reaches the server) and resumes once the
-consumer has drained it below `max_queue // 4`, so a slow consumer keeps memory bounded.
-The callback attributes (on_tick, on_gap, ...) work too and run on the loop. Ticks are
-queued for `async for` unless on_tick/on_ticks/on_tick_rows is set and no iteration has
-started (a callback-only user never drains the queue, which would otherwise pause the stream);
-iterate=False turns the queue off entirely. With on_tick_rows set, binary batches go to it
-in the lean form (see client.WebSocket) and only JSON ticks reach the queue.
-
-send()/publish() are corked: the frames of one loop iteration (at most 64 KiB of them)
-go out in one socket write, and a send waits only while the socket's write buffer is over
-its high-water mark -- so a tight `await ws.send(...)` loop costs no syscall per frame
-and still cannot queue without bound.
+Ticks go into a bounded queue: above `max_queue` the socket stops being read (TCP
+backpressure reaches the server; the keep-alive knows the silence is ours) and resumes below
+`max_queue // 4`. Ticks are queued for `async for` unless a tick callback is set and no
+iteration has started (a callback-only user never drains the queue); iterate=False turns
+the queue off. With a checkpoint, only what the iterator handed out is checkpointed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import ssl as ssl_module
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .. import payload
-from ..exceptions import ConnectionClosedOK, NotConnectedError
-from .engine import Engine, Options
+from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
+from .options import ClientBase
+from .session import OP_BINARY, OP_TEXT
 
 __all__ = ["AsyncWebSocket"]
 
-Callback = Callable[..., Any] | None
 
+class AsyncWebSocket(ClientBase):
+    __doc__ = ClientBase.__doc__
 
-class AsyncWebSocket:
-    def __init__(
-        self,
-        device_key: str | None = None,
-        device_id: str | None = None,
-        role: str | None = None,
-        *,
-        url: str | None = None,
-        access_token: str | None = None,
-        api_key: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
-        headers: dict[str, str] | None = None,
-        proxy: str | None = None,
-        ping_interval: float | None = 10.0,
-        ping_timeout: float | None = 10.0,
-        idle_timeout: float | None = None,
-        open_timeout: float = 10.0,
-        close_timeout: float = 5.0,
-        reconnect: bool = True,
-        max_reconnect_delay: float = 30.0,
-        max_retries: int | None = None,
-        max_size: int = 4 * 2**20,
-        compression: bool = True,
-        format: str = "json",
-        subscribe: str | list[str] | None = "*",
-        checkpoint: str | os.PathLike[str] | None = None,
-        offline_queue: int = 10000,
-        max_queue: int = 10000,
-        iterate: bool = True,
-    ) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
-        self._opts = Options(
-            device_key=device_key,
-            device_id=device_id,
-            role=role,
-            url=url,
-            access_token=access_token,
-            api_key=api_key,
-            ssl=ssl,
-            headers=headers,
-            proxy=proxy,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            idle_timeout=idle_timeout,
-            open_timeout=open_timeout,
-            close_timeout=close_timeout,
-            reconnect=reconnect,
-            max_reconnect_delay=max_reconnect_delay,
-            max_retries=max_retries,
-            max_size=max_size,
-            compression=compression,
-            format=format,
-            subscribe=subscribe,
-            checkpoint=checkpoint,
-            offline_queue=offline_queue,
-        )
-        self.on_connect: Callback = None
-        self.on_tick: Callback = None
-        self.on_ticks: Callback = None
-        self.on_tick_rows: Callback = None
-        self.on_message: Callback = None
-        self.on_command: Callback = None
-        self.on_close: Callback = None
-        self.on_error: Callback = None
-        self.on_reconnect: Callback = None
-        self.on_noreconnect: Callback = None
-        self.on_gap: Callback = None
-        self._engine = Engine(self._opts, self)
-        self._engine.open_hook = self._opened
-        self._high = max_queue
-        self._low = max_queue // 4
+    def _post_init(self) -> None:
+        if self._loop_factory is not None:
+            raise TypeError("loop_factory belongs to WebSocket (AsyncWebSocket runs on yours)")
+        self._high, self._low = self._max_queue, self._max_queue // 4
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._open_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._iterating = False
-        if iterate:
-            self._engine.tick_sink = self._push
-
-    def __repr__(self) -> str:
-        state = "connected" if self._engine.connected else "disconnected"
-        return (
-            f"<AsyncWebSocket url={self._opts.url!r} device={self._opts.device_id!r} "
-            f"role={self._opts.role!r} {state}>"
-        )
-
-    @property
-    def position(self) -> int:
-        return self._engine.position
-
-    def is_connected(self) -> bool:
-        return self._engine.connected
+        self._engine.on_open = self._opened
+        if self._iterate:
+            self._session.sink = self._push
 
     def stats(self) -> dict[str, Any]:
         s = self._engine.stats()
@@ -142,12 +50,12 @@ class AsyncWebSocket:
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
-        """Start the session; return once connected (raises if the first attempts fail
-        fatally, or with reconnect=False)."""
+        """Start the session; return once connected. Raises the error that ended it
+        before (fatal, first_connect_retries exhausted, or reconnect=False)."""
         if self._task is not None and not self._task.done():
             raise RuntimeError("already connected")
         loop = asyncio.get_running_loop()
-        self._engine.prepare()
+        self._engine.stopping = False
         self._open_waiter = loop.create_future()
         self._task = loop.create_task(self._engine.run())
         self._task.add_done_callback(self._ended)
@@ -169,19 +77,15 @@ class AsyncWebSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close gracefully (bounded by close_timeout) and stop reconnecting."""
-        eng = self._engine
         task = self._task
         if task is None:
             return
-        eng._stopping = True
-        if eng._stop_event is not None:
-            eng._stop_event.set()
-        eng._begin_close(code, reason)
+        self._engine.stop(code, reason)
         if not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), self._opts.close_timeout + 1.0)
             except TimeoutError:
-                eng.abort()
+                self._engine.abort()
                 task.cancel()
 
     async def __aenter__(self) -> AsyncWebSocket:
@@ -202,7 +106,6 @@ class AsyncWebSocket:
             await self._task
 
     def _drop_connection(self) -> None:
-        """Cut the TCP connection without a close handshake (tests: simulate a cut)."""
         self._engine.abort()
 
     # ------------------------------------------------------------------ iteration
@@ -224,6 +127,7 @@ class AsyncWebSocket:
 
     def __aiter__(self) -> AsyncWebSocket:
         self._iterating = True
+        self._session.hold_commit = True  # checkpoint what the user took, not what is queued
         return self
 
     async def __anext__(self) -> dict[str, Any]:
@@ -240,75 +144,75 @@ class AsyncWebSocket:
             finally:
                 self._waiter = None
         tick = q.popleft()
+        self._session.commit(None if not q else tick["position"])
         if self._paused and len(q) <= self._low:
             self._paused = False
             self._engine.resume_reading()
         return tick
 
     # ------------------------------------------------------------------ sending
-    async def _send(self, item: str | bytes) -> None:
+    async def _send(self, op: int, data: bytes, pid: str | None = None, waiter: Any = None) -> None:
         eng = self._engine
-        eng.send_in_loop(item)
+        eng.send(op, data, pid, waiter=waiter)
         if eng.write_paused:  # only above the transport's high-water mark
             await eng.drain()
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Send a raw text (str) or binary message.
-
-        Small sends are corked into one socket write per loop iteration (or per 64 KiB);
-        the call waits only while the socket's write buffer is over its high-water mark.
-        """
-        eng = self._engine
-        eng.send_in_loop(data if isinstance(data, str) else bytes(data))
-        if eng.write_paused:
-            await eng.drain()
+        """Send a raw text (str) or binary message; corked into one socket write per loop
+        iteration, waiting only while the write buffer is over its high-water mark."""
+        if isinstance(data, str):
+            await self._send(OP_TEXT, data.encode("utf-8"))
+        else:
+            await self._send(OP_BINARY, bytes(data))
 
     async def publish(
-        self, data: dict[str, Any], *, ts: float | None = None, id: Any = None
-    ) -> None:
-        msg: dict[str, Any] = {"type": "publish", "data": data}
-        if ts is not None:
-            msg["ts"] = ts
-        if id is not None:
-            msg["id"] = id
-        await self._send(payload.dumps(msg).decode())
+        self,
+        data: dict[str, Any],
+        *,
+        ts: float | None = None,
+        id: str | int | None = None,
+        wait: bool = False,
+        timeout: float = 10.0,
+    ) -> int | None:
+        """Publish one reading (kept until acknowledged, re-sent after a reconnect);
+        wait=True returns the position the record got (OperationTimeout after `timeout`)."""
+        pid, frame = self._session.encode_publish(data, ts, id)
+        fut: asyncio.Future[Any] | None = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
+        await self._send(OP_TEXT, frame, pid, _resolver(fut) if fut is not None else None)
+        if fut is None:
+            return None
+        try:
+            position: int = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise OperationTimeout(f"publish {pid} not acknowledged within {timeout}s") from None
+        return position
 
     async def publish_batch(self, ticks: list[dict[str, Any]]) -> None:
         """Publish many readings in binary batch frames (see WebSocket.publish_batch)."""
-        for frame in self._engine.encode_ticks(ticks):
-            await self._send(frame)
-
-    def subscribe(self, devices: str | list[str], from_position: int | None = None) -> None:
-        self._engine._subscribe(devices, from_position)
-
-    def unsubscribe(self, devices: str | list[str]) -> None:
-        self._engine._unsubscribe(devices)
-
-    def ack(
-        self, command_id: str, ok: bool = True, data: Any = None, error: str | None = None
-    ) -> None:
-        msg: dict[str, Any] = {"type": "ack", "id": command_id, "ok": ok}
-        if data is not None:
-            msg["data"] = data
-        if error is not None:
-            msg["error"] = error
-        self._engine.submit(payload.dumps(msg).decode(), queue_offline=False)
+        for frame in self._encode_ticks(ticks):
+            await self._send(OP_BINARY, frame)
 
     async def send_command(
         self, device_id: str, data: Any, timeout: float = 10.0
     ) -> dict[str, Any]:
         """Send a command and return its ack dict (CommandError / OperationTimeout)."""
+        cid, frame = self._session.encode_command(device_id, data)
         if not self._engine.connected:
             raise NotConnectedError("not connected: cannot send a command")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def resolve(ack: Any, exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(ack)
-
-        self._engine._start_command(device_id, data, timeout, resolve)
+        self._engine.start_command(cid, frame, timeout, _resolver(fut))
         return await fut
+
+
+def _resolver(fut: asyncio.Future[Any]) -> Any:
+    def resolve(value: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    return resolve

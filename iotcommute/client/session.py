@@ -66,6 +66,8 @@ __all__ = [
     "Resolver",
     "Session",
     "Subscription",
+    "batch_span",
+    "devices_arg",
     "error_for",
 ]
 
@@ -180,7 +182,7 @@ class Subscription:
         return sorted(self.devices) if self.devices else None
 
 
-def _devices_arg(devices: Any) -> str | frozenset[str]:
+def devices_arg(devices: Any) -> str | frozenset[str]:
     """Validate a user's devices argument: "*", a device id, or an iterable of ids."""
     if devices == "*":
         return "*"
@@ -426,7 +428,7 @@ class Session:
     # ------------------------------------------------------------------ user requests
     def subscribe(self, devices: Any, from_position: int | None = None) -> None:
         """Add devices ("*" = all) from the cursor, or re-position it after `from_position`."""
-        devs = _devices_arg(devices)
+        devs = devices_arg(devices)
         if from_position is not None and (
             isinstance(from_position, bool)
             or not isinstance(from_position, int)
@@ -438,15 +440,15 @@ class Session:
             # an explicit start point before any stream: it is the resume point
             self.position = self.committed = from_position
             self.anchored = True
-        if self._open and self._welcomed:
-            self._send_request(req)
-        else:
-            self._queued.append(req)
-        self._update_slow()
+        self._request(req)
 
     def unsubscribe(self, devices: Any) -> None:
-        req = _Request("unsubscribe", _devices_arg(devices), None)
-        if self._open and self._welcomed:
+        self._request(_Request("unsubscribe", devices_arg(devices), None))
+
+    def _request(self, req: _Request) -> None:
+        """Send now, or after the welcome's restore when one is due (keeping the order)."""
+        restore_due = bool(self.confirmed) or bool(self._queued)
+        if self._open and (self._welcomed or not restore_due):
             self._send_request(req)
         else:
             self._queued.append(req)
@@ -895,6 +897,9 @@ class Session:
         req = self._pending.pop(mid, None) if isinstance(mid, int) else None
         if req is not None:
             self.confirmed = self.confirmed.apply("unsubscribe", req.devices)
+            # a device removed and added again later starts afresh: not a repeat then
+            windows = [(u, old.apply("unsubscribe", req.devices)) for u, old in self._windows]
+            self._windows = [w for w in windows if w[1]]
             self._update_slow()
 
     def _h_gap(self, msg: dict[str, Any]) -> None:
