@@ -351,7 +351,7 @@ def _bare_client(peer: _Peer, **kw: Any) -> AsyncWebSocket:
 def test_corked_sends_keep_order_and_go_out_before_close(run: Any) -> None:
     """Small sends are coalesced per loop iteration; nothing is lost or reordered, a
     protocol write (subscribe) and the close frame wait for the sends queued before them."""
-    from iotcommute.client.engine import CORK_BYTES
+    from iotcommute.client.writer import CORK_BYTES
 
     peer = _Peer()
     n = 3000  # > CORK_BYTES worth of frames: the size bound flushes too, not only the loop

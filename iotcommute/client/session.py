@@ -855,7 +855,7 @@ class Session:
         self._report(
             DataError(f"server log reset after position {old}; reading the new log from its start")
         )
-        self._call("on_gap", self.owner.on_gap, gap)
+        self.callback("on_gap", self.owner.on_gap, gap)
 
     def _h_subscribed(self, msg: dict[str, Any]) -> None:
         mid = msg.get("id")
@@ -917,7 +917,7 @@ class Session:
         log.warning(
             "gap: %s ticks after position %s were trimmed", msg.get("missed"), msg.get("from")
         )
-        self._call("on_gap", self.owner.on_gap, msg)
+        self.callback("on_gap", self.owner.on_gap, msg)
 
     def _h_progress(self, msg: dict[str, Any]) -> None:
         pos = msg.get("position")
@@ -929,7 +929,7 @@ class Session:
                 self._update_slow()
 
     def _h_command(self, msg: dict[str, Any]) -> None:
-        self._call("on_command", self.owner.on_command, msg)
+        self.callback("on_command", self.owner.on_command, msg)
 
     def _h_ack(self, msg: dict[str, Any]) -> None:
         resolve = self._commands.pop(str(msg.get("id")), None)
@@ -972,7 +972,8 @@ class Session:
         self._report(exc)
 
     # ------------------------------------------------------------------ reporting
-    def _call(self, name: str, fn: Callable[..., Any] | None, *args: Any) -> None:
+    def callback(self, name: str, fn: Callable[..., Any] | None, *args: Any) -> None:
+        """Call a user callback; one that raises goes to on_error (the stream goes on)."""
         if fn is None:
             return
         try:
@@ -982,13 +983,13 @@ class Session:
 
     def _callback_failed(self, name: str, exc: Exception) -> None:
         log.error("%s callback raised", name, exc_info=exc)
-        self._on_error(exc)
+        self.notify_error(exc)
 
     def _report(self, exc: BaseException) -> None:
         log.warning("%s: %s", type(exc).__name__, exc)
-        self._on_error(exc)
+        self.notify_error(exc)
 
-    def _on_error(self, exc: BaseException) -> None:
+    def notify_error(self, exc: BaseException) -> None:
         on_error = self.owner.on_error
         if on_error is not None:
             try:
