@@ -86,7 +86,7 @@ class WebSocket(ClientBase):
         try:
             self._run()
         except KeyboardInterrupt:
-            raise KeyboardInterrupt from None  # no chained CancelledError traceback
+            raise KeyboardInterrupt from None  # one plain traceback, not the loop's chain
         finally:
             self._running = False
 

@@ -256,6 +256,7 @@ class _Peer:
         self.port = self.sock.getsockname()[1]
         self.keep = keep
         self.frames: list[tuple[int, bytes]] = []
+        self.conn: Any = None
         self.count = 0
         self.closed = threading.Event()
         self._go = threading.Event()
@@ -273,6 +274,7 @@ class _Peer:
         import hashlib
 
         conn, _ = self.sock.accept()
+        self.conn = conn
         conn.settimeout(30)
         with conn:
             head = b""
