@@ -67,9 +67,9 @@ def welcome(position: int = 0, log: str | None = None) -> str:
     return msg(**fields)
 
 
-def sent(session: Session) -> list[dict[str, Any] | bytes]:
+def sent(session: Session) -> list[Any]:
     """The frames the session asks to write: JSON text decoded, binary as bytes."""
-    out: list[dict[str, Any] | bytes] = []
+    out: list[Any] = []
     for op, data in session.frames_to_send():
         out.append(orjson.loads(data) if op == OP_TEXT else data)
         assert op in (OP_TEXT, OP_BINARY)

@@ -173,7 +173,7 @@ def test_a_device_can_opt_out_of_fleet_telemetry(server: ServerThread) -> None:
 
 def test_help_lists_callbacks_and_parameters() -> None:
     for cls in (WebSocket, AsyncWebSocket):
-        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        text = pydoc.plain(pydoc.render_doc(cls))
         for callback in (
             "on_connect(ws)",
             "on_tick(tick, ws)",

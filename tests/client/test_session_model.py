@@ -169,18 +169,22 @@ class Owner:
         self.on_error: Any = lambda e, w: machine.errors.append(e)
         if "on_tick" in consumers:
             self.on_tick = lambda t, w: machine.delivered("on_tick", t["device"], t["position"])
+        self.dicts = dicts
         if "on_ticks" in consumers:
-            self.on_ticks = lambda ts, w: [
-                machine.delivered("on_ticks", t["device"], t["position"]) for t in ts
-            ]
+            self.on_ticks = self._ticks
         if "on_tick_rows" in consumers:
-            self.on_tick_rows = lambda f, rows, w: [
-                machine.delivered(c, r[0], r[1])
-                for r in rows
-                for c in (dicts if dicts else ["on_tick_rows"])
-            ]
+            self.on_tick_rows = self._rows
         if "on_message" in consumers:
             self.on_message = self._raw if self.channels == ["raw"] else lambda m, w: None
+
+    def _ticks(self, ticks: list[dict[str, Any]], w: Any) -> None:
+        for t in ticks:
+            self.m.delivered("on_ticks", t["device"], t["position"])
+
+    def _rows(self, fields: tuple[str, ...], rows: list[tuple[Any, ...]], w: Any) -> None:
+        for r in rows:
+            for channel in self.dicts or ["on_tick_rows"]:
+                self.m.delivered(channel, r[0], r[1])
 
     def sink(self, ticks: list[dict[str, Any]]) -> None:
         for t in ticks:
