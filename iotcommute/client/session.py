@@ -66,6 +66,7 @@ __all__ = [
     "Resolver",
     "Session",
     "Subscription",
+    "batch_layout",
     "batch_span",
     "devices_arg",
     "error_for",
@@ -210,9 +211,9 @@ class _Request:
         self.frm = frm
 
 
-def batch_span(buf: bytes) -> tuple[int, int] | None:
-    """(first, last) position of a binary tick batch, read without decoding it (None if it
-    is not a well-formed batch); docs/protocol-binary.md gives the layout."""
+def batch_layout(buf: bytes) -> tuple[int, int] | None:
+    """(offset of the first row, row size) of a binary tick batch, or None if it is not a
+    well-formed one; docs/protocol-binary.md gives the layout."""
     if buf[:4] != _BATCH_MAGIC or len(buf) < 14:
         return None
     n_dev = int.from_bytes(buf[6:8], "little")
@@ -221,19 +222,29 @@ def batch_span(buf: bytes) -> tuple[int, int] | None:
     if not n_ticks:
         return None
     off = 14
+    sizes = _FIELD_SIZES
     try:
         for _ in range(n_dev):
-            off += 1 + buf[off]
+            off += buf[off] + 1
         row = 18
         for _ in range(n_fields):
-            row += _FIELD_SIZES[buf[off]]
-            off += 2 + buf[off + 1]
+            row += sizes[buf[off]]
+            off += buf[off + 1] + 2
     except (IndexError, KeyError):
         return None
     if off + n_ticks * row != len(buf):
         return None
+    return off, row
+
+
+def batch_span(buf: bytes) -> tuple[int, int] | None:
+    """(first, last) position of a binary tick batch, read without decoding it."""
+    layout = batch_layout(buf)
+    if layout is None:
+        return None
+    off, row = layout
+    last_at = len(buf) - row + 2
     first = int.from_bytes(buf[off + 2 : off + 10], "little")
-    last_at = off + (n_ticks - 1) * row + 2
     return first, int.from_bytes(buf[last_at : last_at + 8], "little")
 
 
@@ -320,6 +331,8 @@ class Session:
         # device was passed before a `from` re-positioned the server's cursor
         self._windows: list[tuple[int, Subscription]] = []
         self._slow = False  # windows or exclusions: the per-record filter is needed
+        self._layout: tuple[bytes, bytes, int, int] | None = None  # of the last raw batch
+        self._check = True  # raw consumer: read each message's position (repeats possible)
 
         # subscription state: the server-confirmed set and the requests not answered yet;
         # the user's view is the confirmed set with the pending requests applied
@@ -380,6 +393,7 @@ class Session:
         """The WebSocket is open; subscriptions go out when the welcome arrives."""
         self._open = True
         self._welcomed = False
+        self._check = True
         self.connections += 1
         # publishes first: they need no subscription (re-sends keep their ids, so a
         # server that already stored one answers `duplicate` instead of storing it twice)
@@ -550,50 +564,103 @@ class Session:
 
     def _receive_raw(self, events: list[Any], on_message: Callable[..., Any]) -> None:
         """No tick consumer: data goes to on_message untouched; only control messages are
-        parsed, and a tick's position is read by bytes (a repeat after a reconnect is not
-        passed on)."""
+        parsed. Positions are read by bytes: message by message only while a repeat is
+        possible (the first data after a (re)subscription, or a replay window), else once
+        per read, from the read's last tick or batch (the stream only goes forward)."""
         owner = self.owner
         n = 0
+        latest: Any = None  # the last tick/batch passed on whose position is not read yet
         for ev in events:
             t = type(ev)
             if t is bytes:
                 n += 1
-                if ev[:4] == _BATCH_MAGIC:
-                    span = batch_span(ev)
-                    if span is not None:
-                        if self._slow or span[0] <= self.position:
-                            ev = self._raw_batch_slow(ev)
-                            if ev is None:
-                                continue
-                        else:
-                            self.position = span[1]
-                            self.anchored = True
+                if ev and ev[0] == 0xC1:  # a tick batch's magic starts with \xc1
+                    if not self._check:
+                        latest = ev
+                    else:
+                        ev = self._raw_checked_batch(ev)
+                        if ev is None:
+                            continue
             elif t is str:
                 n += 1
                 if ev.startswith(_TICK):
-                    pos = _tick_position(ev)
-                    if pos is not None:
-                        if self._slow or pos <= self.position:
+                    if not self._check:
+                        latest = ev
+                    else:
+                        pos = _tick_position(ev)
+                        if pos is not None:
                             if not self._fresh(_tick_device(ev), pos):
                                 continue
-                        else:
-                            self.position = pos
-                            self.anchored = True
+                            self._check = self._slow
                 elif ev.startswith(_CONTROL):
                     try:
                         on_message(ev, owner)
                     except Exception as exc:
                         self._callback_failed("on_message", exc)
+                    self._raw_position(latest)
+                    latest = None
                     self._control_text(ev)
                     continue
             else:
+                self._raw_position(latest)
+                latest = None
                 self.on_event(ev)
                 continue
             try:
                 on_message(ev, owner)
             except Exception as exc:
                 self._callback_failed("on_message", exc)
+        self._raw_position(latest)
         self.messages_in += n
+
+    def _raw_position(self, latest: Any) -> None:
+        """Move the cursor to the position of the last data message passed on raw."""
+        if latest is None:
+            return
+        if type(latest) is str:
+            pos = _tick_position(latest)
+        else:
+            span = self._span(latest)
+            pos = span[1] if span is not None else None
+        if pos is not None and pos > self.position:
+            self.position = pos
+            self.anchored = True
+
+    def _raw_checked_batch(self, ev: bytes) -> bytes | None:
+        """A raw batch while repeats are possible: passed whole when all new, cut to its new
+        ticks (re-encoded) when it overlaps, dropped when all old."""
+        span = self._span(ev)
+        if span is None:
+            return ev  # not a batch after all: application data
+        if not self._slow and span[0] > self.position:
+            self.position = span[1]
+            self.anchored = True
+            self._check = False
+            return ev
+        out = self._raw_batch_slow(ev)
+        if out is not None:  # something new: the stream is past the repeats
+            self._check = self._slow
+        return out
+
+    def _span(self, buf: bytes) -> tuple[int, int] | None:
+        """batch_span(), with the tables' layout remembered: a fleet's batches often repeat
+        the same device and field tables, then it is two bytes comparisons."""
+        cached = self._layout
+        if cached is not None and buf.startswith(cached[0]) and buf.startswith(cached[1], 14):
+            off, row = cached[2], cached[3]
+        else:
+            layout = batch_layout(buf)
+            if layout is None:
+                return None
+            off, row = layout
+            self._layout = (buf[:10], buf[14:off], off, row)
+        end = len(buf)
+        if end <= off or (end - off) % row:
+            return None
+        return (
+            int.from_bytes(buf[off + 2 : off + 10], "little"),
+            int.from_bytes(buf[end - row + 2 : end - row + 10], "little"),
+        )
 
     def _raw_batch_slow(self, ev: bytes) -> bytes | None:
         """A raw batch that may hold repeats: its new ticks only (re-encoded if needed)."""
@@ -626,57 +693,11 @@ class Session:
             [] if (on_ticks is not None or sink is not None) else None
         )
         n = 0
+        last = self.position  # a local on the hot path; self.position around other code
+        slow = self._slow
         for ev in events:
             t = type(ev)
-            if t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if on_rows is not None:
-                    if pending:
-                        self._deliver_ticks(pending, sink, on_ticks)
-                        pending = []
-                    self._deliver_rows(ev, on_rows)
-                    continue
-                ticks = self._decoded(decode_batch, ev)
-                if not ticks:
-                    continue
-                if not self._slow and ticks[0]["position"] > self.position:
-                    # a batch is a slice of the log: one comparison proves it all new
-                    self.position = ticks[-1]["position"]
-                    self.anchored = True
-                    if pending:
-                        self._deliver_ticks(pending, sink, on_ticks)
-                        pending = []
-                    if on_tick is not None:
-                        for tick in ticks:
-                            try:
-                                on_tick(tick, owner)
-                            except Exception as exc:
-                                self._callback_failed("on_tick", exc)
-                    if pending is not None:
-                        self._deliver_ticks(ticks, sink, on_ticks)
-                    continue
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                for tick in ticks:
-                    if not self._fresh(tick["device"], tick["position"]):
-                        continue
-                    if on_tick is not None:
-                        try:
-                            on_tick(tick, owner)
-                        except Exception as exc:
-                            self._callback_failed("on_tick", exc)
-                    if pending is not None:
-                        pending.append(tick)
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-            elif t is str:
+            if t is str:
                 n += 1
                 if on_message is not None:
                     try:
@@ -687,18 +708,21 @@ class Session:
                     try:
                         msg = loads(ev)
                         pos = msg["position"]
-                        if type(pos) is not int:
-                            raise TypeError
                     except Exception:
+                        pos = None
+                    if type(pos) is not int:
                         self._report(DecodeError("tick without an integer position"))
                         continue
-                    if self._slow or pos <= self.position:
-                        if not self._fresh(msg.get("device"), pos):
-                            continue
+                    if pos > last and not slow:
+                        last = pos
                     else:
-                        self.position = pos
-                        self.anchored = True
+                        self.position = last
+                        fresh = self._fresh(msg.get("device"), pos)
+                        last = self.position
+                        if not fresh:
+                            continue
                     if not dicts:
+                        self.position = last
                         self._json_row(msg, on_rows)
                         continue
                     if on_tick is not None:
@@ -711,19 +735,73 @@ class Session:
                         if len(pending) >= JSON_TICKS_CHUNK:
                             self._deliver_ticks(pending, sink, on_ticks)
                             pending = []
-                elif ev.startswith(_CONTROL):
-                    if pending:
-                        self._deliver_ticks(pending, sink, on_ticks)
-                        pending = []
+                    continue
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                self.position = last
+                if ev.startswith(_CONTROL):
                     self._control_text(ev)
                 else:
                     self._report(_text_error(ev))
+                last, slow = self.position, self._slow
+            elif t is bytes:
+                n += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                if on_rows is not None:
+                    self.position = last
+                    self._deliver_rows(ev, on_rows)
+                    last = self.position
+                    continue
+                ticks = self._decoded(decode_batch, ev)
+                if not ticks:
+                    continue
+                if not slow and ticks[0]["position"] > last:
+                    # a batch is a slice of the log: one comparison proves it all new
+                    last = ticks[-1]["position"]
+                    if on_tick is not None:
+                        for tick in ticks:
+                            try:
+                                on_tick(tick, owner)
+                            except Exception as exc:
+                                self._callback_failed("on_tick", exc)
+                    if pending is not None:
+                        self._deliver_ticks(ticks, sink, on_ticks)
+                    continue
+                self.position = last
+                for tick in ticks:
+                    if not self._fresh(tick["device"], tick["position"]):
+                        continue
+                    if on_tick is not None:
+                        try:
+                            on_tick(tick, owner)
+                        except Exception as exc:
+                            self._callback_failed("on_tick", exc)
+                    if pending is not None:
+                        pending.append(tick)
+                last = self.position
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
             else:
                 if pending:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
+                self.position = last
                 self.on_event(ev)
+                last, slow = self.position, self._slow
         self.messages_in += n
+        if last != self.position or not self.anchored:
+            if last:
+                self.anchored = True
+            self.position = last
         if pending:
             self._deliver_ticks(pending, sink, on_ticks)
 
@@ -890,6 +968,7 @@ class Session:
             # from now: the server starts at its tail (also after an unsubscribe of all)
             self.position = max(self.position, pos) if self.anchored else pos
         self.anchored = True
+        self._check = True  # the stream may restart at `from`: read positions again
         self._update_slow()
 
     def _h_unsubscribed(self, msg: dict[str, Any]) -> None:
