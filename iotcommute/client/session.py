@@ -333,6 +333,7 @@ class Session:
         self._slow = False  # windows or exclusions: the per-record filter is needed
         self._layout: tuple[bytes, bytes, int, int] | None = None  # of the last raw batch
         self._check = True  # raw consumer: read each message's position (repeats possible)
+        self._tracking = self.anchored
 
         # subscription state: the server-confirmed set and the requests not answered yet;
         # the user's view is the confirmed set with the pending requests applied
@@ -542,9 +543,11 @@ class Session:
         self.committed = self.position if position is None else position
 
     def _update_slow(self) -> None:
-        self._slow = bool(self._windows) or (
-            self.subscription.all and bool(self.subscription.devices)
-        )
+        sub = self.subscription
+        self._slow = bool(self._windows) or (sub.all and bool(sub.devices))
+        self._check = self._check or self._slow
+        # a raw consumer that never subscribed gets no ticks: no position to keep
+        self._tracking = self._tracking or bool(sub) or self.anchored
 
     # ------------------------------------------------------------------ receive path
     def receive(self, events: list[Any]) -> None:
@@ -568,6 +571,9 @@ class Session:
         possible (the first data after a (re)subscription, or a replay window), else once
         per read, from the read's last tick or batch (the stream only goes forward)."""
         owner = self.owner
+        if not self._tracking:
+            self._receive_untracked(events, on_message)
+            return
         n = 0
         latest: Any = None  # the last tick/batch passed on whose position is not read yet
         for ev in events:
@@ -612,6 +618,30 @@ class Session:
                 self._callback_failed("on_message", exc)
         self._raw_position(latest)
         self.messages_in += n
+
+    def _receive_untracked(self, events: list[Any], on_message: Callable[..., Any]) -> None:
+        """Raw consumer with no subscription (the application's own messages): no position
+        to keep; only control messages (commands, acks, ...) are looked at."""
+        owner = self.owner
+        other = 0
+        for ev in events:
+            t = type(ev)
+            if t is bytes:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
+            elif t is str:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
+                if ev.startswith(_CONTROL) and not ev.startswith(_TICK):
+                    self._control_text(ev)
+            else:
+                other += 1
+                self.on_event(ev)
+        self.messages_in += len(events) - other
 
     def _raw_position(self, latest: Any) -> None:
         """Move the cursor to the position of the last data message passed on raw."""
