@@ -299,7 +299,10 @@ class _Peer:
                 if self.closed.is_set():
                     conn.sendall(b"\x88\x02\x03\xe8")  # close 1000, then hang up
                     return
-                chunk = conn.recv(1 << 20)
+                try:
+                    chunk = conn.recv(1 << 20)
+                except OSError:  # the client aborted: that ends this peer too
+                    return
                 if not chunk:
                     return
                 buf += chunk

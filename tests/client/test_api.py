@@ -283,7 +283,7 @@ def test_keepalive_any_frame_proves_life() -> None:
     closes: list[Any] = []
     got: list[Any] = []
     ws = WebSocket(
-        KEY, DEV, url=peer.url, ping_interval=0.2, ping_timeout=0.2, subscribe=None,
+        KEY, DEV, url=peer.url, ping_interval=0.5, ping_timeout=0.5, subscribe=None,
         reconnect=False, close_timeout=0.3,
     )  # fmt: skip
     ws.on_close = lambda c, r, w: closes.append((c, r))
@@ -291,7 +291,7 @@ def test_keepalive_any_frame_proves_life() -> None:
     ws.connect(threaded=True)
     try:
         wait_for(lambda: peer.conn is not None, what="the peer's connection")
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + 3.0  # three times the silence limit, no pong ever
         assert peer.conn is not None
         while time.monotonic() < deadline:  # a text frame every 50 ms, no pong ever
             peer.conn.sendall(b"\x81\x02hi")
@@ -299,5 +299,46 @@ def test_keepalive_any_frame_proves_life() -> None:
         assert closes == [] and ws.is_connected() and len(got) > 10
     finally:
         ws.stop()
+        ws.join(10)
+        peer.close()
+
+
+def test_a_peer_that_never_reads_cannot_grow_our_buffers() -> None:
+    """Pings from a peer that reads nothing: we stop reading once our pongs fill the socket
+    (no unbounded pong buffer); a producer thread gets OperationTimeout instead of queueing."""
+    from test_aio import _Peer
+
+    class Pinger(_Peer):
+        def _parse(self, buf: bytes) -> bytes:
+            return b""
+
+    peer = Pinger(stall=True)  # accepts, then reads nothing
+    ws = WebSocket(
+        KEY, DEV, url=peer.url, subscribe=None, ping_interval=None, reconnect=False,
+        open_timeout=0.5, close_timeout=0.3,
+    )  # fmt: skip
+    ws.connect(threaded=True)
+    try:
+        wait_for(lambda: peer.conn is not None and ws.is_connected(), what="the connection")
+        assert peer.conn is not None
+        ping = b"\x89\x7d" + b"p" * 125
+        peer.conn.settimeout(3)
+        sent = 0
+        try:
+            while sent < 200_000:  # 25 MB of pings; stops when we no longer read them
+                peer.conn.sendall(ping * 100)
+                sent += 100
+        except (TimeoutError, OSError):
+            pass
+        peer.conn.settimeout(30)
+        assert sent < 200_000, "the client kept reading pings it could not answer"
+        st = ws.stats()
+        assert st["buffered_bytes"] < 4 * 2**20, st
+        with pytest.raises(OperationTimeout):
+            for _ in range(100_000):
+                ws.send("x" * 1000)
+        assert ws.stats()["outbox"] < 1000
+    finally:
+        ws.close()
         ws.join(10)
         peer.close()
