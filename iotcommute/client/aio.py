@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
-from .options import ClientBase
+from .options import ClientBase, resolver
 from .session import OP_BINARY, OP_TEXT
 
 __all__ = ["AsyncWebSocket"]
@@ -180,7 +180,7 @@ class AsyncWebSocket(ClientBase):
         fut: asyncio.Future[Any] | None = None
         if wait:
             fut = asyncio.get_running_loop().create_future()
-        await self._send(OP_TEXT, frame, pid, _resolver(fut) if fut is not None else None)
+        await self._send(OP_TEXT, frame, pid, resolver(fut) if fut is not None else None)
         if fut is None:
             return None
         try:
@@ -202,17 +202,5 @@ class AsyncWebSocket(ClientBase):
         if not self._engine.connected:
             raise NotConnectedError("not connected: cannot send a command")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._engine.start_command(cid, frame, timeout, _resolver(fut))
+        self._engine.start_command(cid, frame, timeout, resolver(fut))
         return await fut
-
-
-def _resolver(fut: asyncio.Future[Any]) -> Any:
-    def resolve(value: Any, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
-
-    return resolve

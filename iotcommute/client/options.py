@@ -32,6 +32,7 @@ __all__ = [
     "OnTicks",
     "Options",
     "Owner",
+    "resolver",
 ]
 
 
@@ -407,3 +408,23 @@ class ClientBase:
     def _drop_connection(self) -> None:
         """Cut the TCP connection without a close handshake (demo/tests: simulate a cut)."""
         self._engine.call(self._engine.abort)
+
+
+class _Future(Protocol):
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def resolver(fut: _Future) -> Callable[[Any, BaseException | None], None]:
+    """The Session's resolve(value, error) for a concurrent or asyncio Future."""
+
+    def resolve(value: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    return resolve

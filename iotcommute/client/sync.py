@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import IotCommuteError, NotConnectedError, OperationTimeout
-from .options import ClientBase
+from .options import ClientBase, resolver
 from .session import OP_BINARY, OP_TEXT
 
 __all__ = ["WebSocket", "default_loop_factory"]
@@ -163,7 +163,7 @@ class WebSocket(ClientBase):
         eng = self._engine
         if eng.write_paused:
             eng.wait_writable(self._opts.open_timeout)
-        eng.send(OP_TEXT, frame, pid, waiter=_resolver(fut) if fut is not None else None)
+        eng.send(OP_TEXT, frame, pid, waiter=resolver(fut) if fut is not None else None)
         if fut is None:
             return None
         try:
@@ -192,7 +192,7 @@ class WebSocket(ClientBase):
         if eng.loop is None or not eng.connected:
             fut.set_exception(NotConnectedError("not connected: cannot send a command"))
             return fut
-        eng.call(eng.start_command, cid, frame, timeout, _resolver(fut))
+        eng.call(eng.start_command, cid, frame, timeout, resolver(fut))
         return fut
 
     def send_command(self, device_id: str, data: Any, timeout: float = 10.0) -> dict[str, Any]:
@@ -206,15 +206,3 @@ class WebSocket(ClientBase):
             return fut.result(timeout + 5.0)
         except concurrent.futures.TimeoutError:
             raise OperationTimeout(f"no ack within {timeout}s") from None
-
-
-def _resolver(fut: concurrent.futures.Future[Any]) -> Callable[[Any, BaseException | None], None]:
-    def resolve(value: Any, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
-
-    return resolve
