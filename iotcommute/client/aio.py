@@ -19,7 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
-from .options import ClientBase, resolver
+from .base import ClientBase
+from .options import resolver
 from .session import OP_BINARY, OP_TEXT
 
 __all__ = ["AsyncWebSocket"]

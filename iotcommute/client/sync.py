@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import IotCommuteError, NotConnectedError, OperationTimeout
-from .options import ClientBase, resolver
+from .base import ClientBase
+from .options import resolver
 from .session import OP_BINARY, OP_TEXT
 
 __all__ = ["WebSocket", "default_loop_factory"]
