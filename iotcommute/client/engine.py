@@ -44,7 +44,7 @@ class _Stream(asyncio.Protocol):
         self.engine = engine
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.engine._transport = transport  # type: ignore[assignment]
+        self.engine.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.engine.feed(data)
@@ -78,7 +78,7 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self.ws: ClientProtocol | None = None
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._close_code, self._close_reason = 1006, ""
@@ -123,7 +123,7 @@ class Engine:
             pass
 
     def stats(self) -> dict[str, Any]:
-        t = self._transport
+        t = self.transport
         buffered = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
         age = (_now() - self._last_msg) if self._last_msg else None
         return {
@@ -146,7 +146,7 @@ class Engine:
         self.stopping = True
         if self._wake is not None:
             self._wake.set()
-        ws, t = self.ws, self._transport
+        ws, t = self.ws, self.transport
         if ws is None or t is None or t.is_closing():
             return
         if ws.state is _OPEN:
@@ -159,9 +159,9 @@ class Engine:
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (tests/demo: a cut)."""
-        if self._transport is not None:
+        if self.transport is not None:
             self._close_reason = "aborted"
-            self._transport.abort()
+            self.transport.abort()
 
     def start_command(self, cid: str, data: bytes, timeout: float, resolve: Any) -> None:
         self.session.start_command(cid, data, resolve)
@@ -198,8 +198,8 @@ class Engine:
                 self._opened.set_result(None)
         elif t is CloseReceived:
             self._close_code, self._close_reason = ev.code, ev.reason
-            if self._transport is not None:
-                self._arm_close_deadline(self._transport)
+            if self.transport is not None:
+                self._arm_close_deadline(self.transport)
         elif t is Failed:
             self._failure = ev.exc
             if self._opened is not None and not self._opened.done():
@@ -209,7 +209,7 @@ class Engine:
             self._close_transport()
 
     def _close_transport(self) -> None:
-        t = self._transport
+        t = self.transport
         if t is not None and not t.is_closing():
             if self.ws is not None:
                 self.write(self.ws.data_to_send())
@@ -217,7 +217,7 @@ class Engine:
 
     def _arm_close_deadline(self, t: asyncio.Transport) -> None:
         def deadline() -> None:
-            if self._transport is t and not (self._closed is not None and self._closed.done()):
+            if self.transport is t and not (self._closed is not None and self._closed.done()):
                 t.abort()
 
         if self.loop is not None:
@@ -277,8 +277,8 @@ class Engine:
                     except TimeoutError:
                         pass
         finally:
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.abort()  # cancelled (e.g. Ctrl-C): do not leak the socket
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.abort()  # cancelled (e.g. Ctrl-C): do not leak the socket
             self.session.closed(ConnectionClosedOK(1000, "client stopped"))
             self.session.stopped()
             if self.checkpoint is not None and self.session.anchored:
@@ -304,10 +304,10 @@ class Engine:
             compression=opts.compression,
             max_size=opts.max_size,
         )
-        self.ws, self._transport = ws, None
+        self.ws, self.transport = ws, None
         self._opened, self._closed = loop.create_future(), loop.create_future()
         self.out.reading_paused = False
-        self._transport = await open_stream(
+        self.transport = await open_stream(
             lambda: _Stream(self), self.target, self._ssl, opts.proxy, opts.open_timeout
         )
         ws.send_request()
@@ -316,7 +316,7 @@ class Engine:
             async with asyncio.timeout(opts.open_timeout):
                 await self._opened
         except BaseException as exc:
-            self._transport.abort()
+            self.transport.abort()
             if isinstance(exc, TimeoutError):
                 raise OperationTimeout("WebSocket handshake timed out") from None
             raise
@@ -328,7 +328,7 @@ class Engine:
         if self.on_open is not None:
             self.on_open()
         self.session.callback("on_connect", self.owner.on_connect)
-        keepalive = loop.create_task(self.keepalive.run(self._transport))
+        keepalive = loop.create_task(self.keepalive.run(self.transport))
         if self.stopping:
             self.stop()
         try:

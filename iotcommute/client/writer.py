@@ -123,7 +123,7 @@ class Writer:
     def set_reading(self) -> None:
         """Reading pauses for the user's backpressure or while our writes are blocked (a
         peer that never reads cannot make us buffer pongs without bound)."""
-        t = self.engine._transport
+        t = self.engine.transport
         want = self.user_paused or self.write_paused
         if t is None or t.is_closing() or want == self.reading_paused:
             return
@@ -147,7 +147,7 @@ class Writer:
         self.set_reading()
 
     def write(self, data: bytes) -> None:
-        t = self.engine._transport
+        t = self.engine.transport
         if data and t is not None and not t.is_closing():
             self.bytes_out += len(data)
             t.write(data)

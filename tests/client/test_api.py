@@ -342,3 +342,16 @@ def test_a_peer_that_never_reads_cannot_grow_our_buffers() -> None:
         ws.close()
         ws.join(10)
         peer.close()
+
+
+def test_callback_signatures_are_checked_by_mypy() -> None:
+    """mypy (strict: unused ignores are errors) proves these assignments are rejected."""
+    ws = WebSocket(KEY, DEV, url="ws://127.0.0.1:9")
+
+    def one_argument(tick: dict[str, Any]) -> None: ...
+
+    def wrong_types(code: str, reason: int, w: Any) -> None: ...
+
+    ws.on_tick = one_argument  # type: ignore[assignment]
+    ws.on_close = wrong_types  # type: ignore[assignment]
+    ws.on_tick = lambda tick, w: None  # the right shape needs no ignore
