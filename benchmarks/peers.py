@@ -755,7 +755,7 @@ class IotcommuteAio(Subject):
     """
 
     name = "iotcommute-aio"
-    module = "iotcommute.aio"
+    module = "iotcommute.client.aio"
     decoders = ("iotcommute",)
     per_batch = False
     rows = False
@@ -870,7 +870,7 @@ class IotcommuteSync(IotcommuteAio):
     """
 
     name = "iotcommute-sync"
-    module = "iotcommute.client"
+    module = "iotcommute.client.sync"
 
     def _sync_client(self, url: str, compressed: bool) -> Any:
         from iotcommute import WebSocket

@@ -19,15 +19,15 @@ __version__ = "0.1.0"
 logging.getLogger("iotcommute").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
-    from .aio import AsyncWebSocket
-    from .client import WebSocket
+    from .client.aio import AsyncWebSocket
+    from .client.sync import WebSocket
     from .rest import AsyncCommute, Commute
 
 # Heavy modules load on first use so `import iotcommute` stays cheap and partial
 # installs (no uvloop) still import.
 _LAZY = {
-    "WebSocket": ("client", "WebSocket"),
-    "AsyncWebSocket": ("aio", "AsyncWebSocket"),
+    "WebSocket": ("client.sync", "WebSocket"),
+    "AsyncWebSocket": ("client.aio", "AsyncWebSocket"),
     "Commute": ("rest", "Commute"),
     "AsyncCommute": ("rest", "AsyncCommute"),
 }

@@ -256,6 +256,7 @@ class _Peer:
         self.port = self.sock.getsockname()[1]
         self.keep = keep
         self.frames: list[tuple[int, bytes]] = []
+        self.conn: Any = None
         self.count = 0
         self.closed = threading.Event()
         self._go = threading.Event()
@@ -273,6 +274,7 @@ class _Peer:
         import hashlib
 
         conn, _ = self.sock.accept()
+        self.conn = conn
         conn.settimeout(30)
         with conn:
             head = b""
@@ -297,7 +299,10 @@ class _Peer:
                 if self.closed.is_set():
                     conn.sendall(b"\x88\x02\x03\xe8")  # close 1000, then hang up
                     return
-                chunk = conn.recv(1 << 20)
+                try:
+                    chunk = conn.recv(1 << 20)
+                except OSError:  # the client aborted: that ends this peer too
+                    return
                 if not chunk:
                     return
                 buf += chunk
@@ -351,7 +356,7 @@ def _bare_client(peer: _Peer, **kw: Any) -> AsyncWebSocket:
 def test_corked_sends_keep_order_and_go_out_before_close(run: Any) -> None:
     """Small sends are coalesced per loop iteration; nothing is lost or reordered, a
     protocol write (subscribe) and the close frame wait for the sends queued before them."""
-    from iotcommute.transport import CORK_BYTES
+    from iotcommute.client.writer import CORK_BYTES
 
     peer = _Peer()
     n = 3000  # > CORK_BYTES worth of frames: the size bound flushes too, not only the loop

@@ -653,7 +653,7 @@ def test_on_ticks_gets_binary_batches_in_order_without_duplicates() -> None:
 
 def test_on_ticks_json_lists_are_bounded_and_in_order(server: ServerThread) -> None:
     """JSON ticks reach on_ticks in stream order, in lists of at most JSON_TICKS_CHUNK."""
-    from iotcommute.transport import JSON_TICKS_CHUNK
+    from iotcommute.client.session import JSON_TICKS_CHUNK
 
     calls: list[list[int]] = []
     ws = client(server)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -27,6 +28,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 KEY, DEVICE = "L1SEIUDU1MC996W48L8Q", "FY6ODPIVU522SY1"
+
+# the server's byte form: compact, "type" first (docs/protocol.md: control messages are
+# recognised by their first bytes)
+_dumps = functools.partial(json.dumps, separators=(",", ":"))
 WAIT = 10.0
 
 
@@ -176,7 +181,7 @@ class MiniServer:
         feeders: list[asyncio.Task[None]] = []
         try:
             await ws.send(
-                json.dumps(
+                _dumps(
                     {
                         "type": "welcome",
                         "version": 1,
@@ -196,7 +201,7 @@ class MiniServer:
                 if kind == "subscribe":
                     frm = msg.get("from")
                     await ws.send(
-                        json.dumps(
+                        _dumps(
                             {
                                 "type": "subscribed",
                                 "id": msg.get("id"),
@@ -217,13 +222,13 @@ class MiniServer:
                     pos = self._append(device, msg.get("data") or {}, msg.get("ts"))
                     if msg.get("id") is not None:
                         await ws.send(
-                            json.dumps({"type": "published", "id": msg["id"], "position": pos})
+                            _dumps({"type": "published", "id": msg["id"], "position": pos})
                         )
                 elif kind == "command":
                     target = self.online.get(msg.get("device", ""))
                     if target is None:
                         await ws.send(
-                            json.dumps(
+                            _dumps(
                                 {
                                     "type": "ack",
                                     "id": msg.get("id"),
@@ -235,7 +240,7 @@ class MiniServer:
                     else:
                         self._waiting_acks[str(msg.get("id"))] = ws
                         await target.send(
-                            json.dumps(
+                            _dumps(
                                 {
                                     "type": "command",
                                     "id": msg.get("id"),
@@ -265,7 +270,7 @@ class MiniServer:
         cursor = after
         if cursor < self.first_position - 1:
             await ws.send(
-                json.dumps(
+                _dumps(
                     {
                         "type": "gap",
                         "from": cursor,
@@ -286,7 +291,7 @@ class MiniServer:
                     continue
                 for rec in batch:
                     if devices is None or rec["device"] in devices:
-                        await ws.send(json.dumps(rec))
+                        await ws.send(_dumps(rec))
                 cursor = batch[-1]["position"]
         except ConnectionClosed:
             pass

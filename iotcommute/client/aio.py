@@ -1,0 +1,207 @@
+"""AsyncWebSocket: the asyncio API, on the caller's running loop.
+
+    async with AsyncWebSocket(key, device_id, "client") as ws:
+        async for tick in ws:
+            print(tick)
+
+Ticks go into a bounded queue: above `max_queue` the socket stops being read (TCP
+backpressure reaches the server; the keep-alive knows the silence is ours) and resumes below
+`max_queue // 4`. Ticks are queued for `async for` unless a tick callback is set and no
+iteration has started (a callback-only user never drains the queue); iterate=False turns
+the queue off. With a checkpoint, only what the iterator handed out is checkpointed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from types import TracebackType
+from typing import Any
+
+from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
+from .base import ClientBase
+from .options import resolver
+from .session import OP_BINARY, OP_TEXT
+
+__all__ = ["AsyncWebSocket"]
+
+
+class AsyncWebSocket(ClientBase):
+    __doc__ = ClientBase.__doc__
+
+    def _post_init(self) -> None:
+        if self._loop_factory is not None:
+            raise TypeError("loop_factory belongs to WebSocket (AsyncWebSocket runs on yours)")
+        self._high, self._low = self._max_queue, self._max_queue // 4
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._open_waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._iterating = False
+        self._engine.on_open = self._opened
+        if self._iterate:
+            self._session.sink = self._push
+
+    def stats(self) -> dict[str, Any]:
+        s = self._engine.stats()
+        s["queued_ticks"] = len(self._queue)
+        s["reading_paused"] = self._paused
+        return s
+
+    # ------------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        """Start the session; return once connected. Raises the error that ended it
+        before (fatal, first_connect_retries exhausted, or reconnect=False)."""
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("already connected")
+        loop = asyncio.get_running_loop()
+        self._engine.stopping = False
+        self._open_waiter = loop.create_future()
+        self._task = loop.create_task(self._engine.run())
+        self._task.add_done_callback(self._ended)
+        await asyncio.wait([self._open_waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if not self._open_waiter.done():
+            self._open_waiter.cancel()
+            self._task.result()  # raises the error that ended the session
+            raise ConnectionClosedOK(1000, "closed before it was established")
+
+    def _opened(self) -> None:
+        w = self._open_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here; re-raised to the user by __anext__/close
+        self._wake()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close gracefully (bounded by close_timeout) and stop reconnecting."""
+        task = self._task
+        if task is None:
+            return
+        self._engine.stop(code, reason)
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._opts.close_timeout + 1.0)
+            except TimeoutError:
+                self._engine.abort()
+                task.cancel()
+
+    async def __aenter__(self) -> AsyncWebSocket:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session ends (stop or fatal error, which is raised)."""
+        if self._task is not None:
+            await self._task
+
+    def _drop_connection(self) -> None:
+        self._engine.abort()
+
+    # ------------------------------------------------------------------ iteration
+    def _push(self, batch: list[dict[str, Any]]) -> None:
+        if not self._iterating and (
+            self.on_tick is not None or self.on_ticks is not None or self.on_tick_rows is not None
+        ):
+            return  # callback-style use: nobody will drain a queue, so keep none
+        self._queue.extend(batch)
+        if not self._paused and len(self._queue) >= self._high:
+            self._paused = True
+            self._engine.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def __aiter__(self) -> AsyncWebSocket:
+        self._iterating = True
+        self._session.hold_commit = True  # checkpoint what the user took, not what is queued
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        q = self._queue
+        while not q:
+            task = self._task
+            if task is None or task.done():
+                if task is not None and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        tick = q.popleft()
+        self._session.commit(None if not q else tick["position"])
+        if self._paused and len(q) <= self._low:
+            self._paused = False
+            self._engine.resume_reading()
+        return tick
+
+    # ------------------------------------------------------------------ sending
+    async def _send(self, op: int, data: bytes, pid: str | None = None, waiter: Any = None) -> None:
+        eng = self._engine
+        eng.send(op, data, pid, waiter=waiter)
+        if eng.write_paused:  # only above the transport's high-water mark
+            await eng.drain()
+
+    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Send a raw text (str) or binary message; corked into one socket write per loop
+        iteration, waiting only while the write buffer is over its high-water mark."""
+        if isinstance(data, str):
+            await self._send(OP_TEXT, data.encode("utf-8"))
+        else:
+            await self._send(OP_BINARY, bytes(data))
+
+    async def publish(
+        self,
+        data: dict[str, Any],
+        *,
+        ts: float | None = None,
+        id: str | int | None = None,
+        wait: bool = False,
+        timeout: float = 10.0,
+    ) -> int | None:
+        """Publish one reading (kept until acknowledged, re-sent after a reconnect);
+        wait=True returns the position the record got (OperationTimeout after `timeout`)."""
+        pid, frame = self._session.encode_publish(data, ts, id)
+        fut: asyncio.Future[Any] | None = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
+        await self._send(OP_TEXT, frame, pid, resolver(fut) if fut is not None else None)
+        if fut is None:
+            return None
+        try:
+            position: int = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise OperationTimeout(f"publish {pid} not acknowledged within {timeout}s") from None
+        return position
+
+    async def publish_batch(self, ticks: list[dict[str, Any]]) -> None:
+        """Publish many readings in binary batch frames (see WebSocket.publish_batch)."""
+        for frame in self._encode_ticks(ticks):
+            await self._send(OP_BINARY, frame)
+
+    async def send_command(
+        self, device_id: str, data: Any, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a command and return its ack dict (CommandError / OperationTimeout)."""
+        cid, frame = self._session.encode_command(device_id, data)
+        if not self._engine.connected:
+            raise NotConnectedError("not connected: cannot send a command")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._engine.start_command(cid, frame, timeout, resolver(fut))
+        return await fut

@@ -1,0 +1,247 @@
+"""ClientBase: what WebSocket (sync.py) and AsyncWebSocket (aio.py) share, written once:
+the constructor and its documentation (shown by help()), the callback attributes, state,
+subscriptions, acks and the encoding of publishes.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl as ssl_module
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import payload
+from ..exceptions import InputError
+from .checkpoint import Checkpoint
+from .engine import Engine
+from .options import (
+    OnClose,
+    OnCommand,
+    OnConnect,
+    OnError,
+    OnGap,
+    OnMessage,
+    OnNoReconnect,
+    OnReconnect,
+    OnTick,
+    OnTickRows,
+    OnTicks,
+    Options,
+    Owner,
+)
+from .session import OP_TEXT, Session, devices_arg
+
+__all__ = ["ClientBase"]
+
+
+class ClientBase:
+    """Streaming client of the IOT commute service: ticks in, publishes and commands out.
+
+    Callbacks (attributes, None by default; each gets the client LAST; one that raises is
+    logged and passed to on_error, the connection lives on):
+
+        on_connect(ws)                  the connection is open (again)
+        on_tick(tick, ws)               one tick dict: type, device, position, ts, data
+        on_ticks(ticks, ws)             the new ticks of one binary batch, or up to 32 JSON
+                                        ticks of one read, after on_tick ran for each
+        on_tick_rows(fields, rows, ws)  lean form: data field names and one tuple
+                                        (device, position, ts, *values) per new tick
+        on_message(message, ws)         every text (str) / binary (bytes) message as received
+        on_command(command, ws)         a command for this device: answer with ws.ack()
+        on_close(code, reason, ws)      a connection ended (1006: without a close frame)
+        on_error(error, ws)             an error (typed, from iotcommute.exceptions)
+        on_reconnect(attempt, ws)       a retry is scheduled (attempt 1, 2, ...)
+        on_noreconnect(ws)              the client gave up (fatal error, retries exhausted)
+        on_gap(gap, ws)                 records were lost (trimmed): dict with from, to, missed
+
+    Delivery: every record of the subscribed devices arrives once and in order across any
+    number of reconnects, or is covered by exactly one on_gap.
+
+    Parameters (all but the first three are keywords):
+
+        device_key, device_id   device credentials (or api_key + access_token)
+        role                    "device" or "client"; default: "device" with a device key,
+                                "client" with an access token
+        url                     ws:// or wss:// URL; default: $IOTCOMMUTE_URL or
+                                ws://127.0.0.1:8765 (the stream path /v1/stream is added)
+        access_token, api_key   from the REST login flow (client role)
+        ssl                     ssl.SSLContext; default: verifying (certifi) for wss://
+        headers                 extra handshake headers (dict); default none
+        proxy                   "http://[user:pass@]host:port" HTTP CONNECT proxy; default none
+        ping_interval           seconds between our pings; default 20.0 (None: no pings)
+        ping_timeout            seconds; the connection is dead when no frame of any kind
+                                arrived for ping_interval + ping_timeout; default 20.0
+        idle_timeout            seconds without any data before reconnecting; default None
+        open_timeout            seconds for each connect + handshake attempt; default 10.0
+        close_timeout           seconds to wait for the close handshake; default 5.0
+        reconnect               reconnect after a drop; default True
+        max_reconnect_delay     seconds, cap of the jittered exponential backoff; default 30.0
+        max_retries             retries in a row before giving up; default None (forever)
+        first_connect_retries   retries before the first successful connection; default 3
+                                (a wrong URL fails fast with a typed error); None: wait
+                                for the server forever
+        max_size                bytes, largest message accepted; default 4194304 (4 MiB)
+        compression             offer permessage-deflate; default True
+        format                  "json" or "binary" (compact tick batches); default "json"
+        subscribe               devices to follow on connect: "*" (the fleet, the default
+                                for both roles), a list of ids, or None (no telemetry, e.g.
+                                a device that only takes commands)
+        checkpoint              file keeping the last position a callback returned for (or
+                                the iterator handed out): a restarted process resumes after
+                                it; default None
+        offline_queue           messages kept while disconnected (and publishes kept until
+                                acknowledged); default 10000; 0: raise NotConnectedError
+        loop_factory            (WebSocket) event loop factory; default uvloop when installed
+        max_queue               (AsyncWebSocket) ticks queued for `async for` before the
+                                socket is paused; default 10000
+        iterate                 (AsyncWebSocket) queue ticks for `async for`; default True
+    """
+
+    on_connect: OnConnect | None
+    on_tick: OnTick | None
+    on_ticks: OnTicks | None
+    on_tick_rows: OnTickRows | None
+    on_message: OnMessage | None
+    on_command: OnCommand | None
+    on_close: OnClose | None
+    on_error: OnError | None
+    on_reconnect: OnReconnect | None
+    on_noreconnect: OnNoReconnect | None
+    on_gap: OnGap | None
+
+    def __init__(
+        self,
+        device_key: str | None = None,
+        device_id: str | None = None,
+        role: str | None = None,
+        *,
+        url: str | None = None,
+        access_token: str | None = None,
+        api_key: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+        proxy: str | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        idle_timeout: float | None = None,
+        open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        reconnect: bool = True,
+        max_reconnect_delay: float = 30.0,
+        max_retries: int | None = None,
+        first_connect_retries: int | None = 3,
+        max_size: int = 4 * 2**20,
+        compression: bool = True,
+        format: str = "json",
+        subscribe: str | list[str] | None = "*",
+        checkpoint: str | os.PathLike[str] | None = None,
+        offline_queue: int = 10000,
+        loop_factory: Callable[[], Any] | None = None,
+        max_queue: int = 10000,
+        iterate: bool = True,
+    ) -> None:
+        self._opts = Options(
+            device_key, device_id, role, url or "", access_token, api_key, ssl, headers,
+            proxy, ping_interval, ping_timeout, idle_timeout, open_timeout, close_timeout,
+            reconnect, max_reconnect_delay, max_retries, first_connect_retries, max_size,
+            compression, format, subscribe, checkpoint, offline_queue,
+        )  # fmt: skip
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self._loop_factory = loop_factory
+        self._max_queue, self._iterate = max_queue, iterate
+        for name in Owner.__annotations__:
+            setattr(self, name, None)
+        saved = Checkpoint(checkpoint).load() if checkpoint is not None else None
+        self._session = Session(
+            self,
+            format=format,
+            subscribe=subscribe,
+            position=saved,
+            offline_queue=offline_queue,
+        )
+        self._engine = Engine(self._opts, self, self._session)
+        self._post_init()
+
+    def _post_init(self) -> None:
+        """Per-API state (WebSocket: thread; AsyncWebSocket: queue)."""
+
+    def __repr__(self) -> str:
+        # never the key or token: only where we connect and as whom
+        state = "connected" if self._engine.connected else "disconnected"
+        o = self._opts
+        return (
+            f"<{type(self).__name__} url={o.url!r} device={o.device_id!r} role={o.role!r} {state}>"
+        )
+
+    @property
+    def url(self) -> str:
+        return self._opts.url
+
+    @property
+    def position(self) -> int:
+        """The resume point: every record up to here was passed (0: none yet)."""
+        return self._session.position
+
+    @property
+    def subscription(self) -> str | list[str] | None:
+        """What the client follows, as last asked ("*", device ids, or None)."""
+        return self._session.subscription.public()
+
+    def is_connected(self) -> bool:
+        return self._engine.connected
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: messages/bytes in/out, reconnects, position, last-message age, rtt..."""
+        return self._engine.stats()
+
+    def subscribe(self, devices: str | list[str], from_position: int | None = None) -> None:
+        """Follow devices ("*" = the fleet) from the cursor, or re-position it after
+        `from_position` (the devices added get their records after it; no repeats)."""
+        devices_arg(devices)
+        if from_position is not None and (
+            isinstance(from_position, bool) or not isinstance(from_position, int)
+        ):
+            raise InputError("from_position must be None or an integer >= 0")
+        self._engine.call(self._loop_request, "subscribe", devices, from_position)
+
+    def unsubscribe(self, devices: str | list[str]) -> None:
+        """Stop following devices ("*" = all); survives reconnects like subscribe."""
+        devices_arg(devices)
+        self._engine.call(self._loop_request, "unsubscribe", devices, None)
+
+    def _loop_request(self, kind: str, devices: Any, frm: int | None) -> None:
+        if kind == "subscribe":
+            self._session.subscribe(devices, frm)
+        else:
+            self._session.unsubscribe(devices)
+        self._engine.write_session()
+
+    def ack(
+        self, command_id: str | int, ok: bool = True, data: Any = None, error: str | None = None
+    ) -> None:
+        """Answer a command received in on_command (device role)."""
+        msg: dict[str, Any] = {"type": "ack", "id": command_id, "ok": ok}
+        if data is not None:
+            msg["data"] = data
+        if error is not None:
+            msg["error"] = error
+        self._engine.send(OP_TEXT, payload.dumps(msg), offline=False)
+
+    def _encode_ticks(self, ticks: list[dict[str, Any]]) -> list[bytes]:
+        """Binary batch frames for a device's readings (unacknowledged: no ids in batches)."""
+        now = time.time()
+        dev = self._opts.device_id or ""
+        full = []
+        for t in ticks:
+            if not isinstance(t, dict) or not isinstance(t.get("data"), dict) or not t["data"]:
+                raise InputError('each reading needs a non-empty "data" dict')
+            ts = t.get("ts") or now
+            full.append({"type": "tick", "device": t.get("device") or dev, "position": 0,
+                         "ts": ts, "data": t["data"]})  # fmt: skip
+        return [bytes(b) for b in payload.encode_batches(full)]
+
+    def _drop_connection(self) -> None:
+        """Cut the TCP connection without a close handshake (demo/tests: simulate a cut)."""
+        self._engine.call(self._engine.abort)
