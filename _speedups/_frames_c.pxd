@@ -6,7 +6,7 @@ cdef int OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
 cdef Py_ssize_t DEFAULT_MAX_SIZE, DEFAULT_MAX_FRAGMENTS
 cdef bytes _DEFLATE_TAIL
 cdef object _Utf8Decoder
-cdef Py_ssize_t _PREALLOC_MAX
+cdef Py_ssize_t _PREALLOC_MAX, _READ_SIZE, _DIRECT_MIN
 cdef bint _COMPILED
 
 # Compiled-only helpers, used under `if _COMPILED:` in the .py (the fallback never runs them).
@@ -19,10 +19,16 @@ cdef extern from *:
                                Py_ssize_t n) {
         memcpy(PyBytes_AS_STRING(dst) + off, src, (size_t)n);
     }
+    /* A writable view of n bytes at off in a bytes object the reader alone holds (its read
+       buffer, or a payload not handed out yet), for the next socket read only. */
+    static PyObject *iotc_writable_view(PyObject *b, Py_ssize_t off, Py_ssize_t n) {
+        return PyMemoryView_FromMemory(PyBytes_AS_STRING(b) + off, n, PyBUF_WRITE);
+    }
     """
     bytes _new_bytes "iotc_new_bytes"(Py_ssize_t n)
     void _copy_into "iotc_copy_into"(object dst, Py_ssize_t off, const unsigned char *src,
                                      Py_ssize_t n)
+    object _writable_view "iotc_writable_view"(object b, Py_ssize_t off, Py_ssize_t n)
 cdef object CloseReceived, Ping, Pong
 cdef object InvalidUTF8Error, MessageTooBigError, ProtocolError
 
@@ -57,15 +63,24 @@ cdef class FrameReader:
     cdef object _inflater
     cdef object _pdec
     cdef bint _pascii
+    cdef object _rbuf
+    cdef object _rview
+    cdef bint _rdirect
 
-    @cython.locals(buf=bytes, n=Py_ssize_t, pos=Py_ssize_t, k=Py_ssize_t, m=Py_ssize_t,
-                   hdr=bytes, b1=int)
-    cpdef void feed_data(self, object data)
+    cpdef object get_buffer(self, Py_ssize_t sizehint=*)
 
-    @cython.locals(p="const unsigned char *", n=Py_ssize_t, avail=Py_ssize_t,
+    cpdef void buffer_updated(self, Py_ssize_t nbytes) except *
+
+    @cython.locals(buf=bytes)
+    cpdef void feed_data(self, object data) except *
+
+    @cython.locals(pos=Py_ssize_t, k=Py_ssize_t, m=Py_ssize_t, hdr=bytes, b1=int)
+    cdef void _feed(self, bytes buf, Py_ssize_t n) except *
+
+    @cython.locals(p="const unsigned char *", avail=Py_ssize_t,
                    start=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, b0="unsigned char",
                    b1="unsigned char", opcode=int, events=list, max_size=Py_ssize_t)
-    cdef Py_ssize_t _parse(self, bytes buf, Py_ssize_t pos) except -1
+    cdef Py_ssize_t _parse(self, bytes buf, Py_ssize_t pos, Py_ssize_t n) except -1
 
     @cython.locals(opcode=int)
     cdef void _begin(self, int b0, Py_ssize_t length, bytes buf, Py_ssize_t start,

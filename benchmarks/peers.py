@@ -283,8 +283,11 @@ class CallbackSubject(Subject):
         return run(cb_latency(self.open, url, m, rate, payload))
 
 
-# ---- iotcommute core: ClientProtocol driven by a minimal asyncio Protocol
-class _CoreConn(asyncio.Protocol, CallbackConn):
+# ---- iotcommute core: ClientProtocol driven by a minimal asyncio BufferedProtocol
+class _CoreConn(asyncio.BufferedProtocol, CallbackConn):
+    """Reads land in the core's own memory (``get_buffer``/``buffer_updated``), as an
+    engine should feed it; ``data_received`` is kept for loops that call it."""
+
     def __init__(self, proto: Any, on_message: OnMessage, loop: asyncio.AbstractEventLoop) -> None:
         from iotcommute.protocol import events
 
@@ -301,9 +304,20 @@ class _CoreConn(asyncio.Protocol, CallbackConn):
         self.p.send_request()
         self.transport.write(self.p.data_to_send())
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view: memoryview = self.p.get_buffer(sizehint)
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.p.buffer_updated(nbytes)
+        self._after_read()
+
     def data_received(self, data: bytes) -> None:
+        self.p.receive_data(data)
+        self._after_read()
+
+    def _after_read(self) -> None:
         p = self.p
-        p.receive_data(data)
         on_message = self.on_message
         for ev in p.events_received():
             tp = type(ev)

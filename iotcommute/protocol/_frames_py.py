@@ -13,11 +13,20 @@ typed error in ``self.error`` and ignores all further input. Results never depen
 how the input is chunked: a frame is only acted on once it is complete, and header
 checks are pure functions of header bytes and reader state.
 
-Copies: a frame inside one read is sliced out once. A frame split across reads gets its
-payload buffer when its header arrives and each read's share is copied straight into it
-(compiled: uninitialised ``bytes`` + memcpy, so the payload is never copied again); only
-a split header (under 10 bytes) is kept aside. Text fragments that are ASCII are kept as
-bytes and decoded once at the end; UTF-8 is still validated as each piece arrives.
+Copies: a frame inside one read is sliced out once (a text frame is decoded straight out
+of the read). A frame split across reads gets its payload buffer when its header arrives
+and each read's share is copied straight into it (compiled: uninitialised ``bytes`` +
+memcpy, so the payload is never copied again); only a split header (under 10 bytes) is
+kept aside. Text fragments that are ASCII are kept as bytes and decoded once at the end;
+UTF-8 is still validated as each piece arrives.
+
+Reads can also land in memory the reader owns (``get_buffer``/``buffer_updated``, the
+shape of ``asyncio.BufferedProtocol``): compiled, a read goes into a reused buffer that
+frames are sliced out of (one copy of each payload byte between the socket and the
+message), and while a big binary frame is arriving the next read goes straight into that
+frame's payload (no copy at all after the kernel's). Messages never alias the reused buffer:
+every slice is a new object, and a payload read into in place is handed out only when whole
+and never written again.
 """
 
 from __future__ import annotations
@@ -45,6 +54,10 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 # of each byte after the kernel's); above this size the buffer grows as data arrives instead,
 # so a huge max_size never turns a lying header into a huge allocation.
 _PREALLOC_MAX = 64 * 2**20
+# get_buffer: the reused read buffer's size (uvloop reads up to 256 000 bytes at a time), and
+# how much of a big binary frame must still be missing for a read to go straight into it.
+_READ_SIZE = 256 * 1024
+_DIRECT_MIN = 16 * 1024
 
 
 def close_code_valid(code: int) -> bool:
@@ -108,20 +121,72 @@ class FrameReader:
         # `_pascii` skips the decoder while everything so far was ASCII.
         self._pdec: codecs.IncrementalDecoder | None = None
         self._pascii = True
+        # get_buffer/buffer_updated: the reused read buffer (compiled: bytes written only
+        # through the views get_buffer hands out; pure: a bytearray) and its view, and
+        # whether the last view handed out was the arriving frame's payload instead.
+        self._rbuf: bytes | bytearray | None = None
+        self._rview: memoryview | None = None
+        self._rdirect = False
 
     # -- input -----------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable memory for the next read (``asyncio.BufferedProtocol.get_buffer``);
+        pass the number of bytes read to ``buffer_updated`` before anything else. The view
+        is only valid until then."""
+        if _COMPILED:
+            if (
+                self._pbuf is not None
+                and self._pmode == 1
+                and self._pdec is None
+                and self._plen - self._pfill >= _DIRECT_MIN
+                and self.error is None
+                and not self.closed
+            ):
+                # The read goes straight into the arriving frame's payload.
+                self._rdirect = True
+                return _writable_view(self._pbuf, self._pfill, self._plen - self._pfill)  # type: ignore[name-defined,no-any-return]  # noqa: F821
+            self._rdirect = False
+            if self._rbuf is None:
+                self._rbuf = _new_bytes(_READ_SIZE)  # type: ignore[name-defined]  # noqa: F821
+            return _writable_view(self._rbuf, 0, _READ_SIZE)  # type: ignore[name-defined,no-any-return]  # noqa: F821
+        if self._rview is None:
+            self._rbuf = bytearray(_READ_SIZE)
+            self._rview = memoryview(self._rbuf)
+        return self._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: consume them."""
+        if _COMPILED:
+            if self._rdirect:
+                self._rdirect = False
+                if self.error is None and not self.closed and nbytes > 0:
+                    self._pfill += nbytes
+                    if self._pfill == self._plen:
+                        self._complete()
+                return
+            if self.error is None and not self.closed and nbytes > 0:
+                self._feed(self._rbuf, nbytes)  # type: ignore[arg-type]
+            return
+        if self._rview is not None and nbytes > 0:
+            self.feed_data(self._rview[:nbytes])
 
     def feed_data(self, data: bytes | bytearray | memoryview) -> None:
         """Consume ``data`` (any chunk size); complete frames become events."""
         if self.error is not None or self.closed:
             return
         buf = data if type(data) is bytes else bytes(data)
-        n = len(buf)
+        self._feed(buf, len(buf))
+
+    def _feed(self, buf: bytes, n: int) -> None:
+        """Consume ``buf[:n]``."""
+        if self.error is not None or self.closed:
+            return
         if self._pbuf is not None and n < self._plen - self._pfill:
             # The middle of a big frame: all of this read belongs to it (the common case
             # for small reads, kept to the fewest calls for the pure-Python path).
             if self._pmode == 3 and self._pdec is None:
-                self._pbuf += buf
+                self._pbuf += buf if n == len(buf) else memoryview(buf)[:n]
                 self._pfill += n
             else:
                 self._fill(buf, 0, n)
@@ -134,7 +199,7 @@ class FrameReader:
                 if k > n - pos:
                     k = n - pos
                 if self._pmode == 3 and self._pdec is None and pos == 0:
-                    self._pbuf += buf if k == n else memoryview(buf)[:k]
+                    self._pbuf += buf if k == len(buf) else memoryview(buf)[:k]
                     self._pfill += k
                 elif not self._fill(buf, pos, pos + k):
                     return
@@ -153,19 +218,18 @@ class FrameReader:
                     m = n - pos
                 hdr = hdr + buf[pos : pos + m]
                 self._tail = b""
-                self._parse(hdr, 0)
+                self._parse(hdr, 0, len(hdr))
                 pos += m
             else:
-                self._parse(buf, pos)
+                self._parse(buf, pos, n)
                 return
             if self.error is not None or self.closed:
                 return
 
-    def _parse(self, buf: bytes, pos: int) -> int:
-        """Parse frames from ``buf[pos:]``; return the offset after what was used.
+    def _parse(self, buf: bytes, pos: int, n: int) -> int:
+        """Parse frames from ``buf[pos:n]``; return the offset after what was used.
         A split header is kept in ``_tail``, a split payload starts a fill."""
         p = buf
-        n = len(buf)
         events = self.events
         max_size = self.max_size
         while True:
@@ -261,7 +325,7 @@ class FrameReader:
         if k <= 0:
             return True
         if self._pdec is not None:
-            part = buf if (a == 0 and b == len(buf)) else buf[a:b]
+            part = buf if (a == 0 and b == len(buf)) else buf[a:b]  # read at once, not kept
             if not (self._pascii and part.isascii()):
                 self._pascii = False
                 try:
