@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", nargs=4, metavar=("PATH", "CASE", "ON", "BATCHES"))
     ap.add_argument("--wall", type=int, default=0, help="interleaved wall-clock rounds")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--paths", default="decode,e2e", help="decode and/or e2e")
+    ap.add_argument("--cases", default=",".join(SHAPES), help="batch100 and/or batch100x5")
     args = ap.parse_args(argv)
     if args.child:
         path, case, on, n = args.child
@@ -165,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results: dict[str, Any] = {}
     sizes = {"decode": (200, 1200), "e2e": (200, 1200)}
-    for path in ("decode", "e2e"):
-        for case, shape in SHAPES.items():
+    for path in args.paths.split(","):
+        for case in args.cases.split(","):
+            shape = SHAPES[case]
             on = per_tick(path, case, True, *sizes[path])
             off = per_tick(path, case, False, *sizes[path])
             results[f"{path} {case}"] = {"on": on, "off": off}

@@ -60,6 +60,18 @@ _READ_SIZE = 256 * 1024
 _DIRECT_MIN = 16 * 1024
 
 
+# The fragment buffer of a message bigger than this is dropped once the message is out.
+_ACC_KEEP = 2**20
+
+
+def _is_ascii(buf: bytes, a: int, b: int) -> bool:
+    """``buf[a:b]`` is all ASCII."""
+    if _COMPILED:
+        q = buf
+        return _ascii_run(q + a, b - a)  # type: ignore[name-defined,operator,no-any-return]  # noqa: F821
+    return (buf if a == 0 and b == len(buf) else buf[a:b]).isascii()
+
+
 def close_code_valid(code: int) -> bool:
     """RFC 6455 7.4: codes a peer may put on the wire (1012-1014 are IANA-registered)."""
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
@@ -111,6 +123,11 @@ class FrameReader:
         # from the first non-ASCII fragment on they are decoded incrementally into str parts.
         self._frag_parts: list[object] = []
         self._frag_ascii = True
+        # The uncompressed fragments of the message in progress, copied in once: a buffer
+        # reused between messages (compiled; its length is its capacity) and how much of it
+        # is filled.
+        self._acc = bytearray()
+        self._acc_len = 0
         self._frag_size = 0
         self._frag_wire = 0
         self._frag_count = 0
@@ -284,7 +301,7 @@ class FrameReader:
                 except UnicodeDecodeError:
                     self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
                     return pos
-            elif not self._frame(b0, p[start:end]):
+            elif not self._frame(b0, buf, start, end):
                 return pos
             pos = end
 
@@ -355,7 +372,7 @@ class FrameReader:
             except UnicodeDecodeError:
                 return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
         else:
-            return self._frame(b0, payload)  # type: ignore[arg-type]
+            return self._frame(b0, payload, 0, len(payload))  # type: ignore[arg-type]
         return True
 
     def _check_header(self, b0: int, b1: int) -> bool:
@@ -387,11 +404,14 @@ class FrameReader:
             return self._fail(MessageTooBigError(f"message over {self.max_fragments} fragments"))
         return True
 
-    def _frame(self, b0: int, payload: bytes) -> bool:
-        """A complete frame that is not a plain unfragmented data frame."""
+    def _frame(self, b0: int, buf: bytes, a: int, b: int) -> bool:
+        """A complete frame, payload ``buf[a:b]``, that is not a plain unfragmented data
+        frame. Uncompressed fragments are copied once, straight from ``buf``, into the
+        message's buffer (``_acc``; text while it is all ASCII), which becomes the message
+        with one more copy at the end; compressed ones are kept as inflated and joined."""
         opcode = b0 & 0x0F
         if opcode > 7:
-            return self._control(opcode, payload)
+            return self._control(opcode, buf[a:b])
         fin = (b0 & 0x80) != 0
         if opcode != OP_CONT:
             self._frag_op = opcode
@@ -400,6 +420,7 @@ class FrameReader:
             self._frag_wire = 0
             self._frag_count = 0
             self._frag_parts = []
+            self._acc_len = 0
             if self._frag_compressed and (self._inflater is None or self.no_context_takeover):
                 self._inflater = zlib.decompressobj(-self.window_bits)
             self._frag_ascii = True
@@ -409,14 +430,35 @@ class FrameReader:
                 else:
                     self._decoder.reset()
         self._frag_count += 1
-        self._frag_wire += len(payload)
+        self._frag_wire += b - a
         if self._frag_compressed:
-            data = self._inflate(payload, fin)
-            if data is None:
+            data = self._inflate(buf[a:b], fin)
+            if data is None or not self._add_part(data, fin):
                 return False
         else:
-            data = payload
-            self._frag_size += len(data)
+            self._frag_size += b - a
+            if self._frag_op == OP_TEXT and not (self._frag_ascii and _is_ascii(buf, a, b)):
+                if not self._add_part(buf[a:b], fin):
+                    return False
+            else:
+                self._acc_add(buf, a, b)
+        if fin:
+            parts = self._frag_parts
+            if self._frag_op == OP_TEXT and not self._frag_ascii:
+                self.events.append("".join(parts))  # type: ignore[arg-type]
+            elif not self._frag_compressed:
+                self.events.append(self._acc_take(self._frag_op == OP_TEXT))
+            elif self._frag_op != OP_TEXT:
+                self.events.append(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[arg-type]
+            else:
+                self.events.append(b"".join(parts).decode("ascii"))  # type: ignore[arg-type]
+            self._frag_op = 0
+            self._frag_wire = 0  # only a message in progress counts against max_size
+            self._frag_parts = []
+        return True
+
+    def _add_part(self, data: bytes, fin: bool) -> bool:
+        """Add a compressed message's inflated piece, or a non-ASCII text piece."""
         parts = self._frag_parts
         if self._frag_op == OP_TEXT:
             if self._frag_ascii and data.isascii():
@@ -425,7 +467,11 @@ class FrameReader:
                 if self._frag_ascii:
                     self._frag_ascii = False
                     # The ASCII prefix cannot leave a partial sequence: the decoder starts clean.
-                    parts = [b"".join(parts).decode("ascii")]  # type: ignore[arg-type]
+                    if self._frag_compressed:
+                        prefix = b"".join(parts).decode("ascii")  # type: ignore[arg-type]
+                    else:
+                        prefix = self._acc_take(True)  # type: ignore[assignment]
+                    parts = [prefix]
                     self._frag_parts = parts
                 try:
                     parts.append(self._decoder.decode(data, fin))  # type: ignore[union-attr]
@@ -433,17 +479,35 @@ class FrameReader:
                     return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
         else:
             parts.append(data)
-        if fin:
-            if self._frag_op != OP_TEXT:
-                self.events.append(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[arg-type]
-            elif self._frag_ascii:
-                self.events.append(b"".join(parts).decode("ascii"))  # type: ignore[arg-type]
-            else:
-                self.events.append("".join(parts))  # type: ignore[arg-type]
-            self._frag_op = 0
-            self._frag_wire = 0  # only a message in progress counts against max_size
-            self._frag_parts = []
         return True
+
+    def _acc_add(self, buf: bytes, a: int, b: int) -> None:
+        """Append ``buf[a:b]`` to the message's buffer (one copy)."""
+        n = b - a
+        if _COMPILED:
+            _acc_reserve(self._acc, self._acc_len + n)  # type: ignore[name-defined]  # noqa: F821
+            q = buf
+            _acc_copy(self._acc, self._acc_len, q + a, n)  # type: ignore[name-defined,operator]  # noqa: F821
+        elif n == len(buf):
+            self._acc += buf
+        else:
+            self._acc += memoryview(buf)[a:b]
+        self._acc_len += n
+
+    def _acc_take(self, text: bool) -> bytes | str:
+        """The message's buffer as the message (one copy); the buffer is emptied."""
+        if _COMPILED:
+            if text:
+                out = _acc_ascii(self._acc, self._acc_len)  # type: ignore[name-defined]  # noqa: F821
+            else:
+                out = _acc_bytes(self._acc, self._acc_len)  # type: ignore[name-defined]  # noqa: F821
+            if len(self._acc) > _ACC_KEEP:
+                self._acc = bytearray()  # a big message's buffer is not kept
+        else:
+            out = self._acc.decode("ascii") if text else bytes(self._acc)
+            self._acc = bytearray()
+        self._acc_len = 0
+        return out  # type: ignore[no-any-return]
 
     def _inflate(self, payload: bytes, fin: bool) -> bytes | None:
         """Inflate one frame of a compressed message, bounded by what max_size still allows."""
@@ -504,4 +568,5 @@ class FrameReader:
         self._pbuf = None
         self._pdec = None
         self._frag_parts = []
+        self._acc_len = 0
         return False
