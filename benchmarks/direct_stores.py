@@ -8,11 +8,11 @@ Two paths, each with the stores on and off (``_ticks._use_direct_stores``):
 
 * decode only: ``payload.decode_batch`` over the receive benchmark's batches (100 ticks from
   100 devices; 11 and 5 readings);
-* end to end on the dict path: the sans-IO core on uvloop receiving the batch100 /
-  batch100x5 streams from the firehose over a socket, each frame decoded to dicts
-  (socket, frame reader, decode, consumer). The public APIs add a per-tick engine cost on
-  top (dispatch, duplicate check, callback) that the switch does not touch, so the gain
-  measured here is an upper bound of theirs.
+* end to end on the dict path: the batch100 / batch100x5 streams from the firehose over a
+  socket, through the core on uvloop with each frame decoded to dicts by the consumer, or
+  (IOTCOMMUTE_DS_SUBJECT=iotcommute-aio) through AsyncWebSocket with ``on_tick``, which adds
+  the engine's per-tick cost (dispatch, duplicate check, callback) that the switch does not
+  touch.
 
 Instructions are counted by valgrind's callgrind in a child process for two stream lengths;
 the difference divided by the extra ticks is the cost per tick, free of start-up. Callgrind
@@ -67,8 +67,12 @@ def decode_only(case: str, batches_n: int) -> int:
     return n
 
 
+SUBJECT = os.environ.get("IOTCOMMUTE_DS_SUBJECT", "iotcommute-core")
+
+
 def end_to_end(case: str, batches_n: int, server: firehose.FirehoseProcess | None = None) -> int:
-    """Receive ``batches_n`` batches through the core, decoded to dicts; returns ticks."""
+    """Receive ``batches_n`` batches through the core (decoded to dicts by the consumer) or,
+    with IOTCOMMUTE_DS_SUBJECT=iotcommute-aio, AsyncWebSocket.on_tick; returns ticks."""
     from benchmarks import peers
 
     own = server is None
@@ -76,7 +80,7 @@ def end_to_end(case: str, batches_n: int, server: firehose.FirehoseProcess | Non
     try:
         srv.prepare(case, batches_n)
         counter = peers.Counter(firehose.CASES[case], batches_n, "iotcommute")
-        peers.SUBJECTS["iotcommute-core"].recv(srv.url(f"/recv/{case}/{batches_n}"), counter, False)
+        peers.SUBJECTS[SUBJECT].recv(srv.url(f"/recv/{case}/{batches_n}"), counter, False)
         assert counter.count == counter.expected, (counter.count, counter.expected)
         return counter.count
     finally:

@@ -870,7 +870,11 @@ class IotcommuteAio(Subject):
             await ws.connect()
             ended = asyncio.ensure_future(ws.wait_closed())
             await asyncio.wait([done, ended], return_when=asyncio.FIRST_COMPLETED)
-            await ws.close()
+            from iotcommute.exceptions import ConnectionClosedOK
+
+            # The server's close may have arrived in the read that completed the count.
+            with contextlib.suppress(ConnectionClosedOK):
+                await ws.close()
             if not ended.done():
                 ended.cancel()
             with contextlib.suppress(BaseException):

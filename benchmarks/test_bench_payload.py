@@ -197,6 +197,40 @@ def test_batch_decode_dict_floor(
     )
 
 
+@pytest.mark.skipif(C is None, reason="compiled tick codec not in use")
+@pytest.mark.parametrize("direct", ["on", "off"])
+@pytest.mark.parametrize("shape", ["5-readings", "11-readings"])
+def test_batch_decode_direct_stores(
+    benchmark: Any, bench_scale: BenchScale, shape: str, direct: str
+) -> None:
+    """The private dict layout decision (issue 13): the same decode with the direct value
+    stores on and off in one run (device interning on in both)."""
+    assert C is not None
+    batches = _firehose_batches(shape, False)
+    decode = C.decode_batch
+
+    def decode_100_batches() -> None:
+        for _ in range(10):
+            for b in batches:
+                decode(b)
+
+    C._use_direct_stores(direct == "on")
+    try:
+        if direct == "on" and not C.DIRECT_STORES:
+            pytest.skip("direct stores do not work on this interpreter")
+        assert decode(batches[1]) == _ticks_py.decode_batch(batches[1])
+        run(
+            benchmark,
+            bench_scale,
+            decode_100_batches,
+            100 * BATCH,
+            f"decode to dicts, {shape}",
+            f"iotcommute-compiled direct stores {direct}",
+        )
+    finally:
+        C._use_direct_stores(True)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_batch_encode_100(benchmark: Any, bench_scale: BenchScale, impl: ModuleType) -> None:
     assert impl.encode_batch(TICKS) == RAW_BATCH

@@ -106,3 +106,46 @@ def test_recv(
         assert isinstance(last, bytes | bytearray) and len(last) == len(
             firehose.case_messages(case, 1)[0]
         )
+
+
+@pytest.mark.parametrize("subject_name", ["iotcommute-aio", "iotcommute-core"])
+def test_recv_direct_stores_off(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    firehose_server: firehose.FirehoseProcess,
+    subject_name: str,
+) -> None:
+    """batch100 to dicts with the tick decoder's direct dict stores off (issue 13): next to
+    the same subject's batch100 row (stores on) in the same run."""
+    from iotcommute import payload
+
+    if not payload.SPEEDUPS or not payload.ticks_impl.DIRECT_STORES:
+        pytest.skip("the compiled tick codec's direct stores are not in use")
+    case = firehose.CASES["batch100"]
+    subject = peers.SUBJECTS[subject_name]
+    skip_unless_runnable(subject, case)
+    n = bench_scale.n(case.base_n)
+    firehose_server.prepare(case.name, n)
+    url = firehose_server.url(f"/recv/{case.name}/{n}")
+
+    def one_stream() -> None:
+        counter = peers.Counter(case, n, subject.decoders[0])
+        subject.recv(url, counter, False)
+        assert counter.count == counter.expected
+
+    payload.ticks_impl._use_direct_stores(False)
+    try:
+        benchmark.group = "recv batch100: direct dict stores off"
+        measure(
+            benchmark,
+            bench_scale,
+            one_stream,
+            case.expected(n),
+            section="recv",
+            case=case.name,
+            subject=f"{subject_name} (direct stores off)",
+            decoder=subject.decoders[0],
+            messages=n,
+        )
+    finally:
+        payload.ticks_impl._use_direct_stores(True)

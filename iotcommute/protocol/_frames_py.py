@@ -17,8 +17,12 @@ Copies: a frame inside one read is sliced out once (a text frame is decoded stra
 of the read). A frame split across reads gets its payload buffer when its header arrives
 and each read's share is copied straight into it (compiled: uninitialised ``bytes`` +
 memcpy, so the payload is never copied again); only a split header (under 10 bytes) is
-kept aside. Text fragments that are ASCII are kept as bytes and decoded once at the end;
-UTF-8 is still validated as each piece arrives.
+kept aside. The uncompressed fragments of a message are copied once, straight out of the
+read, into one message buffer reused between messages (text while it is ASCII: it is
+decoded once at the end), which becomes the message with one more copy; UTF-8 is still
+validated as each piece arrives. (A fragment split across reads is assembled in its own
+payload first, then copied into the message buffer.) Compressed messages keep their
+inflated pieces and join them once.
 
 Reads can also land in memory the reader owns (``get_buffer``/``buffer_updated``, the
 shape of ``asyncio.BufferedProtocol``): compiled, a read goes into a reused buffer that
