@@ -97,7 +97,7 @@ class BenchScale:
     stream, so slow and fast subjects get rounds of the same duration and the whole run's
     length is known in advance (about benchmarks x rounds x round_s). ``rounds`` rounds give
     a median and a spread. Both are configurable: IOTCOMMUTE_BENCH_ROUNDS (default 5) and
-    IOTCOMMUTE_BENCH_ROUND_S (default 1 s x the scale factor). The smoke run (plain
+    IOTCOMMUTE_BENCH_ROUND_S (default 0.8 s x the scale factor). The smoke run (plain
     ``pytest``) is one stream, one round, no calibration.
     """
 
@@ -115,7 +115,7 @@ class BenchScale:
         if not self.full:
             return 0.0
         env = os.environ.get("IOTCOMMUTE_BENCH_ROUND_S")
-        return float(env) if env else 1.0 * self.factor
+        return float(env) if env else 0.8 * self.factor
 
     def n(self, full_size: int, minimum: int = 2) -> int:
         """The count to use for something that is ``full_size`` at scale 1."""

@@ -263,7 +263,8 @@ def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str
         "# iotcommute benchmark summary",
         "",
         f"- date: {now}; scale: {scale:g} (IOTCOMMUTE_BENCH_SCALE); {rounds} rounds per "
-        f"benchmark, about {float(os.environ.get('IOTCOMMUTE_BENCH_ROUND_S') or scale):g} s each "
+        f"benchmark, about {float(os.environ.get('IOTCOMMUTE_BENCH_ROUND_S') or 0.8 * scale):g} s "
+        "each "
         "end to end (a quarter of that in process)",
         f"- CPU: {cpu_model()} x {os.cpu_count()} (shared machine: expect noise)",
         f"- Python {platform.python_version()} ({sys.implementation.name}), {platform.system()}",
