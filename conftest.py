@@ -46,11 +46,13 @@ def pytest_configure(config: pytest.Config) -> None:
     full = bool(config.getoption("benchmark"))
     if full and not os.environ.get("IOTCOMMUTE_BENCH_SCALE"):
         os.environ["IOTCOMMUTE_BENCH_SCALE"] = "1"
-    if not full and hasattr(config.option, "benchmark_disable"):
-        # Smoke mode: each benchmark's work runs once, untimed (no tables in the output);
-        # every subject still checks its counts. Runs before pytest-benchmark's own
-        # (trylast) pytest_configure reads the option.
-        config.option.benchmark_disable = True
+    if not full and hasattr(config.option, "benchmark_min_rounds"):
+        # Smoke mode: one round and no calibration time, but keep stats (tests may read
+        # benchmark.stats), so this is "minimal rounds" rather than --benchmark-disable.
+        # Runs before pytest-benchmark's own (trylast) pytest_configure reads them.
+        config.option.benchmark_min_rounds = 1
+        config.option.benchmark_max_time = 0.0
+        config.option.benchmark_warmup = False
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

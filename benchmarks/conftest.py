@@ -11,6 +11,7 @@ this run. Every benchmark file in this folder should size itself with
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ import pytest
 from benchmarks import firehose, peers, summary
 
 HERE = Path(__file__).parent
+# Benchmark files written before benchmarks/ became a package import their siblings by bare
+# name (`import firehose`); appended, so the package's own modules are never shadowed.
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
 
 SMOKE_SCALE = 0.002  # keep equal to the root conftest's SMOKE_SCALE
 RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
