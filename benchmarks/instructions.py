@@ -101,8 +101,8 @@ def count(subject: str, case: str, n: int) -> int:
         return int(m.group(1))
 
 
-def per_message(subject: str, case: str) -> float:
-    small, big = SIZES[case]
+def per_message(subject: str, case: str, sizes: tuple[int, int] | None = None) -> float:
+    small, big = sizes or SIZES[case]
     return (count(subject, case, big) - count(subject, case, small)) / (big - small)
 
 
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", nargs=3, metavar=("SUBJECT", "CASE", "N"))
     ap.add_argument("case", nargs="?")
     ap.add_argument("subjects", nargs="*")
+    ap.add_argument("--sizes", help="the two stream lengths, e.g. 2000,12000 (slow subjects)")
     args = ap.parse_args(argv)
     if args.child:
         subject, case, n = args.child
@@ -118,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.case not in SIZES or not args.subjects:
         ap.error(f"give a case ({', '.join(SIZES)}) and subjects")
+    sizes = None
+    if args.sizes:
+        small, big = (int(x) for x in args.sizes.split(","))
+        sizes = (small, big)
     for subject in args.subjects:
         print(
-            f"{args.case:10} {subject:28} {per_message(subject, args.case):12,.0f} "
+            f"{args.case:10} {subject:28} {per_message(subject, args.case, sizes):12,.0f} "
             "instructions/message",
             flush=True,
         )
