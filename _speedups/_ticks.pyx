@@ -399,6 +399,14 @@ cdef bint _DIRECT = _direct_stores_work()
 DIRECT_STORES = _DIRECT  # for tests and the benchmark notes
 
 
+def _use_direct_stores(on):
+    """Measurement switch (benchmarks/direct_stores.py): every store through the dict API
+    when off; on only where the layout proved itself."""
+    global _DIRECT, DIRECT_STORES
+    _DIRECT = bool(on) and _direct_stores_work()
+    DIRECT_STORES = _DIRECT
+
+
 def decode_batch(buf):
     """Decode one v1 tick batch into tick dicts (the same dicts as JSON ticks)."""
     return _decode_buffer(buf, False)

@@ -4,7 +4,8 @@ and the end-of-run summary (only with ``pytest --benchmark``).
 Sizes come from one place: ``IOTCOMMUTE_BENCH_SCALE`` if set, else 1 with ``--benchmark``
 and a tiny smoke scale without; ``bench_scale`` turns a full-size count into the count for
 this run. Every benchmark file in this folder should size itself with
-``bench_scale.n(full_size)`` and run ``bench_scale.rounds`` rounds.
+``bench_scale.n(full_size)`` and time itself with ``rounds.measure`` (rounds of
+``bench_scale.round_s`` seconds, ``bench_scale.rounds`` of them).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 
 import pytest
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from benchmarks import firehose, peers, summary
 
-import firehose  # noqa: E402
-import peers  # noqa: E402
-import summary  # noqa: E402
+HERE = Path(__file__).parent
+# Benchmark files written before benchmarks/ became a package import their siblings by bare
+# name (`import firehose`); appended, so the package's own modules are never shadowed.
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
 
 SMOKE_SCALE = 0.002  # keep equal to the root conftest's SMOKE_SCALE
 RECORDS_KEY = pytest.StashKey[list[dict[str, Any]]]()
@@ -74,8 +75,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     records = config.stash.get(RECORDS_KEY, [])
     if not metas and not records:
         return
-    text = summary.build(metas, records, _scale(config).factor)
-    out = summary.write(text, metas, records, HERE / "results")
+    cells = summary.cells_from_metas(metas)
+    text = summary.build(cells, records, _scale(config).factor)
+    out = summary.write(text, cells, records, HERE / "results")
     terminalreporter.section("iotcommute benchmark summary")
     for line in text.splitlines():
         terminalreporter.write_line(line)

@@ -1,6 +1,6 @@
 """Benchmark peer server: a firehose of pre-encoded frames, a sink and an echo.
 
-Runs as its own process (``python benchmarks/firehose.py``) so the server never shares
+Runs as its own process (``python -m benchmarks.firehose``) so the server never shares
 the GIL with the client under test; it prints ``PORT <n>`` on stdout once listening on
 127.0.0.1:0. Every connection gets a thread; benchmark rounds are sequential, so there is
 only ever one busy connection and the server's own cost stays a cheap ``sendall`` loop.
@@ -90,18 +90,32 @@ def batch_codec_available() -> bool:
 
 @dataclass(frozen=True)
 class BenchScale:
-    """How big this run is. ``full`` is ``--benchmark``; ``factor`` scales every size."""
+    """How big this run is. ``full`` is ``--benchmark``; ``factor`` scales every size.
+
+    A timed round repeats one stream (a fresh connection each time) until it lasts about
+    ``round_s`` seconds: the repeat count is calibrated once per benchmark from a warm-up
+    stream, so slow and fast subjects get rounds of the same duration and the whole run's
+    length is known in advance (about benchmarks x rounds x round_s). ``rounds`` rounds give
+    a median and a spread. Both are configurable: IOTCOMMUTE_BENCH_ROUNDS (default 5) and
+    IOTCOMMUTE_BENCH_ROUND_S (default 0.8 s x the scale factor). The smoke run (plain
+    ``pytest``) is one stream, one round, no calibration.
+    """
 
     full: bool
     factor: float
 
     @property
     def rounds(self) -> int:
-        return 3 if self.full else 1
+        if not self.full:
+            return 1
+        return max(1, int(os.environ.get("IOTCOMMUTE_BENCH_ROUNDS", "5")))
 
     @property
-    def warmup(self) -> int:
-        return 1 if self.full else 0
+    def round_s(self) -> float:
+        if not self.full:
+            return 0.0
+        env = os.environ.get("IOTCOMMUTE_BENCH_ROUND_S")
+        return float(env) if env else 0.8 * self.factor
 
     def n(self, full_size: int, minimum: int = 2) -> int:
         """The count to use for something that is ``full_size`` at scale 1."""
@@ -129,6 +143,7 @@ CASES: dict[str, Case] = {
     c.name: c
     for c in (
         Case("bin32", "binary", "32-byte binary frames", 300_000),
+        Case("text256", "text", "256-byte JSON ticks consumed raw (str)", 100_000),
         Case("json256", "ticks-json", "256-byte JSON ticks -> dicts", 100_000),
         Case("batch100", "ticks-batch", "binary tick batches of 100 -> dicts", 2_000, 100),
         Case(
@@ -164,7 +179,7 @@ def case_messages(case: Case, k: int) -> list[bytes]:
         row = b'{"k":"value","n":12345678,"t":"abcdefghij"}'  # 44 bytes, ASCII
         body = (row * (16384 // len(row) + 1))[:16384]
         return [body for _ in range(k)]
-    if case.kind == "ticks-json":
+    if case.kind == "ticks-json" or case.name == "text256":
         return [tick_json(i) for i in range(k)]
     if case.kind == "ticks-batch":
         from iotcommute import payload
@@ -464,15 +479,26 @@ class Server:
 
 
 # --------------------------------------------------------------------------- process
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for ``python -m benchmarks.<module>`` children: the repository root
+    first on PYTHONPATH, so the benchmarks package is importable from any working directory."""
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class FirehoseProcess:
     """Starts the server in a child process; ``url(path)`` builds ws:// URLs to it."""
 
     def __init__(self) -> None:
-        here = os.path.dirname(os.path.abspath(__file__))
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(here, "firehose.py")],
+            [sys.executable, "-m", "benchmarks.firehose"],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            env=subprocess_env(),
             text=True,
         )
         assert self.proc.stdout is not None

@@ -1,10 +1,14 @@
-"""Markdown summary of a ``pytest --benchmark`` run: messages/s and ratios to the best peer.
+"""Markdown summary of a ``pytest --benchmark`` run: rates with their spread, ratios to the
+best peer.
 
 Fed by benchmarks/conftest.py with pytest-benchmark's results (``extra_info`` carries
-``section``, ``case``, ``subject``, ``decoder`` and ``items``, the count delivered per
-round) and with the non-timing records (latency, memory). Rates use the *median* round:
-on a shared 2-core machine the median is steadier than the minimum.
-Writes results/summary.md and results/summary.json.
+``section``, ``case``, ``subject`` and ``items``, the count delivered per round; see
+benchmarks/rounds.py) and with the non-timing records (latency, memory). Every round's time
+becomes a rate: a cell shows the median round and the spread (min-max over the rounds). The
+best peer of a case is the peer library with the highest median rate in that case; a ratio's
+spread is the conservative one (our slowest round over the peer's fastest, and back).
+Writes results/summary.md and results/summary.json (the rounds themselves, which
+``readme_perf.py --check`` compares).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,12 @@ LIBS = [
     "Cython",
     "pytest-benchmark",
 ]
+TITLES = {
+    "recv": "Receive",
+    "send": "Send (masked 256-byte text frames into a sink)",
+    "core": "Sans-IO frame reader from memory",
+    "payload": "Payload codecs in process",
+}
 
 
 def cpu_model() -> str:
@@ -68,105 +80,225 @@ def rate(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _median(meta: Any) -> float | None:
-    stats = getattr(meta, "stats", None)
-    med = getattr(stats, "median", None)
-    return float(med) if med else None
-
-
-def _is_ours(subject: str) -> bool:
+def is_ours(subject: str) -> bool:
     return subject.startswith("iotcommute")
 
 
-def _column(info: dict[str, Any]) -> str:
-    return str(info["subject"]) + ("+json.loads" if info.get("decoder") == "json" else "")
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark: its rounds' times and the items each round delivered."""
+
+    section: str
+    case: str
+    subject: str
+    items: float
+    times: tuple[float, ...]
+
+    @property
+    def rates(self) -> list[float]:
+        return sorted(self.items / t for t in self.times if t > 0)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def lo(self) -> float:
+        return self.rates[0]
+
+    @property
+    def hi(self) -> float:
+        return self.rates[-1]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "section": self.section,
+            "case": self.case,
+            "subject": self.subject,
+            "items": self.items,
+            "times": list(self.times),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Cell:
+        return cls(d["section"], d["case"], d["subject"], d["items"], tuple(d["times"]))
 
 
-def _ratio_table(title: str, rows: dict[str, dict[str, float]], order: list[str]) -> list[str]:
-    """rows: row label -> {subject column -> items/s}."""
-    ours = [c for c in order if _is_ours(c)]
+def cells_from_metas(metas: list[Any]) -> list[Cell]:
+    out = []
+    for m in metas:
+        info = getattr(m, "extra_info", {}) or {}
+        stats = getattr(getattr(m, "stats", None), "data", None)
+        if not stats or not {"section", "case", "subject", "items"} <= info.keys():
+            continue
+        out.append(
+            Cell(
+                str(info["section"]),
+                str(info["case"]),
+                str(info["subject"]),
+                float(info["items"]),
+                tuple(float(t) for t in stats),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure the README states: a median and the spread it claims."""
+
+    key: str
+    median: float
+    lo: float
+    hi: float
+
+
+def best_peer(cols: dict[str, Cell]) -> Cell | None:
+    peers = [c for s, c in cols.items() if not is_ours(s)]
+    return max(peers, key=lambda c: c.median) if peers else None
+
+
+def figures(cells: list[Cell]) -> list[Figure]:
+    """Every rate and ratio the tables state, keyed for comparison between runs."""
+    out = []
+    for section, cases in grouped(cells).items():
+        for case, cols in cases.items():
+            best = best_peer(cols)
+            for subject, c in cols.items():
+                out.append(Figure(f"{section}|{case}|{subject}|rate", c.median, c.lo, c.hi))
+                if best is not None and is_ours(subject):
+                    out.append(
+                        Figure(
+                            f"{section}|{case}|{subject}|ratio to best peer",
+                            c.median / best.median,
+                            c.lo / best.hi,
+                            c.hi / best.lo,
+                        )
+                    )
+    return out
+
+
+def grouped(cells: list[Cell]) -> dict[str, dict[str, dict[str, Cell]]]:
+    sections: dict[str, dict[str, dict[str, Cell]]] = defaultdict(lambda: defaultdict(dict))
+    for c in cells:
+        sections[c.section][c.case][c.subject] = c
+    return sections
+
+
+def _spread(c: Cell) -> str:
+    return f"{rate(c.median)}/s [{rate(c.lo)}\u2013{rate(c.hi)}]"
+
+
+def ratio_table(title: str, cases: dict[str, dict[str, Cell]]) -> list[str]:
+    order: list[str] = []
+    for cols in cases.values():
+        order += [s for s in cols if s not in order]
+    ours = [s for s in order if is_ours(s)]
     out = [
         f"### {title}",
         "",
         "| case | best peer | " + " | ".join(ours) + " |",
         "|---|---|" + "---|" * len(ours),
     ]
-    for label, cols in rows.items():
-        peers = {k: v for k, v in cols.items() if not _is_ours(k)}
-        best = max(peers.items(), key=lambda kv: kv[1]) if peers else None
+    for case, cols in cases.items():
+        best = best_peer(cols)
         cells = []
-        for c in ours:
-            if c not in cols:
+        for s in ours:
+            c = cols.get(s)
+            if c is None:
                 cells.append("-")
             elif best is None:
-                cells.append(f"{rate(cols[c])}/s")
+                cells.append(_spread(c))
             else:
-                cells.append(f"{rate(cols[c])}/s ({cols[c] / best[1]:.2f}x)")
-        best_cell = f"{best[0]} {rate(best[1])}/s" if best else "-"
-        out.append(f"| {label} | {best_cell} | " + " | ".join(cells) + " |")
+                cells.append(
+                    f"{_spread(c)} **{c.median / best.median:.2f}x** "
+                    f"[{c.lo / best.hi:.2f}\u2013{c.hi / best.lo:.2f}]"
+                )
+        best_cell = f"{best.subject} {_spread(best)}" if best else "-"
+        out.append(f"| {case} | {best_cell} | " + " | ".join(cells) + " |")
     out.append("")
-    out.append("| case | " + " | ".join(order) + " |")
-    out.append("|---|" + "---|" * len(order))
-    for label, cols in rows.items():
-        out.append(
-            f"| {label} | "
-            + " | ".join(f"{rate(cols[c])}" if c in cols else "-" for c in order)
-            + " |"
-        )
-    out.append("")
+    peers = [s for s in order if not is_ours(s)]
+    if peers:
+        out += ["| case | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
+        for case, cols in cases.items():
+            out.append(
+                f"| {case} | "
+                + " | ".join(_spread(cols[s]) if s in cols else "-" for s in peers)
+                + " |"
+            )
+        out.append("")
     return out
 
 
-def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
+def fallback_table(sections: dict[str, dict[str, dict[str, Cell]]]) -> list[str]:
+    """The pure-Python fallback against wsproto (the pure-Python peer), where both ran."""
+    rows = []
+    for section in ("core", "recv"):
+        for case, cols in sections.get(section, {}).items():
+            ws = cols.get("wsproto")
+            if ws is None:
+                continue
+            for s, c in cols.items():
+                if "fallback" in s:
+                    rows.append(
+                        f"| {section}: {case} | {s} | {c.median / ws.median:.1f}x "
+                        f"[{c.lo / ws.hi:.1f}\u2013{c.hi / ws.lo:.1f}] |"
+                    )
+    if not rows:
+        return []
+    return [
+        "### Pure-Python fallback vs wsproto",
+        "",
+        "| case | subject | ratio to wsproto |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rounds = max((len(c.times) for c in cells), default=0)
     lines = [
         "# iotcommute benchmark summary",
         "",
-        f"- date: {now}; scale: {scale:g} (IOTCOMMUTE_BENCH_SCALE)",
+        f"- date: {now}; scale: {scale:g} (IOTCOMMUTE_BENCH_SCALE); {rounds} rounds per "
+        f"benchmark, about {float(os.environ.get('IOTCOMMUTE_BENCH_ROUND_S') or 0.8 * scale):g} s "
+        "each "
+        "end to end (a quarter of that in process)",
         f"- CPU: {cpu_model()} x {os.cpu_count()} (shared machine: expect noise)",
         f"- Python {platform.python_version()} ({sys.implementation.name}), {platform.system()}",
         "- " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "",
-        "Rates are items delivered per second (ticks for tick cases, else messages), median "
-        "round; (Nx) is the ratio to the fastest peer library in the same case (>1 = faster).",
+        "Rates are items delivered per second (ticks for tick cases, else messages): median "
+        "round [slowest\u2013fastest round]. **Nx** is the median's ratio to the best peer library "
+        "of the case (the peer with the highest median), [range] our slowest round over its "
+        "fastest to our fastest over its slowest.",
         "",
     ]
-    sections: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    order: list[str] = []
-    others = []
-    for m in metas:
-        info = getattr(m, "extra_info", {}) or {}
-        med = _median(m)
-        if med is None:
-            continue
-        if "section" not in info or "subject" not in info:
-            others.append((m, med, info))
-            continue
-        col = _column(info)
-        label = str(info.get("case", "?"))
-        if info.get("decoder") == "json":
-            col = str(info["subject"])
-            label += " (json.loads)"
-        sections[str(info["section"])][label][col] = float(info["items"]) / med
-        if col not in order:
-            order.append(col)
-    if "recv" in sections:
-        lines += _ratio_table("Receive", sections["recv"], order)
-    if "send" in sections:
-        lines += _ratio_table("Send (masked text frames into a sink)", sections["send"], order)
+    sections = grouped(cells)
+    for section, title in TITLES.items():
+        if section in sections:
+            lines += ratio_table(title, sections[section])
+    for section in sections:
+        if section not in TITLES:
+            lines += ratio_table(section, sections[section])
+    lines += fallback_table(sections)
 
     lat = [r for r in records if r.get("section") == "latency"]
     if lat:
         lines += [
             "### Round-trip latency (echo, steady rate)",
             "",
-            "| subject | rate msg/s | messages | p50 µs | p99 µs | max µs |",
+            "| subject | rate msg/s | messages | p50 µs [slices] | p99 µs [slices] | max µs |",
             "|---|---|---|---|---|---|",
         ]
         for r in lat:
+            p50r, p99r = r.get("p50_range", [0, 0]), r.get("p99_range", [0, 0])
             lines.append(
                 f"| {r['subject']} | {r['rate']:g} | {r['messages']} | "
-                f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['max_us']:.0f} |"
+                f"{r['p50_us']:.0f} [{p50r[0]:.0f}\u2013{p50r[1]:.0f}] | "
+                f"{r['p99_us']:.0f} [{p99r[0]:.0f}\u2013{p99r[1]:.0f}] | {r['max_us']:.0f} |"
             )
         lines.append("")
     mem = [r for r in records if r.get("section") == "memory"]
@@ -179,7 +311,7 @@ def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
             )
         lines += [
             f"### Peak RSS receiving {mem[0]['case']}: MiB (+ growth over the RSS before the "
-            "stream; warm process)",
+            "stream; warm process; one run each, stated to ±1 MiB)",
             "",
             "| subject | " + " | ".join(f"{n} msgs" for n in lengths) + " |",
             "|---|" + "---|" * len(lengths),
@@ -187,32 +319,22 @@ def build(metas: list[Any], records: list[dict[str, Any]], scale: float) -> str:
         for subject, vals in by.items():
             lines.append(f"| {subject} | " + " | ".join(vals.get(n, "-") for n in lengths) + " |")
         lines.append("")
-    if others:
-        lines += ["### Other benchmarks", "", "| benchmark | median s | rates |", "|---|---|---|"]
-        for m, med, info in others:
-            rates = ", ".join(
-                f"{k} {rate(float(v))}"
-                for k, v in info.items()
-                if k.endswith("_per_s") and isinstance(v, int | float)
-            )
-            lines.append(f"| {getattr(m, 'name', '?')} | {med:.4f} | {rates or '-'} |")
-        lines.append("")
     return "\n".join(lines)
 
 
-def write(text: str, metas: list[Any], records: list[dict[str, Any]], folder: Path) -> Path:
+def write(text: str, cells: list[Cell], records: list[dict[str, Any]], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "summary.md"
     path.write_text(text + "\n")
-    raw = [
-        {
-            "name": getattr(m, "name", "?"),
-            "median_s": _median(m),
-            "extra_info": getattr(m, "extra_info", {}),
-        }
-        for m in metas
-    ]
     (folder / "summary.json").write_text(
-        json.dumps({"benchmarks": raw, "records": records}, indent=1, default=str) + "\n"
+        json.dumps(
+            {"cells": [c.as_json() for c in cells], "records": records}, indent=1, default=str
+        )
+        + "\n"
     )
     return path
+
+
+def load(path: Path) -> tuple[list[Cell], list[dict[str, Any]]]:
+    data = json.loads(path.read_text())
+    return [Cell.from_json(d) for d in data.get("cells", [])], list(data.get("records", []))

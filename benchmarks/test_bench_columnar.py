@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import firehose
 import pytest
 
+from benchmarks import firehose
 from iotcommute.payload import _ticks_py, columnar
 from iotcommute.payload.columnar import TickBatch
 
@@ -103,7 +103,7 @@ def test_decode_to_tickbatch(
     benchmark.pedantic(
         run_batches if touch == "batch" else run_columns,
         rounds=bench_scale.rounds,
-        warmup_rounds=bench_scale.warmup,
+        warmup_rounds=int(bench_scale.full),
         iterations=1,
     )
     record(benchmark, n_frames * per_frame, per_frame)
@@ -127,7 +127,7 @@ def test_to_arrow(
             b.to_arrow()
 
     benchmark.pedantic(
-        run, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+        run, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
     )
     record(benchmark, n_frames * per_frame, per_frame)
 
@@ -146,7 +146,7 @@ def test_batches_to_arrow(benchmark: Any, bench_scale: firehose.BenchScale, shap
         columnar.batches_to_arrow,
         args=(batches,),
         rounds=bench_scale.rounds,
-        warmup_rounds=bench_scale.warmup,
+        warmup_rounds=int(bench_scale.full),
         iterations=1,
     )
     record(benchmark, n_frames * per_frame, per_frame)
@@ -181,7 +181,7 @@ def test_parquet_sink(
 
     try:
         benchmark.pedantic(
-            run, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+            run, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
         )
     finally:
         for d in dirs:

@@ -1,44 +1,49 @@
-"""Receive rate of the sans-IO core from memory: compiled vs fallback vs wsproto.
+"""The sans-IO frame reader from memory: compiled vs fallback vs wsproto, and big messages.
 
-32-byte binary frames fed in 64 KiB chunks. IOTCOMMUTE_BENCH_SCALE=1 is full scale
-(1,000,000 frames); unset it runs a small smoke size (20,000). frames/s lands in
-`extra_info["frames_per_s"]` of the pytest-benchmark report.
+Small frames (32-byte binary, 256-byte JSON text) are fed in 64 KiB chunks; big messages
+(64 KiB binary, 16 KiB text in 16 fragments, 6000-byte binary) in 256 KiB reads and in an odd
+read size that splits frames and headers anywhere (the split-frame path: payload assembled
+in place). Every subject parses the same bytes; rates are frames (messages) per second.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
+import json
 import struct
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from benchmarks import firehose
+from benchmarks.rounds import measure
 from iotcommute.protocol import _frames_py, _mask_py
+from tests.compiled import compiled
 
-_frames_c: ModuleType | None
-_mask: ModuleType | None
-try:
-    _frames_c = importlib.import_module("iotcommute.protocol._frames_c")
-    _mask = importlib.import_module("iotcommute.protocol._mask")
-except ImportError:  # pragma: no cover - depends on the build
-    _frames_c = _mask = None
+_frames_c = compiled("iotcommute.protocol._frames_c")
+_mask = compiled("iotcommute.protocol._mask")
 
-SCALE = float(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "0.02"))
-N_FRAMES = max(1000, int(1_000_000 * SCALE))
 CHUNK = 65536
+SMALL_FRAMES = 200_000  # per pass at full scale
 
 
-def _chunks(n: int) -> list[bytes]:
-    frames = b"".join(b"\x82\x20" + struct.pack("!Q", i) * 4 for i in range(n))
+def _hdr(b0: int, n: int) -> bytes:
+    if n < 126:
+        return bytes((b0, n))
+    if n < 65536:
+        return bytes((b0, 126)) + struct.pack("!H", n)
+    return bytes((b0, 127)) + struct.pack("!Q", n)
+
+
+def _small_stream(case: str, n: int) -> list[bytes]:
+    if case == "bin32":
+        frames = b"".join(b"\x82\x20" + struct.pack("!Q", i) * 4 for i in range(n))
+    else:
+        texts = [firehose.tick_json(i) for i in range(min(n, 1000))]
+        frames = b"".join(
+            _hdr(0x81, len(texts[i % len(texts)])) + texts[i % len(texts)] for i in range(n)
+        )
     return [frames[i : i + CHUNK] for i in range(0, len(frames), CHUNK)]
-
-
-@pytest.fixture(scope="module")
-def chunks() -> list[bytes]:
-    return _chunks(N_FRAMES)
 
 
 def _ours(mod: Any) -> Callable[[list[bytes]], int]:
@@ -56,72 +61,79 @@ def _ours(mod: Any) -> Callable[[list[bytes]], int]:
 
 def _wsproto(chunks: list[bytes]) -> int:
     from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import Message
 
     conn = Connection(ConnectionType.CLIENT)
     n = 0
     for c in chunks:
         conn.receive_data(c)
-        for _ in conn.events():
-            n += 1
+        for ev in conn.events():  # a message split across reads comes in parts
+            n += isinstance(ev, Message) and ev.message_finished
     return n
 
 
-IMPLS = [
-    pytest.param(
-        "compiled", marks=pytest.mark.skipif(_frames_c is None, reason="not built"), id="compiled"
-    ),
-    pytest.param("fallback", id="fallback"),
-    pytest.param("wsproto", id="wsproto"),
-]
+def _impl(which: str) -> Callable[[list[bytes]], int]:
+    if which == "wsproto":
+        return _wsproto
+    mod = _frames_c if which == "compiled" else _frames_py
+    if mod is None:
+        pytest.skip("compiled frame reader not built")
+    return _ours(mod)
 
 
-@pytest.mark.parametrize("which", IMPLS)
-def test_receive_32b_frames(benchmark: Any, chunks: list[bytes], which: str) -> None:
-    fn = {"compiled": lambda: _ours(_frames_c), "fallback": lambda: _ours(_frames_py)}.get(
-        which, lambda: _wsproto
-    )()
-    # wsproto is ~50x slower: a tenth of the data keeps the run short; rate is per frame.
-    data = chunks if which != "wsproto" else chunks[: max(1, len(chunks) // 10)]
-    expected = N_FRAMES if which != "wsproto" else None
-    result = benchmark.pedantic(fn, args=(data,), rounds=3, iterations=1)
-    if expected is not None:
-        assert result == expected
-    frames = result
-    benchmark.extra_info["frames"] = frames
-    benchmark.extra_info["frames_per_s"] = frames / benchmark.stats.stats.min
+SUBJECT = {"compiled": "iotcommute-core", "fallback": "iotcommute-fallback-core"}
 
 
-@pytest.mark.parametrize(
-    "mod",
-    [
-        pytest.param(_mask, id="compiled", marks=pytest.mark.skipif(_mask is None, reason="")),
-        pytest.param(_mask_py, id="fallback"),
-    ],
-)
-def test_encode_32b_frames(benchmark: Any, mod: Any) -> None:
+@pytest.mark.parametrize("which", ["compiled", "fallback", "wsproto"])
+@pytest.mark.parametrize("case", ["bin32", "text256"])
+def test_receive_small_frames(
+    benchmark: Any, bench_scale: firehose.BenchScale, case: str, which: str
+) -> None:
+    n = bench_scale.n(SMALL_FRAMES, minimum=500)
+    chunks = _small_stream(case, n)
+    fn = _impl(which)
+    benchmark.group = f"core: {case} frames from memory"
+    got = measure(
+        benchmark,
+        bench_scale,
+        lambda: fn(chunks),
+        n,
+        micro=True,
+        section="core",
+        case=f"{case} from memory",
+        subject=SUBJECT.get(which, which),
+        messages=n,
+    )
+    assert got == n
+
+
+@pytest.mark.parametrize("which", ["compiled", "fallback"])
+def test_encode_32b_frames(benchmark: Any, bench_scale: firehose.BenchScale, which: str) -> None:
+    mod = _mask if which == "compiled" else _mask_py
+    if mod is None:
+        pytest.skip("compiled masking not built")
     payload = b"x" * 32
-    n = max(1000, N_FRAMES // 10)
+    n = bench_scale.n(20_000, minimum=100)
 
     def run() -> None:
         enc = mod.encode_frame
         for _ in range(n):
             enc(2, payload)
 
-    benchmark.pedantic(run, rounds=3, iterations=1)
-    benchmark.extra_info["frames_per_s"] = n / benchmark.stats.stats.min
+    benchmark.group = "core: encode masked 32-byte frames"
+    measure(
+        benchmark,
+        bench_scale,
+        run,
+        n,
+        micro=True,
+        section="core",
+        case="encode masked bin32",
+        subject=SUBJECT[which],
+    )
 
 
-# Bigger messages, read in 256 KiB chunks and in an odd size that splits frames and headers
-# anywhere: the split-frame path (payload assembled in place) is what these measure.
-def _hdr(b0: int, n: int) -> bytes:
-    if n < 126:
-        return bytes((b0, n))
-    if n < 65536:
-        return bytes((b0, 126)) + struct.pack("!H", n)
-    return bytes((b0, 127)) + struct.pack("!Q", n)
-
-
-def _big_stream(case: str) -> tuple[bytes, int]:
+def _big_stream(case: str, scale: firehose.BenchScale) -> tuple[bytes, int]:
     if case == "text16k-in-16":
         row = b'{"k":"value","n":12345678,"t":"abcdefghij"}'
         body = (row * (16384 // len(row) + 1))[:16384]
@@ -130,20 +142,38 @@ def _big_stream(case: str) -> tuple[bytes, int]:
             + body[j * 1024 : (j + 1) * 1024]
             for j in range(16)
         )
-        k = max(200, int(20_000 * SCALE))
+        k = scale.n(400, minimum=20)
         return one * k, k
     size = 65536 if case == "bin64k" else 6000
-    k = max(100, int((10_000 if size == 65536 else 100_000) * SCALE))
+    k = scale.n(200 if size == 65536 else 2000, minimum=20)
     return b"".join(_hdr(0x82, size) + struct.pack("!Q", i) * (size // 8) for i in range(k)), k
 
 
 @pytest.mark.parametrize("read", [262144, 65521])
 @pytest.mark.parametrize("case", ["bin64k", "text16k-in-16", "bin6k"])
-@pytest.mark.parametrize("which", IMPLS[:2])
-def test_receive_big_messages(benchmark: Any, which: str, case: str, read: int) -> None:
-    mod = _frames_c if which == "compiled" else _frames_py
-    stream, k = _big_stream(case)
+@pytest.mark.parametrize("which", ["compiled", "fallback"])
+def test_receive_big_messages(
+    benchmark: Any, bench_scale: firehose.BenchScale, which: str, case: str, read: int
+) -> None:
+    fn = _impl(which)
+    stream, k = _big_stream(case, bench_scale)
     chunks = [stream[i : i + read] for i in range(0, len(stream), read)]
-    result = benchmark.pedantic(_ours(mod), args=(chunks,), rounds=3, iterations=1)
-    assert result == k
-    benchmark.extra_info["messages_per_s"] = k / benchmark.stats.stats.min
+    benchmark.group = f"core: {case} in {read}-byte reads"
+    got = measure(
+        benchmark,
+        bench_scale,
+        lambda: fn(chunks),
+        k,
+        micro=True,
+        section="core",
+        case=f"{case} in {read} B reads",
+        subject=SUBJECT[which],
+    )
+    assert got == k
+
+
+def test_text256_is_the_recv_cases_payload() -> None:
+    """The from-memory text frames carry the same JSON ticks as the text256/json256 cases."""
+    r = _frames_py.FrameReader()
+    r.feed_data(_small_stream("text256", 2)[0])
+    assert [json.loads(str(t))["position"] for t in r.events] == [1_000_000, 1_000_001]

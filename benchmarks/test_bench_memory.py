@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import firehose
-import peers
 import pytest
+
+from benchmarks import firehose, peers
 
 CASE = "json256"
 LENGTHS = {"short": 10_000, "long": 100_000}

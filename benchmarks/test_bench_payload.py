@@ -1,15 +1,14 @@
 """Payload decoding speed: JSON ticks (orjson vs json vs msgspec) and binary tick batches.
 
-Small by default so it can run next to the test suite; IOTCOMMUTE_BENCH_SCALE=10 (or more)
-for numbers worth quoting. Ticks/s are put in each benchmark's extra_info:
+In-process rounds (benchmarks/rounds.py, ``micro``); the summary reports ticks/s per case
+with the spread over rounds:
 
-    pytest benchmarks/test_bench_payload.py --benchmark-columns=min,median,ops
+    pytest --benchmark benchmarks/test_bench_payload.py
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
+from benchmarks.firehose import BenchScale
+from benchmarks.rounds import measure
 from iotcommute import payload
 from iotcommute.payload import _ticks_py
 
-# Rounds scale with IOTCOMMUTE_BENCH_SCALE (fractions allowed), never below the given minimum.
-SCALE = float(os.environ.get("IOTCOMMUTE_BENCH_SCALE", "1"))
 BATCH = 100
 
 
@@ -70,10 +69,24 @@ def json_tick_256() -> bytes:
     return raw
 
 
-def run(benchmark: Any, fn: Callable[[], Any], ticks_per_call: int, rounds: int) -> None:
-    benchmark.pedantic(fn, rounds=max(3, int(rounds * SCALE)), iterations=10, warmup_rounds=2)
-    mean = benchmark.stats.stats.min
-    benchmark.extra_info["ticks_per_s"] = round(ticks_per_call / mean) if mean else None
+def run(
+    benchmark: Any,
+    scale: BenchScale,
+    fn: Callable[[], Any],
+    ticks_per_call: int,
+    case: str,
+    subject: str,
+) -> None:
+    measure(
+        benchmark,
+        scale,
+        fn,
+        ticks_per_call,
+        micro=True,
+        section="payload",
+        case=case,
+        subject=subject,
+    )
 
 
 # --- JSON -------------------------------------------------------------------------------------
@@ -82,7 +95,7 @@ RAW_JSON = json_tick_256()
 
 
 @pytest.mark.parametrize("backend", ["orjson", "json", "msgspec", "payload.loads"])
-def test_json_tick_decode(benchmark: Any, backend: str) -> None:
+def test_json_tick_decode(benchmark: Any, bench_scale: BenchScale, backend: str) -> None:
     if backend == "orjson":
         fn: Callable[[bytes], Any] = orjson.loads
     elif backend == "json":
@@ -98,7 +111,8 @@ def test_json_tick_decode(benchmark: Any, backend: str) -> None:
         for _ in range(1000):
             fn(RAW_JSON)
 
-    run(benchmark, decode_1000, 1000, rounds=20)
+    subject = "iotcommute payload.loads" if backend == "payload.loads" else backend
+    run(benchmark, bench_scale, decode_1000, 1000, "JSON tick 256 B -> dict", subject)
 
 
 # --- binary batches ---------------------------------------------------------------------------
@@ -113,7 +127,9 @@ if C is not None:
 
 @pytest.mark.parametrize("form", ["dicts", "rows"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_batch_decode_100(benchmark: Any, impl: ModuleType, form: str) -> None:
+def test_batch_decode_100(
+    benchmark: Any, bench_scale: BenchScale, impl: ModuleType, form: str
+) -> None:
     """One batch into tick dicts, or into the lean form (on_tick_rows): a tuple per tick."""
     if form == "dicts":
         decode = impl.decode_batch
@@ -127,13 +143,24 @@ def test_batch_decode_100(benchmark: Any, impl: ModuleType, form: str) -> None:
         for _ in range(100):
             decode(RAW_BATCH)
 
-    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
+    run(
+        benchmark,
+        bench_scale,
+        decode_100_batches,
+        100 * BATCH,
+        f"batch of 100 -> {form}",
+        _impl_name(impl),
+    )
+
+
+def _impl_name(impl: ModuleType) -> str:
+    return "iotcommute-fallback" if impl is _ticks_py else "iotcommute-compiled"
 
 
 def _firehose_batches(shape: str, identical: bool) -> list[bytes]:
     """10 batches of the recv benchmark's ticks (firehose.py): 100 devices per batch, each
     tick new; or one tick repeated 100 times, where the decoder makes no value at all."""
-    from firehose import make_small_tick, make_tick
+    from benchmarks.firehose import make_small_tick, make_tick
 
     make = make_small_tick if shape == "5-readings" else make_tick
     if identical:
@@ -144,7 +171,9 @@ def _firehose_batches(shape: str, identical: bool) -> list[bytes]:
 @pytest.mark.skipif(C is None, reason="compiled tick codec not in use")
 @pytest.mark.parametrize("rows", ["new-rows", "identical-rows"])
 @pytest.mark.parametrize("shape", ["5-readings", "11-readings"])
-def test_batch_decode_dict_floor(benchmark: Any, shape: str, rows: str) -> None:
+def test_batch_decode_dict_floor(
+    benchmark: Any, bench_scale: BenchScale, shape: str, rows: str
+) -> None:
     """Where the time of dicts goes: identical rows cost only the two dict copies per tick
     (no number objects); the difference to new rows is the unique numbers (position, ts and
     the changed readings), about 15 ns each."""
@@ -158,11 +187,52 @@ def test_batch_decode_dict_floor(benchmark: Any, shape: str, rows: str) -> None:
             for b in batches:
                 decode(b)
 
-    run(benchmark, decode_100_batches, 100 * BATCH, rounds=20)
+    run(
+        benchmark,
+        bench_scale,
+        decode_100_batches,
+        100 * BATCH,
+        f"dict floor, {shape}",
+        f"iotcommute-compiled {rows}",
+    )
+
+
+@pytest.mark.skipif(C is None, reason="compiled tick codec not in use")
+@pytest.mark.parametrize("direct", ["on", "off"])
+@pytest.mark.parametrize("shape", ["5-readings", "11-readings"])
+def test_batch_decode_direct_stores(
+    benchmark: Any, bench_scale: BenchScale, shape: str, direct: str
+) -> None:
+    """The private dict layout decision (issue 13): the same decode with the direct value
+    stores on and off in one run (device interning on in both)."""
+    assert C is not None
+    batches = _firehose_batches(shape, False)
+    decode = C.decode_batch
+
+    def decode_100_batches() -> None:
+        for _ in range(10):
+            for b in batches:
+                decode(b)
+
+    C._use_direct_stores(direct == "on")
+    try:
+        if direct == "on" and not C.DIRECT_STORES:
+            pytest.skip("direct stores do not work on this interpreter")
+        assert decode(batches[1]) == _ticks_py.decode_batch(batches[1])
+        run(
+            benchmark,
+            bench_scale,
+            decode_100_batches,
+            100 * BATCH,
+            f"decode to dicts, {shape}",
+            f"iotcommute-compiled direct stores {direct}",
+        )
+    finally:
+        C._use_direct_stores(True)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_batch_encode_100(benchmark: Any, impl: ModuleType) -> None:
+def test_batch_encode_100(benchmark: Any, bench_scale: BenchScale, impl: ModuleType) -> None:
     assert impl.encode_batch(TICKS) == RAW_BATCH
     encode = impl.encode_batch
 
@@ -170,10 +240,17 @@ def test_batch_encode_100(benchmark: Any, impl: ModuleType) -> None:
         for _ in range(10):
             encode(TICKS)
 
-    run(benchmark, encode_10_batches, 10 * BATCH, rounds=20)
+    run(
+        benchmark,
+        bench_scale,
+        encode_10_batches,
+        10 * BATCH,
+        "encode batch of 100",
+        _impl_name(impl),
+    )
 
 
-def test_json_ticks_equivalent_to_batch(benchmark: Any) -> None:
+def test_json_ticks_equivalent_to_batch(benchmark: Any, bench_scale: BenchScale) -> None:
     """The JSON path for the same 100 ticks, for comparison with test_batch_decode_100."""
     frames = [orjson.dumps(t) for t in TICKS]
     loads = payload.loads
@@ -182,4 +259,11 @@ def test_json_ticks_equivalent_to_batch(benchmark: Any) -> None:
         for f in frames:
             loads(f)
 
-    run(benchmark, decode_frames, BATCH, rounds=50)
+    run(
+        benchmark,
+        bench_scale,
+        decode_frames,
+        BATCH,
+        "100 JSON ticks -> dicts",
+        "iotcommute payload.loads",
+    )

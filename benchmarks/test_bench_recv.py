@@ -4,6 +4,11 @@ process and delivers each message (ticks: each decoded dict) to a counting callb
 iotcommute's client APIs (aio, sync; compiled and fallback) take the raw cases with a raw
 ``on_message`` and the tick cases with ``on_tick``; their ``-ticks`` variants take the tick
 cases with ``on_ticks`` (one call per network read with the list of new ticks).
+``text256`` and ``json256`` carry the same 256-byte JSON ticks: consumed raw (str), and
+decoded to dicts (peers with orjson, iotcommute with its own decoding).
+
+A round repeats the stream (a new connection each time) for about ``round_s`` seconds
+(benchmarks/rounds.py), so every subject's rounds last the same.
 
 Every round asserts the delivered count, so the smoke run (plain ``pytest``) checks each
 subject end to end over a real loopback socket.
@@ -11,25 +16,28 @@ subject end to end over a real loopback socket.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import firehose
-import peers
 import pytest
+
+from benchmarks import firehose, peers
+from benchmarks.rounds import measure
 
 
 def _params() -> list[Any]:
     out = []
     for case in firehose.CASES.values():
         for name in peers.RECV_ORDER:
-            if peers.SUBJECTS[name].batches_only and case.kind != "ticks-batch":
+            subject = peers.SUBJECTS[name]
+            if subject.batches_only and case.kind != "ticks-batch":
                 continue
-            decoders = peers.SUBJECTS[name].decoders
-            if case.name != "json256":
-                decoders = decoders[:1]
-            for dec in decoders:
-                suffix = "+json.loads" if dec == "json" else ""
-                out.append(pytest.param(case.name, name, dec, id=f"{case.name}-{name}{suffix}"))
+            if subject.ticks_only and not case.kind.startswith("ticks"):
+                continue
+            if case.compressed and not subject.deflate:
+                continue
+            dec = peers.SUBJECTS[name].decoders[0]
+            out.append(pytest.param(case.name, name, dec, id=f"{case.name}-{name}"))
     return out
 
 
@@ -63,23 +71,23 @@ def test_recv(
     firehose_server.prepare(case_name, n)
     url = firehose_server.url(f"/recv/{case_name}/{n}")
 
-    def one_round() -> peers.Counter:
+    def one_stream() -> peers.Counter:
         counter = peers.Counter(case, n, decoder)
         subject.recv(url, counter, case.compressed)
         assert counter.count == counter.expected, (subject_name, counter.count, counter.expected)
         return counter
 
     benchmark.group = f"recv {case_name}: {case.description}"
-    benchmark.extra_info.update(
+    counter = measure(
+        benchmark,
+        bench_scale,
+        one_stream,
+        case.expected(n),
         section="recv",
         case=case_name,
         subject=subject_name,
         decoder=decoder,
-        items=case.expected(n),
         messages=n,
-    )
-    counter = benchmark.pedantic(
-        one_round, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
     )
     if isinstance(subject, peers.InWorker):
         return  # the worker checked its own count; the payload stayed in that process
@@ -90,9 +98,54 @@ def test_recv(
     elif case.kind.startswith("ticks"):
         assert isinstance(last, dict) and last["type"] == "tick"
         assert isinstance(last["data"], dict) and isinstance(last["position"], int)
-    elif case.kind == "text":
+    elif case.name == "text16k":
         assert isinstance(last, str) and len(last) == 16384
+    elif case.kind == "text":
+        assert isinstance(last, str) and json.loads(last)["type"] == "tick"
     else:
         assert isinstance(last, bytes | bytearray) and len(last) == len(
             firehose.case_messages(case, 1)[0]
         )
+
+
+@pytest.mark.parametrize("subject_name", ["iotcommute-aio", "iotcommute-core"])
+def test_recv_direct_stores_off(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    firehose_server: firehose.FirehoseProcess,
+    subject_name: str,
+) -> None:
+    """batch100 to dicts with the tick decoder's direct dict stores off (issue 13): next to
+    the same subject's batch100 row (stores on) in the same run."""
+    from iotcommute import payload
+
+    if not payload.SPEEDUPS or not payload.ticks_impl.DIRECT_STORES:
+        pytest.skip("the compiled tick codec's direct stores are not in use")
+    case = firehose.CASES["batch100"]
+    subject = peers.SUBJECTS[subject_name]
+    skip_unless_runnable(subject, case)
+    n = bench_scale.n(case.base_n)
+    firehose_server.prepare(case.name, n)
+    url = firehose_server.url(f"/recv/{case.name}/{n}")
+
+    def one_stream() -> None:
+        counter = peers.Counter(case, n, subject.decoders[0])
+        subject.recv(url, counter, False)
+        assert counter.count == counter.expected
+
+    payload.ticks_impl._use_direct_stores(False)
+    try:
+        benchmark.group = "recv batch100: direct dict stores off"
+        measure(
+            benchmark,
+            bench_scale,
+            one_stream,
+            case.expected(n),
+            section="recv",
+            case=case.name,
+            subject=f"{subject_name} (direct stores off)",
+            decoder=subject.decoders[0],
+            messages=n,
+        )
+    finally:
+        payload.ticks_impl._use_direct_stores(True)

@@ -13,11 +13,24 @@ typed error in ``self.error`` and ignores all further input. Results never depen
 how the input is chunked: a frame is only acted on once it is complete, and header
 checks are pure functions of header bytes and reader state.
 
-Copies: a frame inside one read is sliced out once. A frame split across reads gets its
-payload buffer when its header arrives and each read's share is copied straight into it
-(compiled: uninitialised ``bytes`` + memcpy, so the payload is never copied again); only
-a split header (under 10 bytes) is kept aside. Text fragments that are ASCII are kept as
-bytes and decoded once at the end; UTF-8 is still validated as each piece arrives.
+Copies: a frame inside one read is sliced out once (a text frame is decoded straight out
+of the read). A frame split across reads gets its payload buffer when its header arrives
+and each read's share is copied straight into it (compiled: uninitialised ``bytes`` +
+memcpy, so the payload is never copied again); only a split header (under 10 bytes) is
+kept aside. The uncompressed fragments of a message are copied once, straight out of the
+read, into one message buffer reused between messages (text while it is ASCII: it is
+decoded once at the end), which becomes the message with one more copy; UTF-8 is still
+validated as each piece arrives. (A fragment split across reads is assembled in its own
+payload first, then copied into the message buffer.) Compressed messages keep their
+inflated pieces and join them once.
+
+Reads can also land in memory the reader owns (``get_buffer``/``buffer_updated``, the
+shape of ``asyncio.BufferedProtocol``): compiled, a read goes into a reused buffer that
+frames are sliced out of (one copy of each payload byte between the socket and the
+message), and while a big binary frame is arriving the next read goes straight into that
+frame's payload (no copy at all after the kernel's). Messages never alias the reused buffer:
+every slice is a new object, and a payload read into in place is handed out only when whole
+and never written again.
 """
 
 from __future__ import annotations
@@ -45,6 +58,22 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 # of each byte after the kernel's); above this size the buffer grows as data arrives instead,
 # so a huge max_size never turns a lying header into a huge allocation.
 _PREALLOC_MAX = 64 * 2**20
+# get_buffer: the reused read buffer's size (uvloop reads up to 256 000 bytes at a time), and
+# how much of a big binary frame must still be missing for a read to go straight into it.
+_READ_SIZE = 256 * 1024
+_DIRECT_MIN = 16 * 1024
+
+
+# The fragment buffer of a message bigger than this is dropped once the message is out.
+_ACC_KEEP = 2**20
+
+
+def _is_ascii(buf: bytes, a: int, b: int) -> bool:
+    """``buf[a:b]`` is all ASCII."""
+    if _COMPILED:
+        q = buf
+        return _ascii_run(q + a, b - a)  # type: ignore[name-defined,operator,no-any-return]  # noqa: F821
+    return (buf if a == 0 and b == len(buf) else buf[a:b]).isascii()
 
 
 def close_code_valid(code: int) -> bool:
@@ -98,6 +127,11 @@ class FrameReader:
         # from the first non-ASCII fragment on they are decoded incrementally into str parts.
         self._frag_parts: list[object] = []
         self._frag_ascii = True
+        # The uncompressed fragments of the message in progress, copied in once: a buffer
+        # reused between messages (compiled; its length is its capacity) and how much of it
+        # is filled.
+        self._acc = bytearray()
+        self._acc_len = 0
         self._frag_size = 0
         self._frag_wire = 0
         self._frag_count = 0
@@ -108,20 +142,72 @@ class FrameReader:
         # `_pascii` skips the decoder while everything so far was ASCII.
         self._pdec: codecs.IncrementalDecoder | None = None
         self._pascii = True
+        # get_buffer/buffer_updated: the reused read buffer (compiled: bytes written only
+        # through the views get_buffer hands out; pure: a bytearray) and its view, and
+        # whether the last view handed out was the arriving frame's payload instead.
+        self._rbuf: bytes | bytearray | None = None
+        self._rview: memoryview | None = None
+        self._rdirect = False
 
     # -- input -----------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable memory for the next read (``asyncio.BufferedProtocol.get_buffer``);
+        pass the number of bytes read to ``buffer_updated`` before anything else. The view
+        is only valid until then."""
+        if _COMPILED:
+            if (
+                self._pbuf is not None
+                and self._pmode == 1
+                and self._pdec is None
+                and self._plen - self._pfill >= _DIRECT_MIN
+                and self.error is None
+                and not self.closed
+            ):
+                # The read goes straight into the arriving frame's payload.
+                self._rdirect = True
+                return _writable_view(self._pbuf, self._pfill, self._plen - self._pfill)  # type: ignore[name-defined,no-any-return]  # noqa: F821
+            self._rdirect = False
+            if self._rbuf is None:
+                self._rbuf = _new_bytes(_READ_SIZE)  # type: ignore[name-defined]  # noqa: F821
+            return _writable_view(self._rbuf, 0, _READ_SIZE)  # type: ignore[name-defined,no-any-return]  # noqa: F821
+        if self._rview is None:
+            self._rbuf = bytearray(_READ_SIZE)
+            self._rview = memoryview(self._rbuf)
+        return self._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: consume them."""
+        if _COMPILED:
+            if self._rdirect:
+                self._rdirect = False
+                if self.error is None and not self.closed and nbytes > 0:
+                    self._pfill += nbytes
+                    if self._pfill == self._plen:
+                        self._complete()
+                return
+            if self.error is None and not self.closed and nbytes > 0:
+                self._feed(self._rbuf, nbytes)  # type: ignore[arg-type]
+            return
+        if self._rview is not None and nbytes > 0:
+            self.feed_data(self._rview[:nbytes])
 
     def feed_data(self, data: bytes | bytearray | memoryview) -> None:
         """Consume ``data`` (any chunk size); complete frames become events."""
         if self.error is not None or self.closed:
             return
         buf = data if type(data) is bytes else bytes(data)
-        n = len(buf)
+        self._feed(buf, len(buf))
+
+    def _feed(self, buf: bytes, n: int) -> None:
+        """Consume ``buf[:n]``."""
+        if self.error is not None or self.closed:
+            return
         if self._pbuf is not None and n < self._plen - self._pfill:
             # The middle of a big frame: all of this read belongs to it (the common case
             # for small reads, kept to the fewest calls for the pure-Python path).
             if self._pmode == 3 and self._pdec is None:
-                self._pbuf += buf
+                self._pbuf += buf if n == len(buf) else memoryview(buf)[:n]
                 self._pfill += n
             else:
                 self._fill(buf, 0, n)
@@ -134,7 +220,7 @@ class FrameReader:
                 if k > n - pos:
                     k = n - pos
                 if self._pmode == 3 and self._pdec is None and pos == 0:
-                    self._pbuf += buf if k == n else memoryview(buf)[:k]
+                    self._pbuf += buf if k == len(buf) else memoryview(buf)[:k]
                     self._pfill += k
                 elif not self._fill(buf, pos, pos + k):
                     return
@@ -153,19 +239,18 @@ class FrameReader:
                     m = n - pos
                 hdr = hdr + buf[pos : pos + m]
                 self._tail = b""
-                self._parse(hdr, 0)
+                self._parse(hdr, 0, len(hdr))
                 pos += m
             else:
-                self._parse(buf, pos)
+                self._parse(buf, pos, n)
                 return
             if self.error is not None or self.closed:
                 return
 
-    def _parse(self, buf: bytes, pos: int) -> int:
-        """Parse frames from ``buf[pos:]``; return the offset after what was used.
+    def _parse(self, buf: bytes, pos: int, n: int) -> int:
+        """Parse frames from ``buf[pos:n]``; return the offset after what was used.
         A split header is kept in ``_tail``, a split payload starts a fill."""
         p = buf
-        n = len(buf)
         events = self.events
         max_size = self.max_size
         while True:
@@ -220,7 +305,7 @@ class FrameReader:
                 except UnicodeDecodeError:
                     self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
                     return pos
-            elif not self._frame(b0, p[start:end]):
+            elif not self._frame(b0, buf, start, end):
                 return pos
             pos = end
 
@@ -261,7 +346,7 @@ class FrameReader:
         if k <= 0:
             return True
         if self._pdec is not None:
-            part = buf if (a == 0 and b == len(buf)) else buf[a:b]
+            part = buf if (a == 0 and b == len(buf)) else buf[a:b]  # read at once, not kept
             if not (self._pascii and part.isascii()):
                 self._pascii = False
                 try:
@@ -291,7 +376,7 @@ class FrameReader:
             except UnicodeDecodeError:
                 return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
         else:
-            return self._frame(b0, payload)  # type: ignore[arg-type]
+            return self._frame(b0, payload, 0, len(payload))  # type: ignore[arg-type]
         return True
 
     def _check_header(self, b0: int, b1: int) -> bool:
@@ -323,11 +408,14 @@ class FrameReader:
             return self._fail(MessageTooBigError(f"message over {self.max_fragments} fragments"))
         return True
 
-    def _frame(self, b0: int, payload: bytes) -> bool:
-        """A complete frame that is not a plain unfragmented data frame."""
+    def _frame(self, b0: int, buf: bytes, a: int, b: int) -> bool:
+        """A complete frame, payload ``buf[a:b]``, that is not a plain unfragmented data
+        frame. Uncompressed fragments are copied once, straight from ``buf``, into the
+        message's buffer (``_acc``; text while it is all ASCII), which becomes the message
+        with one more copy at the end; compressed ones are kept as inflated and joined."""
         opcode = b0 & 0x0F
         if opcode > 7:
-            return self._control(opcode, payload)
+            return self._control(opcode, buf[a:b])
         fin = (b0 & 0x80) != 0
         if opcode != OP_CONT:
             self._frag_op = opcode
@@ -336,6 +424,7 @@ class FrameReader:
             self._frag_wire = 0
             self._frag_count = 0
             self._frag_parts = []
+            self._acc_len = 0
             if self._frag_compressed and (self._inflater is None or self.no_context_takeover):
                 self._inflater = zlib.decompressobj(-self.window_bits)
             self._frag_ascii = True
@@ -345,14 +434,35 @@ class FrameReader:
                 else:
                     self._decoder.reset()
         self._frag_count += 1
-        self._frag_wire += len(payload)
+        self._frag_wire += b - a
         if self._frag_compressed:
-            data = self._inflate(payload, fin)
-            if data is None:
+            data = self._inflate(buf[a:b], fin)
+            if data is None or not self._add_part(data, fin):
                 return False
         else:
-            data = payload
-            self._frag_size += len(data)
+            self._frag_size += b - a
+            if self._frag_op == OP_TEXT and not (self._frag_ascii and _is_ascii(buf, a, b)):
+                if not self._add_part(buf[a:b], fin):
+                    return False
+            else:
+                self._acc_add(buf, a, b)
+        if fin:
+            parts = self._frag_parts
+            if self._frag_op == OP_TEXT and not self._frag_ascii:
+                self.events.append("".join(parts))  # type: ignore[arg-type]
+            elif not self._frag_compressed:
+                self.events.append(self._acc_take(self._frag_op == OP_TEXT))
+            elif self._frag_op != OP_TEXT:
+                self.events.append(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[arg-type]
+            else:
+                self.events.append(b"".join(parts).decode("ascii"))  # type: ignore[arg-type]
+            self._frag_op = 0
+            self._frag_wire = 0  # only a message in progress counts against max_size
+            self._frag_parts = []
+        return True
+
+    def _add_part(self, data: bytes, fin: bool) -> bool:
+        """Add a compressed message's inflated piece, or a non-ASCII text piece."""
         parts = self._frag_parts
         if self._frag_op == OP_TEXT:
             if self._frag_ascii and data.isascii():
@@ -361,7 +471,11 @@ class FrameReader:
                 if self._frag_ascii:
                     self._frag_ascii = False
                     # The ASCII prefix cannot leave a partial sequence: the decoder starts clean.
-                    parts = [b"".join(parts).decode("ascii")]  # type: ignore[arg-type]
+                    if self._frag_compressed:
+                        prefix = b"".join(parts).decode("ascii")  # type: ignore[arg-type]
+                    else:
+                        prefix = self._acc_take(True)  # type: ignore[assignment]
+                    parts = [prefix]
                     self._frag_parts = parts
                 try:
                     parts.append(self._decoder.decode(data, fin))  # type: ignore[union-attr]
@@ -369,17 +483,35 @@ class FrameReader:
                     return self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
         else:
             parts.append(data)
-        if fin:
-            if self._frag_op != OP_TEXT:
-                self.events.append(parts[0] if len(parts) == 1 else b"".join(parts))  # type: ignore[arg-type]
-            elif self._frag_ascii:
-                self.events.append(b"".join(parts).decode("ascii"))  # type: ignore[arg-type]
-            else:
-                self.events.append("".join(parts))  # type: ignore[arg-type]
-            self._frag_op = 0
-            self._frag_wire = 0  # only a message in progress counts against max_size
-            self._frag_parts = []
         return True
+
+    def _acc_add(self, buf: bytes, a: int, b: int) -> None:
+        """Append ``buf[a:b]`` to the message's buffer (one copy)."""
+        n = b - a
+        if _COMPILED:
+            _acc_reserve(self._acc, self._acc_len + n)  # type: ignore[name-defined]  # noqa: F821
+            q = buf
+            _acc_copy(self._acc, self._acc_len, q + a, n)  # type: ignore[name-defined,operator]  # noqa: F821
+        elif n == len(buf):
+            self._acc += buf
+        else:
+            self._acc += memoryview(buf)[a:b]
+        self._acc_len += n
+
+    def _acc_take(self, text: bool) -> bytes | str:
+        """The message's buffer as the message (one copy); the buffer is emptied."""
+        if _COMPILED:
+            if text:
+                out = _acc_ascii(self._acc, self._acc_len)  # type: ignore[name-defined]  # noqa: F821
+            else:
+                out = _acc_bytes(self._acc, self._acc_len)  # type: ignore[name-defined]  # noqa: F821
+            if len(self._acc) > _ACC_KEEP:
+                self._acc = bytearray()  # a big message's buffer is not kept
+        else:
+            out = self._acc.decode("ascii") if text else bytes(self._acc)
+            self._acc = bytearray()
+        self._acc_len = 0
+        return out  # type: ignore[no-any-return]
 
     def _inflate(self, payload: bytes, fin: bool) -> bytes | None:
         """Inflate one frame of a compressed message, bounded by what max_size still allows."""
@@ -440,4 +572,5 @@ class FrameReader:
         self._pbuf = None
         self._pdec = None
         self._frag_parts = []
+        self._acc_len = 0
         return False

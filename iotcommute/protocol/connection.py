@@ -173,6 +173,10 @@ class ClientProtocol:
         self._compressor: zlib._Compress | None = None
         self._c_wbits = 15
         self._c_no_takeover = False
+        # get_buffer/buffer_updated before the frame reader exists (the handshake), and
+        # whether the last view handed out was the reader's.
+        self._hs_view: memoryview | None = None
+        self._view_from_reader = False
 
     def __repr__(self) -> str:
         # Deliberately no headers: they carry device keys and tokens.
@@ -275,6 +279,40 @@ class ClientProtocol:
         if self._reader is not None:
             self._reader.events = self._events
         return ev
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable memory for the next read (``asyncio.BufferedProtocol.get_buffer``): the
+        alternative to ``receive_data`` in which, once open, reads land in the frame reader's
+        own memory (one copy of each payload byte to the message, none for big binary frames
+        read straight into place). Call ``buffer_updated`` with the count read before
+        anything else; the view is only valid until then."""
+        reader = self._reader
+        if reader is not None and self.failure is None:
+            self._view_from_reader = True
+            return reader.get_buffer(sizehint)
+        self._view_from_reader = False
+        if self._hs_view is None:
+            self._hs_view = memoryview(bytearray(65536))
+        return self._hs_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: consume them. (EOF is not
+        a read: report it with ``receive_data(b"")``, from ``eof_received``.)"""
+        if nbytes <= 0:
+            return
+        reader = self._reader
+        if self._view_from_reader:
+            self._view_from_reader = False
+            if reader is None or self.failure is not None:
+                return
+            reader.buffer_updated(nbytes)
+            if reader.pongs or reader.closed or reader.error is not None:
+                self._after_control(reader)
+            return
+        assert self._hs_view is not None
+        self.receive_data(bytes(self._hs_view[:nbytes]))
+        if self._reader is not None:
+            self._hs_view = None  # open: the reader's memory takes over
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the network; ``b""`` means EOF."""
