@@ -14,7 +14,7 @@ callback returns, whatever happens to the transport's buffers.
 
 The checks and the device table run in Cython (`iotcommute.payload._columnar`) unless
 IOTCOMMUTE_NO_EXTENSIONS is set or it is missing; `_parse_py` below is its pure twin and gives
-identical batches (tests/test_columnar_differential.py).
+identical batches (tests/payload/test_columnar_differential.py).
 
 Columns: ``device`` (dictionary-encoded: `devices` is the table, `codes` the uint16 index of
 each row, as on the wire), ``position`` (int64), ``ts`` (float64, seconds since the epoch),
