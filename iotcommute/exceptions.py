@@ -325,19 +325,3 @@ ERROR_CODES: Mapping[str, type[IotCommuteError]] = {
     "server": ServerError,
     "unavailable": UnavailableError,
 }
-
-# Names of the classes before they had one name each. Only until the call sites that still
-# use them are renamed; not exported, and each use warns.
-_RENAMED = {"PermissionError_": PermissionDenied, "TimeoutError_": OperationTimeout}
-
-
-def __getattr__(name: str) -> type[IotCommuteError]:
-    if name in _RENAMED:
-        import warnings
-
-        new = _RENAMED[name]
-        warnings.warn(
-            f"iotcommute.exceptions.{name} is now {new.__name__}", DeprecationWarning, stacklevel=2
-        )
-        return new
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 import traceback
 
-import pytest
-
 import iotcommute.exceptions as exc_mod
 from iotcommute.exceptions import (
     ERROR_CODES,
@@ -60,13 +58,9 @@ def test_the_docstring_tree_is_the_class_tree() -> None:
     assert drawn == set(CLASSES.values())
 
 
-def test_old_names_warn_and_are_the_new_classes() -> None:
-    with pytest.warns(DeprecationWarning, match="now PermissionDenied"):
-        assert exc_mod.PermissionError_ is PermissionDenied
-    with pytest.warns(DeprecationWarning, match="now OperationTimeout"):
-        assert exc_mod.TimeoutError_ is OperationTimeout
-    with pytest.raises(AttributeError):
-        _ = exc_mod.NoSuchError
+def test_the_old_alias_names_are_gone() -> None:
+    for old in ("PermissionError_", "TimeoutError_", "NoSuchError"):
+        assert not hasattr(exc_mod, old)
 
 
 def test_error_codes_map_to_classes_with_that_code() -> None:

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from .. import payload
 from ..exceptions import (
+    ERROR_CODES,
     CommandError,
     ConnectionClosedError,
     DataError,
@@ -43,10 +44,7 @@ from ..exceptions import (
     InputError,
     IotCommuteError,
     NotConnectedError,
-    NotFoundError,
     OperationTimeout,
-    PermissionDenied,
-    RateLimitError,
     ServerError,
 )
 
@@ -90,24 +88,11 @@ _CONTROL = '{"type":"'
 _BATCH_MAGIC = b"\xc1TKB"
 _FIELD_SIZES = {1: 8, 2: 8, 3: 4, 4: 1, 5: 4}
 
-_ERROR_CODES: dict[str, type[IotCommuteError]] = {
-    "input": InputError,
-    "permission": PermissionDenied,
-    "not_found": NotFoundError,
-    "rate": RateLimitError,
-    "server": ServerError,
-}
-
 
 def error_for(msg: dict[str, Any]) -> IotCommuteError:
     """The typed exception for a stream ``error`` message (docs/protocol.md, section 4)."""
     code = str(msg.get("code"))
-    if code == "unavailable":
-        from .. import exceptions
-
-        cls: type[IotCommuteError] = getattr(exceptions, "UnavailableError", ServerError)
-    else:
-        cls = _ERROR_CODES.get(code, ServerError)
+    cls = ERROR_CODES.get(code, ServerError)
     return cls(str(msg.get("message") or "server error"), code=code)
 
 

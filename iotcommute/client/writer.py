@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import NotConnectedError, OperationTimeout
 from ..protocol import ClientProtocol
 from ..protocol.events import State
-from .session import OP_TEXT
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -153,11 +152,7 @@ class Writer:
             t.write(data)
 
     def emit(self, ws: ClientProtocol, op: int, data: bytes) -> None:
-        # TODO(lead): ClientProtocol has no public bytes-text send; the one decode is here
-        if op == OP_TEXT:
-            ws.send_text(data.decode("utf-8"))
-        else:
-            ws.send_binary(data)
+        ws.send_message(op, data)  # text payloads are UTF-8 already (encoded by the session)
 
     def flush(self) -> None:
         with self.lock:

@@ -240,6 +240,14 @@ class ClientProtocol:
         self._check_open()
         self._send_message(OP_BINARY, data)
 
+    def send_message(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        """A whole message whose payload is already encoded: ``OP_TEXT`` (UTF-8, the
+        caller's promise: not checked here) or ``OP_BINARY``; no decode and re-encode."""
+        if opcode not in (OP_TEXT, OP_BINARY):
+            raise InputError("a message is OP_TEXT or OP_BINARY")
+        self._check_open()
+        self._send_message(opcode, payload)
+
     def send_ping(self, payload: bytes = b"") -> None:
         self._check_open()
         if len(payload) > 125:
