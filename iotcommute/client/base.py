@@ -158,7 +158,8 @@ class ClientBase:
             self,
             format=format,
             subscribe=subscribe,
-            position=saved,
+            position=saved[0] if saved else None,
+            log_id=saved[1] if saved else None,
             offline_queue=offline_queue,
         )
         self._engine = Engine(self._opts, self, self._session)

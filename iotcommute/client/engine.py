@@ -182,7 +182,7 @@ class Engine:
             self.session.receive(events)
             self._last_msg = self.last_rx
             if self.checkpoint is not None and self.session.anchored:
-                self.checkpoint.save(self.session.committed)
+                self.checkpoint.save(self.session.committed, self.session.log_id)
             self.write_session()
         self.write(ws.data_to_send())
 
@@ -282,7 +282,7 @@ class Engine:
             self.session.closed(ConnectionClosedOK(1000, "client stopped"))
             self.session.stopped()
             if self.checkpoint is not None and self.session.anchored:
-                self.checkpoint.save(self.session.committed, force=True)
+                self.checkpoint.save(self.session.committed, self.session.log_id, force=True)
             self.out.set_writable(True)
 
     def _give_up(self, error: BaseException) -> None:

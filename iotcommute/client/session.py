@@ -283,6 +283,7 @@ class Session:
         format: str = "json",
         subscribe: Any = "*",
         position: int | None = None,
+        log_id: str | None = None,
         offline_queue: int = 10000,
         id_prefix: str | None = None,
         on_event: Callable[[Any], None] = _ignore,
@@ -311,7 +312,8 @@ class Session:
             self.anchored = True
         #: highest position whose callbacks returned / that the user took: the checkpoint
         self.committed = self.position
-        self.log_id: str | None = None
+        #: the server log our positions belong to (welcome's `log`; from a checkpoint at first)
+        self.log_id: str | None = log_id
         # repeat windows: (until, devices subscribed then): a record <= until of such a
         # device was passed before a `from` re-positioned the server's cursor
         self._windows: list[tuple[int, Subscription]] = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from iotcommute.client.checkpoint import Checkpoint
 from iotcommute.client.session import Session, Subscription, batch_span
 from iotcommute.exceptions import (
     CommandError,
@@ -326,3 +328,19 @@ def test_batch_span_reads_positions_without_decoding() -> None:
     assert batch_span(batch([(5, "a"), (9, "b"), (12, "a")])) == (5, 12)
     assert batch_span(b"\x00\x01") is None
     assert batch_span(batch([(5, "a")])[:-1]) is None
+
+
+def test_a_checkpoint_of_another_log_reads_the_new_log_from_its_start(tmp_path: Path) -> None:
+    """A restarted process whose checkpoint belongs to a log the server no longer has (a
+    non-durable server restarted meanwhile) must not skip the new log's first records."""
+    cp = Checkpoint(tmp_path / "pos.txt")
+    assert cp.save(7, "L1", force=True)
+    assert Checkpoint(tmp_path / "pos.txt").load() == (7, "L1")
+    position, log_id = Checkpoint(tmp_path / "pos.txt").load() or (None, None)
+    rec = Recorder("on_tick")
+    s = Session(rec, position=position, log_id=log_id)
+    (sub,) = connect(s, position=3, log="L2")
+    assert sub["from"] == 0
+    assert [g.get("reason") for g in rec.gaps] == ["log_reset"]
+    (tmp_path / "old.txt").write_text("7\n")  # a checkpoint written before log ids
+    assert Checkpoint(tmp_path / "old.txt").load() == (7, None)
