@@ -900,7 +900,7 @@ class Session:
                         run.append(msg)
                     continue
                 if run:
-                    self._flush_json_run(run)
+                    self.flush_json_run(run)
                     run = []
                 if ev.startswith(_CONTROL):
                     self._control_text(ev)
@@ -914,16 +914,16 @@ class Session:
                     except Exception as exc:
                         self._callback_failed("on_message", exc)
                 if run:
-                    self._flush_json_run(run)
+                    self.flush_json_run(run)
                     run = []
                 self._deliver_batch(ev, decode)
             else:
                 if run:
-                    self._flush_json_run(run)
+                    self.flush_json_run(run)
                     run = []
                 self.on_event(ev)
         if run:
-            self._flush_json_run(run)
+            self.flush_json_run(run)
         self.messages_in += n
 
     def _deliver_batch(self, ev: bytes, decode: Callable[[bytes], Any]) -> None:
@@ -974,8 +974,9 @@ class Session:
         fresh = [t for t, ok in zip(ticks, keep) if ok]
         return _columnar().TickBatch.from_ticks(fresh, types=batch.types)
 
-    def _flush_json_run(self, run: list[dict[str, Any]]) -> None:
-        """Fresh JSON ticks of one read, in order: runs of one data shape as TickBatches."""
+    def flush_json_run(self, run: list[dict[str, Any]]) -> None:
+        """Fresh tick dicts, in order, to the batch consumers: runs of one data shape as
+        TickBatches (AsyncWebSocket.batches() also hands its queued dicts over here)."""
         from_ticks = _columnar().TickBatch.from_ticks
         group: list[dict[str, Any]] = []
         shape: Any = None
