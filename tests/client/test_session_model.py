@@ -187,9 +187,11 @@ class Owner:
             if self.on_message is not None:
                 self.on_message = lambda m, w: None
             self.on_tick = None
-            self.on_ticks = lambda ts, w: [
-                machine.delivered("batch", t["device"], t["position"]) for t in ts
-            ]
+            self.on_ticks = self._batch_ticks
+
+    def _batch_ticks(self, ticks: list[dict[str, Any]], w: Any) -> None:
+        for t in ticks:
+            self.m.delivered("batch", t["device"], t["position"])
 
     def _batch(self, batch: Any, w: Any) -> None:
         for d, p in zip(batch.column("device").tolist(), batch.column("position").tolist()):
