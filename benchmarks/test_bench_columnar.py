@@ -187,3 +187,107 @@ def test_parquet_sink(
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
     record(benchmark, n_frames * per_frame, per_frame)
+
+
+# --- end to end over a loopback socket -----------------------------------------------------------
+#
+# The firehose process (benchmarks/firehose.py, its own GIL) sends the recv benchmark's binary
+# batch cases: ``batch100`` (100 eleven-reading ticks per frame, ~100 bytes a tick) and
+# ``batch100x5`` (100 five-reading ticks per frame). One client per round, iotcommute.WebSocket
+# (its own uvloop thread), counting ticks in:
+#   raw    on_message only: the bytes are received and framed, nothing decoded (the ceiling)
+#   dicts  on_ticks: one dict per tick
+#   rows   on_tick_rows: one tuple per tick
+#   batch  on_batch: one TickBatch per frame (the columns touched: codes and positions)
+#   arrow  on_batch, batches gathered into Arrow tables 64 frames at a time (batches_to_arrow)
+
+E2E_MODES = ["raw", "dicts", "rows", "batch", "arrow"]
+
+
+def _e2e_round(url: str, mode: str, per_frame: int, expected: int) -> int:
+    from iotcommute import WebSocket
+
+    ws = WebSocket(
+        "bench-key",
+        "bench-device",
+        "client",
+        url=url,
+        ping_interval=None,
+        reconnect=False,
+        compression=False,
+        max_size=2**26,
+        subscribe=None,
+    )
+    count = [0]
+    kept: list[TickBatch] = []
+
+    def done(n: int) -> None:
+        count[0] += n
+        if count[0] >= expected:
+            if kept:
+                columnar.batches_to_arrow(kept)
+                kept.clear()
+            ws.stop()
+
+    if mode == "raw":
+        ws.on_message = lambda m, w: done(per_frame)
+    elif mode == "dicts":
+        ws.on_ticks = lambda ts, w: done(len(ts))
+    elif mode == "rows":
+        ws.on_tick_rows = lambda f, rs, w: done(len(rs))
+    elif mode == "batch":
+
+        def on_batch(b: TickBatch, w: Any) -> None:
+            b.codes  # noqa: B018 - a consumer's first touch
+            b.column("position")
+            done(len(b))
+
+        ws.on_batch = on_batch
+    else:
+        pytest.importorskip("pyarrow", reason="pyarrow is not installed (iotcommute[arrow])")
+
+        def on_arrow(b: TickBatch, w: Any) -> None:
+            kept.append(b)
+            if len(kept) >= 64:
+                columnar.batches_to_arrow(kept)
+                kept.clear()
+            done(len(b))
+
+        ws.on_batch = on_arrow
+    try:
+        ws.connect()
+    except Exception:
+        if count[0] < expected:
+            raise
+    return count[0]
+
+
+@pytest.mark.parametrize("mode", E2E_MODES)
+@pytest.mark.parametrize("case_name", ["batch100", "batch100x5"])
+def test_e2e_websocket(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    firehose_server: firehose.FirehoseProcess,
+    case_name: str,
+    mode: str,
+) -> None:
+    """Ticks/s end to end through iotcommute.WebSocket for one way of taking them (above)."""
+    if not firehose.batch_codec_available():
+        pytest.skip("the batch codec is not available")
+    case = firehose.CASES[case_name]
+    n = bench_scale.n(case.base_n)
+    firehose_server.prepare(case_name, n)
+    url = firehose_server.url(f"/recv/{case_name}/{n}")
+    expected = case.expected(n)
+    per_frame = expected // n
+
+    def one_round() -> None:
+        got = _e2e_round(url, mode, per_frame, expected)
+        assert got == expected, (mode, got, expected)
+
+    benchmark.group = f"e2e {case_name}: {case.description}"
+    benchmark.extra_info.update(section="columnar-e2e", case=case_name, mode=mode)
+    benchmark.pedantic(
+        one_round, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+    )
+    record(benchmark, expected, per_frame)

@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "serve": ("iotcommute.cli.serve", "run the reference IOT commute server"),
     "listen": ("iotcommute.cli.listen", "connect to a server and print ticks as JSON lines"),
     "login": ("iotcommute.cli.login", "get an access token with a user id and password"),
+    "ingest": ("iotcommute.cli.ingest", "stream tick batches into Parquet files, exactly once"),
     "demo": ("iotcommute.cli.demo", "live demo: embedded server, simulated devices, a client"),
 }
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
 from .base import ClientBase
 from .options import resolver
 from .session import OP_BINARY, OP_TEXT
+
+if TYPE_CHECKING:
+    from ..payload.columnar import TickBatch
 
 __all__ = ["AsyncWebSocket"]
 
@@ -42,6 +46,8 @@ class AsyncWebSocket(ClientBase):
         self._engine.on_open = self._opened
         if self._iterate:
             self._session.sink = self._push
+        self._batch_queue: collections.deque[TickBatch] = collections.deque()
+        self._batch_ticks = 0  # ticks in _batch_queue (the backpressure measure)
 
     def stats(self) -> dict[str, Any]:
         s = self._engine.stats()
@@ -150,6 +156,52 @@ class AsyncWebSocket(ClientBase):
             self._paused = False
             self._engine.resume_reading()
         return tick
+
+    # ------------------------------------------------------------------ batches
+    def batches(self) -> AsyncIterator[TickBatch]:
+        """``async for batch in ws.batches()``: the new ticks as columnar TickBatches
+        (see on_batch for what a batch holds), in order. The session switches to batch
+        mode for good (tick dicts are no longer queued for ``async for tick in ws``). The
+        checkpoint advances when a batch is taken; queued ticks above `max_queue` pause
+        the socket, as for dicts."""
+        self._session.batch_sink = self._push_batch
+        self._session.hold_commit = True
+        self._iterating = True
+        if self._queue:  # ticks queued as dicts before batches() was asked for: keep them
+            ticks = list(self._queue)
+            self._queue.clear()
+            self._session.flush_json_run(ticks)
+        return self._take_batches()
+
+    def _push_batch(self, batch: TickBatch) -> None:
+        self._batch_queue.append(batch)
+        self._batch_ticks += len(batch)
+        if not self._paused and self._batch_ticks >= self._high:
+            self._paused = True
+            self._engine.pause_reading()
+        self._wake()
+
+    async def _take_batches(self) -> AsyncIterator[TickBatch]:
+        q = self._batch_queue
+        while True:
+            while not q:
+                task = self._task
+                if task is None or task.done():
+                    if task is not None and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                    return
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            batch = q.popleft()
+            self._batch_ticks -= len(batch)
+            self._session.commit(None if not q else batch.last_position)
+            if self._paused and self._batch_ticks <= self._low:
+                self._paused = False
+                self._engine.resume_reading()
+            yield batch
 
     # ------------------------------------------------------------------ sending
     async def _send(self, op: int, data: bytes, pid: str | None = None, waiter: Any = None) -> None:

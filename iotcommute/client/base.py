@@ -16,6 +16,7 @@ from ..exceptions import InputError
 from .checkpoint import Checkpoint
 from .engine import Engine
 from .options import (
+    OnBatch,
     OnClose,
     OnCommand,
     OnConnect,
@@ -47,6 +48,11 @@ class ClientBase:
                                         ticks of one read, after on_tick ran for each
         on_tick_rows(fields, rows, ws)  lean form: data field names and one tuple
                                         (device, position, ts, *values) per new tick
+        on_batch(batch, ws)             columnar form (iotcommute.payload.columnar.TickBatch):
+                                        the new ticks of one binary batch, or a run of JSON
+                                        ticks of one shape; when set, ticks go to it alone
+                                        (a tick no batch can hold goes to on_ticks/on_tick
+                                        if set, else to on_error); the batch owns its bytes
         on_message(message, ws)         every text (str) / binary (bytes) message as received
         on_command(command, ws)         a command for this device: answer with ws.ack()
         on_close(code, reason, ws)      a connection ended (1006: without a close frame)
@@ -109,6 +115,7 @@ class ClientBase:
     on_reconnect: OnReconnect | None
     on_noreconnect: OnNoReconnect | None
     on_gap: OnGap | None
+    on_batch: OnBatch | None
 
     def __init__(
         self,

@@ -10,13 +10,17 @@ import os
 import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..exceptions import InputError
 from .connect import Target, parse_proxy
 from .session import devices_arg
 
+if TYPE_CHECKING:
+    from ..payload.columnar import TickBatch
+
 __all__ = [
+    "OnBatch",
     "OnClose",
     "OnCommand",
     "OnConnect",
@@ -50,6 +54,10 @@ class OnTickRows(Protocol):
     def __call__(
         self, fields: tuple[str, ...], rows: list[tuple[Any, ...]], ws: Any, /
     ) -> object: ...
+
+
+class OnBatch(Protocol):
+    def __call__(self, batch: TickBatch, ws: Any, /) -> object: ...
 
 
 class OnMessage(Protocol):
@@ -94,6 +102,7 @@ class Owner(Protocol):
     on_reconnect: OnReconnect | None
     on_noreconnect: OnNoReconnect | None
     on_gap: OnGap | None
+    on_batch: OnBatch | None
 
 
 def _header_safe(name: str, value: str | None) -> None:

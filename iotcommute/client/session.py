@@ -106,6 +106,7 @@ class Owner(Protocol):
     on_command: Callable[..., Any] | None
     on_gap: Callable[..., Any] | None
     on_error: Callable[..., Any] | None
+    # on_batch (optional): read with getattr, so an owner without it still works
 
 
 class Subscription:
@@ -269,6 +270,22 @@ def _text_error(text: str) -> DecodeError:
     return DecodeError("text message without a type")
 
 
+def _columnar() -> Any:
+    """payload.columnar, imported on first use: it needs numpy, which a client that never
+    asks for batches should not pay for at import."""
+    from ..payload import columnar
+
+    return columnar
+
+
+def _shape(tick: dict[str, Any]) -> Any:
+    """A JSON tick's data shape (field names and value types): one TickBatch holds one."""
+    data = tick.get("data")
+    if not isinstance(data, dict):
+        return None
+    return tuple((k, type(v)) for k, v in data.items())
+
+
 def _ignore(*args: Any) -> None:
     """Stand-in for a missing callback (keeps the raw loop free of None checks)."""
 
@@ -293,6 +310,9 @@ class Session:
         self.on_event = on_event
         #: extra tick consumer (AsyncWebSocket's queue): called with each list of new ticks
         self.sink: Callable[[list[dict[str, Any]]], None] | None = None
+        #: batch consumer besides on_batch (AsyncWebSocket.batches()): called with each
+        #: TickBatch of new ticks; either one puts the session in batch mode (_receive_batches)
+        self.batch_sink: Callable[[Any], None] | None = None
         #: True while a consumer holds ticks (an iterator's queue): ``commit()`` then says
         #: what is checkpointed; otherwise a position is committed once its callbacks returned
         self.hold_commit = False
@@ -540,7 +560,9 @@ class Session:
     def receive(self, events: list[Any]) -> None:
         """One network read's events: the hot path (callbacks bound to locals)."""
         owner = self.owner
-        if (
+        if self.batch_sink is not None or getattr(owner, "on_batch", None) is not None:
+            self._receive_batches(events)
+        elif (
             owner.on_tick is None
             and owner.on_ticks is None
             and owner.on_tick_rows is None
@@ -821,6 +843,170 @@ class Session:
             self.position = last
         if pending:
             self._deliver_ticks(pending, sink, on_ticks)
+
+    # ------------------------------------------------------------------ batch mode
+    def _receive_batches(self, events: list[Any]) -> None:
+        """Batch mode (on_batch or a batch_sink set): every new tick reaches them in a
+        `TickBatch`, in stream order; dict and row consumers get no ticks here.
+
+        A binary batch is decoded by payload.columnar's selector (compiled when built, the
+        pure twin otherwise); rows at or below the cursor are sliced off without a copy
+        (`slice_after`); under a replay window or an exclusion the rows are filtered one by
+        one and the survivors re-packed (one copy, rare). JSON ticks (the server sends as
+        JSON the ticks a batch cannot carry) are gathered per run of one data shape into
+        `TickBatch.from_ticks`; a run ends at any other message, so order is kept. A tick
+        no batch can hold (a string or nested value) goes to on_ticks / on_tick as a dict
+        when one is set, else to on_error as a DataError naming its position: never dropped
+        silently. The checkpoint (`committed`) moves after receive() returns, i.e. after
+        the callbacks of the read returned (or, with hold_commit, when the user commits).
+        """
+        decode = _columnar().decode_batch_columns
+        owner = self.owner
+        on_message = owner.on_message
+        run: list[dict[str, Any]] = []
+        n = 0
+        for ev in events:
+            t = type(ev)
+            if t is str:
+                n += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if ev.startswith(_TICK):
+                    try:
+                        msg = _fast_loads(ev)
+                        pos = msg["position"]
+                    except Exception:
+                        pos = None
+                    if type(pos) is not int:
+                        self._report(DecodeError("tick without an integer position"))
+                        continue
+                    if self._fresh(msg.get("device"), pos):
+                        run.append(msg)
+                    continue
+                if run:
+                    self.flush_json_run(run)
+                    run = []
+                if ev.startswith(_CONTROL):
+                    self._control_text(ev)
+                else:
+                    self._report(_text_error(ev))
+            elif t is bytes:
+                n += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if run:
+                    self.flush_json_run(run)
+                    run = []
+                self._deliver_batch(ev, decode)
+            else:
+                if run:
+                    self.flush_json_run(run)
+                    run = []
+                self.on_event(ev)
+        if run:
+            self.flush_json_run(run)
+        self.messages_in += n
+
+    def _deliver_batch(self, ev: bytes, decode: Callable[[bytes], Any]) -> None:
+        """One binary batch frame: its new rows, as a TickBatch, to the batch consumers."""
+        try:
+            batch = decode(ev)
+        except DecodeError as exc:
+            if exc.position is None:
+                span = self._span(ev)
+                if span is not None:
+                    exc.position = span[0]
+            self._report(exc)
+            return
+        except Exception as exc:
+            self._report(DecodeError(f"undecodable tick batch: {exc}"))
+            return
+        n = len(batch)
+        if not n:
+            return
+        if not self._slow:
+            cursor = self.position
+            if batch.first_position <= cursor:
+                if batch.last_position <= cursor:
+                    self.duplicates += n
+                    return
+                batch = batch.slice_after(cursor)  # a view: no copy
+                self.duplicates += n - len(batch)
+            self.position = batch.last_position
+            self.anchored = True
+        else:
+            batch = self._filter_batch(batch)
+            if batch is None:
+                return
+        self._hand_batch(batch)
+
+    def _filter_batch(self, batch: Any) -> Any:
+        """Slow path: each row through the duplicate filter; a suffix of survivors stays a
+        view, any other selection is re-packed into a new batch of the same types."""
+        ticks = batch.to_dicts()
+        keep = [self._fresh(t["device"], t["position"]) for t in ticks]
+        k = keep.count(True)
+        if not k:
+            return None
+        if k == len(ticks):
+            return batch
+        if all(keep[len(ticks) - k :]):
+            return batch.slice_after(ticks[len(ticks) - k - 1]["position"])
+        fresh = [t for t, ok in zip(ticks, keep) if ok]
+        return _columnar().TickBatch.from_ticks(fresh, types=batch.types)
+
+    def flush_json_run(self, run: list[dict[str, Any]]) -> None:
+        """Fresh tick dicts, in order, to the batch consumers: runs of one data shape as
+        TickBatches (AsyncWebSocket.batches() also hands its queued dicts over here)."""
+        from_ticks = _columnar().TickBatch.from_ticks
+        group: list[dict[str, Any]] = []
+        shape: Any = None
+        for tick in [*run, None]:
+            sig = _shape(tick) if tick is not None else None
+            if group and (tick is None or sig != shape or len(group) >= 4096):
+                try:
+                    batch = from_ticks(group)
+                except (InputError, DecodeError):
+                    for one in group:
+                        self._unbatchable(one)
+                else:
+                    self._hand_batch(batch)
+                group = []
+            if tick is not None:
+                shape = sig
+                group.append(tick)
+
+    def _unbatchable(self, tick: dict[str, Any]) -> None:
+        """A tick no TickBatch can carry: to a dict consumer, else reported (not dropped)."""
+        owner = self.owner
+        if owner.on_ticks is not None:
+            self.callback("on_ticks", owner.on_ticks, [tick])
+        elif owner.on_tick is not None:
+            self.callback("on_tick", owner.on_tick, tick)
+        else:
+            self._report(
+                DataError(
+                    f"tick at position {tick.get('position')} cannot be a TickBatch (its data "
+                    "is not only numbers and bools); set on_ticks to receive such ticks"
+                )
+            )
+
+    def _hand_batch(self, batch: Any) -> None:
+        sink = self.batch_sink
+        if sink is not None:
+            sink(batch)
+        on_batch = getattr(self.owner, "on_batch", None)
+        if on_batch is not None:
+            try:
+                on_batch(batch, self.owner)
+            except Exception as exc:
+                self._callback_failed("on_batch", exc)
 
     def _fresh(self, device: Any, pos: int) -> bool:
         """Slow path of the duplicate filter; moves the cursor past the record."""

@@ -1,0 +1,273 @@
+"""Stream binary tick batches into rolled Parquet files in DIR, exactly once.
+
+The files are the checkpoint: on start, ingest resumes after the highest position its
+files hold (no checkpoint file), so a killed and restarted ingest writes every position
+of the log exactly once into the files. Each file is written under a temporary name,
+fsynced and renamed: a final name only ever holds a complete file. Rows not yet rolled
+into a file when the process dies come again from the server on restart.
+
+Authenticate as for `iotcommute listen` (--token, or --key and --device; prefer the
+environment for secrets). Ticks a Parquet column cannot hold (string or nested values)
+are reported on stderr and not written. SIGTERM and Ctrl-C commit the rows buffered so
+far into a last file before exiting."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from ._util import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    describe,
+    exit_code,
+    positive_float,
+    positive_int,
+    quiet_library,
+    say,
+    verbosity,
+)
+from .listen import FIRST_CONNECT_ATTEMPTS, _client_kwargs, _devices, _ends_listen
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("files")
+    out.add_argument("--dir", required=True, metavar="DIR", help="directory of the Parquet files")
+    out.add_argument(
+        "--roll-bytes",
+        type=positive_int,
+        default=128 << 20,
+        metavar="N",
+        help="start a new file after N bytes of rows (before compression; default 128 MiB)",
+    )
+    out.add_argument(
+        "--roll-seconds",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="start a new file when the oldest buffered row is this old (default 300)",
+    )
+    out.add_argument(
+        "--compression",
+        default="zstd",
+        choices=("zstd", "snappy", "gzip", "lz4", "brotli", "none"),
+        help="Parquet compression (default zstd)",
+    )
+    conn = parser.add_argument_group("connection")
+    conn.add_argument(
+        "--url",
+        help="server URL, ws:// or wss:// (env IOTCOMMUTE_URL; else ws://127.0.0.1:8765)",
+    )
+    conn.add_argument("--key", help="device key (env IOTCOMMUTE_KEY); needs --device")
+    conn.add_argument(
+        "--device", "--id", dest="device", help="device id of --key (env IOTCOMMUTE_DEVICE)"
+    )
+    conn.add_argument(
+        "--token",
+        metavar="API_KEY:ACCESS_TOKEN",
+        help="access token from `iotcommute login` (env IOTCOMMUTE_TOKEN); "
+        "'-' reads it from stdin, '@FILE' from a file",
+    )
+    conn.add_argument(
+        "--role",
+        choices=("device", "client"),
+        help="role to connect as (env IOTCOMMUTE_ROLE; default client; a token is always client)",
+    )
+    conn.add_argument(
+        "--open-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="limit for one connection attempt (TCP, TLS and handshake)",
+    )
+    conn.add_argument(
+        "--max-retries",
+        type=positive_int,
+        metavar="N",
+        help="give up after N failed reconnects in a row (default: retry for ever once connected)",
+    )
+    conn.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep retrying a server that was never reached (default: give up after "
+        f"{FIRST_CONNECT_ATTEMPTS} attempts)",
+    )
+    stream = parser.add_argument_group("stream")
+    stream.add_argument(
+        "--devices",
+        default="*",
+        metavar="IDS",
+        help="comma-separated device ids to follow, or * for the whole fleet",
+    )
+    stream.add_argument(
+        "--group",
+        metavar="NAME",
+        help="read as a member of this consumer group (the log's partitions are shared "
+        "among the group's members)",
+    )
+
+
+class _Ingest:
+    """Callbacks of one run. The sink is used under a lock: batches arrive on the client's
+    thread, time-based rolls are polled from the main thread."""
+
+    def __init__(self, sink: Any, quiet: bool) -> None:
+        self.sink = sink
+        self.lock = threading.Lock()
+        self.quiet = quiet
+        self.connected_once = False
+        self.last_error: BaseException | None = None
+        self.final: BaseException | None = None
+        self.gave_up = ""
+        self.wait = False
+        self.ticks = 0
+
+    def on_batch(self, batch: Any, ws: Any) -> None:
+        try:
+            with self.lock:
+                self.sink.write(batch)
+        except Exception as exc:
+            # the batch is not in a file: stop before the position moves past it (the
+            # files stay the checkpoint, so a restart resumes right here)
+            self.final = exc
+            ws.stop()
+            raise
+        self.ticks += len(batch)
+
+    def poll(self) -> None:
+        if self.final is None:
+            with self.lock:
+                self.sink.poll()
+
+    def on_connect(self, ws: Any) -> None:
+        first = not self.connected_once
+        self.connected_once = True
+        self.last_error = None
+        if not self.quiet:
+            verb = "connected to" if first else "reconnected to"
+            say("ingest", f"{verb} {ws.url}; resuming after position {ws.position}")
+
+    def on_error(self, exc: BaseException, ws: Any) -> None:
+        if getattr(exc, "fatal", False) or exc is self.final:
+            return
+        if ws.is_connected():
+            if _ends_listen(exc):
+                self.final = exc
+                ws.stop()
+            elif not self.quiet:
+                say("ingest", describe(exc))
+            return
+        self.last_error = exc
+
+    def on_reconnect(self, attempt: int, ws: Any) -> None:
+        err, self.last_error = self.last_error, None
+        if not self.connected_once and not self.wait and attempt >= FIRST_CONNECT_ATTEMPTS:
+            self.final = err
+            self.gave_up = (
+                f" (gave up after {attempt} attempts, none succeeded; --wait keeps trying)"
+            )
+            ws.stop()
+            return
+        if not self.quiet:
+            reason = describe(err) if err is not None else "connection lost"
+            say("ingest", f"{reason}; retrying (attempt {attempt})")
+
+    def on_gap(self, gap: dict[str, Any], ws: Any) -> None:
+        if not self.quiet:
+            say("ingest", f"gap: {gap.get('missed')} ticks after position {gap.get('from')} lost")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..client import WebSocket
+    from ..exceptions import NetworkError
+
+    quiet_library(args)
+    kw = _client_kwargs(args)
+    devices = _devices(args.devices)
+    try:
+        from ..sink.ingest import resume_from
+        from ..sink.parquet import ParquetSink
+    except ImportError as exc:  # pyarrow missing
+        raise UsageError(f"ingest needs pyarrow: pip install 'iotcommute[arrow]' ({exc})") from None
+    try:
+        sink = ParquetSink(
+            args.dir,
+            roll_bytes=args.roll_bytes,
+            roll_seconds=args.roll_seconds,
+            compression=None if args.compression == "none" else args.compression,
+        )
+    except OSError as exc:
+        say("ingest", f"cannot use {args.dir}: {exc.strerror or exc}")
+        return EXIT_ERROR
+    except Exception as exc:
+        say("ingest", describe(exc))
+        return exit_code(exc)
+    start = resume_from(sink)
+    ing = _Ingest(sink, verbosity(args) < 0)
+    ing.wait = bool(args.wait)
+    extra: dict[str, Any] = {}
+    if args.group is not None:
+        extra["group"] = args.group
+    try:
+        ws = WebSocket(
+            **kw,
+            format="binary",
+            subscribe=None,
+            open_timeout=args.open_timeout,
+            max_retries=args.max_retries,
+            **extra,
+        )
+    except TypeError:
+        sink.close()
+        raise UsageError(
+            "--group needs a client with consumer groups (not in this build)"
+        ) from None
+    except ValueError as exc:
+        sink.close()
+        raise UsageError(str(exc)) from None
+    ws.on_batch = ing.on_batch
+    ws.on_connect = ing.on_connect
+    ws.on_error = ing.on_error
+    ws.on_reconnect = ing.on_reconnect
+    ws.on_gap = ing.on_gap
+    ws.subscribe(devices, from_position=start)  # the files' end is the resume point
+    ws.connect(threaded=True)
+    interrupted = False
+    old = None
+    try:
+        old = signal.signal(signal.SIGTERM, lambda signum, frame: ws.stop())
+    except ValueError:  # not the main thread
+        pass
+    try:
+        while not ws.join(0.2):
+            ing.poll()
+    except KeyboardInterrupt:
+        interrupted = True
+        ws.stop()
+        ws.join(10)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    err = ing.final or ws.error
+    try:
+        with ing.lock:
+            if ing.final is None:
+                sink.close()  # the rows buffered so far become the last file
+    except Exception as exc:
+        err = err or exc
+    if interrupted:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if err is None and ing.gave_up:
+        err = NetworkError("could not connect")
+    if err is None:
+        return EXIT_OK
+    say("ingest", describe(err) + ing.gave_up)
+    return exit_code(err)
