@@ -94,6 +94,9 @@ class Engine:
         self.pause_reading, self.resume_reading = out.pause_reading, out.resume_reading
         self.write, self.write_session = out.write, out.write_session
         self.on_open: Callable[[], None] | None = None  # AsyncWebSocket's connect() waiter
+        #: a group member's graceful close waits for its last commit's answer: (code, reason)
+        self._close_after_commit: tuple[int, str] | None = None
+        self._in_read = False  # the session is delivering a read (callbacks may call stop)
 
     # ------------------------------------------------------------------ any thread
     @property
@@ -150,12 +153,17 @@ class Engine:
         if ws is None or t is None or t.is_closing():
             return
         if ws.state is _OPEN:
-            self.out.flush()
-            ws.close(code, reason)
-            self.write(ws.data_to_send())
-            self._arm_close_deadline(t)
+            if self.session.group is not None and self._last_commit(code, reason):
+                return
+            self._close(ws, t, code, reason)
         elif ws.state is State.CONNECTING:
             t.abort()
+
+    def _close(self, ws: ClientProtocol, t: asyncio.Transport, code: int, reason: str) -> None:
+        self.out.flush()
+        ws.close(code, reason)
+        self.write(ws.data_to_send())
+        self._arm_close_deadline(t)
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (tests/demo: a cut)."""
@@ -179,12 +187,64 @@ class Engine:
         self.last_rx = _now()
         events = ws.events_received()
         if events:
-            self.session.receive(events)
+            self._in_read = True
+            try:
+                self.session.receive(events)
+            finally:
+                self._in_read = False
             self._last_msg = self.last_rx
             if self.checkpoint is not None and self.session.anchored:
                 self.checkpoint.save(self.session.committed)
+            if self.session.group is not None:
+                self.group_read()
             self.write_session()
         self.write(ws.data_to_send())
+
+    # ------------------------------------------------------------------ consumer group
+    def group_read(self) -> None:
+        """After a read (or an iterator step): commit when enough was processed; a close
+        waiting for the last commit's answer goes on once it came."""
+        g = self.session.group
+        assert g is not None
+        if self._close_after_commit is not None:
+            if g.inflight is None and not self.session.flush_commits():
+                self._commit_wait_over()
+        elif g.due:
+            self.session.flush_commits()
+
+    def _last_commit(self, code: int, reason: str) -> bool:
+        """Before a graceful close: commit what was processed and close once the server
+        answered (bounded by close_timeout), so the next owner starts after it. True when
+        the close waits."""
+        if self._close_after_commit is not None:
+            return True
+        self.session.closing = True  # no more ticks for the user: they would not be committed
+        if self._in_read:
+            # stop() from a callback: its tick is processed once it returns; the read's
+            # end (group_read) commits it
+            self._close_after_commit = (code, reason)
+        else:
+            if not self.session.flush_commits():
+                return False
+            self._close_after_commit = (code, reason)
+            self.write_session()
+        if self.loop is not None:
+            self.loop.call_later(self.opts.close_timeout, self._commit_wait_over)
+        return True
+
+    def _commit_wait_over(self) -> None:
+        """The last commit was answered (or close_timeout passed): close now."""
+        after, self._close_after_commit = self._close_after_commit, None
+        ws, t = self.ws, self.transport
+        if after is not None and ws is not None and t is not None and ws.state is _OPEN:
+            self._close(ws, t, *after)
+
+    async def _commit_timer(self) -> None:
+        """A group member commits at least once a second (the session has no clock)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._close_after_commit is None and self.session.flush_commits():
+                self.write_session()
 
     def _event(self, ev: Any) -> None:
         t = type(ev)
@@ -329,12 +389,16 @@ class Engine:
             self.on_open()
         self.session.callback("on_connect", self.owner.on_connect)
         keepalive = loop.create_task(self.keepalive.run(self.transport))
+        timer = loop.create_task(self._commit_timer()) if self.session.group is not None else None
         if self.stopping:
             self.stop()
         try:
             await self._closed
         finally:
             keepalive.cancel()
+            if timer is not None:
+                timer.cancel()
+            self._close_after_commit = None
             self.out.open = False
             self.backoff.disconnected()
             self.session.closed(ConnectionClosedError(self._close_code, self._close_reason))
