@@ -73,3 +73,36 @@ def test_listen_group_prints_each_record_once_across_runs(nats_server: NatsServe
     assert lines[-1] == "iotcommute listen: group ingest: revoked partitions 0, 1"  # the close
     assert "Traceback" not in first.stderr + second.stderr
     assert sim_device_key(30) not in first.stderr
+
+
+@pytest.mark.timeout(90)
+def test_async_member_commits_what_the_loop_finished(nats_server: NatsServer) -> None:
+    """AsyncWebSocket(group=...): a loop that takes 10 ticks and leaves `async with` has
+    those 10 committed (the last one at the close); the next member gets the rest, once."""
+    from iotcommute import AsyncWebSocket
+
+    server = ServerProc(nats_server.url, "--partitions", "2").start()
+
+    async def take(n: int) -> list[int]:
+        got: list[int] = []
+        events: list[tuple[str, list[int]]] = []
+        ws = AsyncWebSocket(
+            sim_device_key(30), sim_device_id(30), "client", url=server.ws_url, group="a"
+        )
+        ws.on_assign = lambda ps, w: events.append(("assign", ps))
+        ws.on_revoke = lambda ps, w: events.append(("revoke", ps))
+        async with ws:
+            async for tick in ws:
+                got.append(tick["position"])
+                if len(got) == n:
+                    break
+        assert sorted(p for kind, ps in events if kind == "assign" for p in ps) == [0, 1]
+        return got
+
+    try:
+        log = asyncio.run(preload(server.ws_url))
+        first = asyncio.run(take(10))
+        second = asyncio.run(take(20))
+    finally:
+        server.stop()
+    assert sorted(first + second) == log
