@@ -219,6 +219,7 @@ class Engine:
         if self._close_after_commit is not None:
             return True
         self.session.closing = True  # no more ticks for the user: they would not be committed
+        self.resume_reading()  # a full iterator queue must not hold back the commit's answer
         if self._in_read:
             # stop() from a callback: its tick is processed once it returns; the read's
             # end (group_read) commits it

@@ -9,7 +9,9 @@ Inputs (events):   ``opened()`` once the upgrade succeeded; ``receive(events)`` 
                    core's event list (``str`` text, ``bytes`` binary, other core events are
                    passed on to ``on_event``); ``closed(exc)`` when the connection ended;
                    the user's requests: ``subscribe``, ``unsubscribe``, ``encode_publish`` +
-                   ``track_publish``, ``encode_command`` + ``start_command``, ``commit``.
+                   ``track_publish``, ``encode_command`` + ``start_command``, ``commit``;
+                   a group member (``group=``, client/group.py): ``flush_commits()`` from
+                   the engine's clock, ``group_took`` from an iterator.
 Outputs (actions): frames to write, taken with ``frames_to_send()`` as ``(opcode, payload)``;
                    calls of the owner's callbacks (on_tick, on_ticks, on_tick_rows,
                    on_message, on_command, on_gap, on_error) and of the resolvers given with
