@@ -288,6 +288,6 @@ def test_e2e_websocket(
     benchmark.group = f"e2e {case_name}: {case.description}"
     benchmark.extra_info.update(section="columnar-e2e", case=case_name, mode=mode)
     benchmark.pedantic(
-        one_round, rounds=bench_scale.rounds, warmup_rounds=bench_scale.warmup, iterations=1
+        one_round, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
     )
     record(benchmark, expected, per_frame)

@@ -11,7 +11,9 @@
   readable there, from the first append to the last record seen (the in-memory log has no
   "elsewhere": its figure is its own append rate);
 - aggregate ticks/s of a consumer group of 1 and 2 member processes (each on its own
-  server process) draining a preloaded stream.
+  server process) draining a preloaded stream, the members speaking the protocol directly
+  (``protocol``: websockets, one commit per 1000 ticks) or made with the library
+  (``library``: `WebSocket(group=..., format="binary")`, commits every 100 ticks / 1 s).
 
 Plain `pytest` runs it smoke-sized (a real nats-server is started; skipped with the reason
 when the binary cannot run); `pytest --benchmark` at full size.
@@ -140,9 +142,15 @@ def test_visible_elsewhere_rate(
     )
 
 
+@pytest.mark.parametrize("member", ["protocol", "library"])
 @pytest.mark.parametrize("members", [1, 2])
 def test_group_rate(
-    members: int, nats_server: NatsServer, bench_scale: Any, benchmark: Any, bench_record: Any
+    members: int,
+    member: str,
+    nats_server: NatsServer,
+    bench_scale: Any,
+    benchmark: Any,
+    bench_record: Any,
 ) -> None:
     """Aggregate ticks/s of a consumer group of 1 or 2 member processes, each on its own
     server process (so 2 members = 2 server + 2 client processes), draining a stream of
@@ -158,13 +166,14 @@ def test_group_rate(
 
     n = bench_scale.n(FULL, minimum=400) // 16 * 16
     here = Path(__file__).parent
+    script = "group_member.py" if member == "protocol" else "group_member_lib.py"
     rates: list[float] = []
     round_no = 0
 
     def one() -> None:
         nonlocal round_no
         round_no += 1
-        name = f"g{members}r{round_no}"
+        name = f"g{members}{member[0]}r{round_no}"
         url = f"{nats_server.url}/{name}"
 
         async def preload() -> None:
@@ -197,7 +206,7 @@ def test_group_rate(
             for s in servers:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(here / "group_member.py"), s.ws_url, "bench", "40"],
+                        [sys.executable, str(here / script), s.ws_url, "bench", "40"],
                         stdout=subprocess.PIPE,
                         text=True,
                         cwd=here.parent,
@@ -224,7 +233,7 @@ def test_group_rate(
     bench_record(
         {
             "section": "jetstream",
-            "subject": f"group of {members}",
+            "subject": f"group of {members} ({member} members)",
             "case": "aggregate ticks/s",
             "value": best,
         }

@@ -106,12 +106,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IDS",
         help="comma-separated device ids to follow, or * for the whole fleet",
     )
-    stream.add_argument(
-        "--group",
-        metavar="NAME",
-        help="read as a member of this consumer group (the log's partitions are shared "
-        "among the group's members)",
-    )
 
 
 class _Ingest:
@@ -212,9 +206,6 @@ def run(args: argparse.Namespace) -> int:
     start = resume_from(sink)
     ing = _Ingest(sink, verbosity(args) < 0)
     ing.wait = bool(args.wait)
-    extra: dict[str, Any] = {}
-    if args.group is not None:
-        extra["group"] = args.group
     try:
         ws = WebSocket(
             **kw,
@@ -222,13 +213,7 @@ def run(args: argparse.Namespace) -> int:
             subscribe=None,
             open_timeout=args.open_timeout,
             max_retries=args.max_retries,
-            **extra,
         )
-    except TypeError:
-        sink.close()
-        raise UsageError(
-            "--group needs a client with consumer groups (not in this build)"
-        ) from None
     except ValueError as exc:
         sink.close()
         raise UsageError(str(exc)) from None

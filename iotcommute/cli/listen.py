@@ -105,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file keeping the last position, so a restarted listen resumes without loss",
     )
     stream.add_argument(
+        "--group",
+        metavar="NAME",
+        help="join this consumer group: its members share the log's partitions and the "
+        "server keeps the group's positions (a server on a shared log: serve --log nats://...)",
+    )
+    stream.add_argument(
         "--count", type=positive_int, default=0, metavar="N", help="exit after N ticks (0: never)"
     )
 
@@ -212,6 +218,13 @@ class _Listener:
         if self.limit and self.seen >= self.limit:
             ws.stop()
 
+    def on_tick(self, tick: dict[str, Any], ws: Any) -> None:
+        """A group member with --count: tick by tick, so that what the group commits is
+        exactly what was printed (the rest of a read is not delivered after stop())."""
+        if self.limit and self.seen >= self.limit:
+            return
+        self.on_ticks([tick], ws)
+
     def on_connect(self, ws: Any) -> None:
         first = not self.connected_once
         self.connected_once = True
@@ -220,6 +233,8 @@ class _Listener:
             ws.subscribe(self.devices, from_position=self.args.from_position)
         if not self.quiet:
             what = "all devices" if self.devices == "*" else ", ".join(self.devices)
+            if self.args.group:
+                what = f"group {self.args.group}"
             verb = "connected to" if first else "reconnected to"
             say("listen", f"{verb} {ws.url} as {self.role}; following {what}")
 
@@ -253,12 +268,38 @@ class _Listener:
         reason = describe(err) if err is not None else "connection lost"
         say("listen", f"{reason}; retrying (attempt {attempt}{of})")
 
+    def on_assign(self, partitions: list[int], ws: Any) -> None:
+        if not self.quiet:
+            say("listen", f"group {self.args.group}: assigned partitions {_ints(partitions)}")
+
+    def on_revoke(self, partitions: list[int], ws: Any) -> None:
+        if not self.quiet:
+            say("listen", f"group {self.args.group}: revoked partitions {_ints(partitions)}")
+
     def on_gap(self, gap: dict[str, Any], ws: Any) -> None:
         if not self.quiet:
             say(
                 "listen",
                 f"gap: {gap.get('missed')} ticks after position {gap.get('from')} were "
                 "trimmed from the server's log before they could be read",
+            )
+
+
+def _ints(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _check_group(args: argparse.Namespace) -> None:
+    """A group member's devices and positions come from the group."""
+    for given, option in (
+        (args.devices.strip() != "*", "--devices"),
+        (args.from_position is not None, "--from"),
+        (args.checkpoint is not None, "--checkpoint"),
+    ):
+        if given:
+            raise UsageError(
+                f"--group and {option} do not go together: the group's server keeps its "
+                "members' devices and positions"
             )
 
 
@@ -283,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_library(args)
     kw = _client_kwargs(args)
     devices = _devices(args.devices)
+    if args.group is not None:
+        _check_group(args)
     listener = _Listener(args, str(kw["role"]), devices)
     try:
         ws = WebSocket(
@@ -292,14 +335,20 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             open_timeout=args.open_timeout,
             max_retries=args.max_retries,
+            group=args.group,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    ws.on_ticks = listener.on_ticks
+    if args.group is not None and listener.limit:
+        ws.on_tick = listener.on_tick
+    else:
+        ws.on_ticks = listener.on_ticks
     ws.on_connect = listener.on_connect
     ws.on_error = listener.on_error
     ws.on_reconnect = listener.on_reconnect
     ws.on_gap = listener.on_gap
+    ws.on_assign = listener.on_assign
+    ws.on_revoke = listener.on_revoke
     # The client runs on its own thread; this one only waits, so Ctrl-C lands here and
     # becomes a clean stop (the checkpoint is saved) instead of a cancelled event loop.
     ws.connect(threaded=True)

@@ -48,6 +48,9 @@ class AsyncWebSocket(ClientBase):
             self._session.sink = self._push
         self._batch_queue: collections.deque[TickBatch] = collections.deque()
         self._batch_ticks = 0  # ticks in _batch_queue (the backpressure measure)
+        self._taken: dict[str, Any] | None = None  # (group) the tick handed out last
+        if self._session.group is not None:
+            self._session.drop_queued = self._drop_partitions
 
     def stats(self) -> dict[str, Any]:
         s = self._engine.stats()
@@ -87,6 +90,8 @@ class AsyncWebSocket(ClientBase):
         task = self._task
         if task is None:
             return
+        if self._session.group is not None and self._engine.connected:
+            self._group_took()  # closing after its work: the last tick taken is done
         self._engine.stop(code, reason)
         if not task.done():
             try:
@@ -105,6 +110,8 @@ class AsyncWebSocket(ClientBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None:
+            self._taken = None  # the work on the last tick failed: not committed
         await self.close()
 
     async def wait_closed(self) -> None:
@@ -132,12 +139,41 @@ class AsyncWebSocket(ClientBase):
         if w is not None and not w.done():
             w.set_result(None)
 
+    def _drop_partitions(self, parts: list[int]) -> None:
+        """(group) Partitions revoked or lost: their queued ticks are never handed out
+        (the next owner gets them from the group's committed position)."""
+        g = self._session.group
+        assert g is not None
+        gone = set(parts)
+        of = g.partition_of
+        keep = [t for t in self._queue if of(t["device"]) not in gone]
+        self._queue.clear()
+        self._queue.extend(keep)
+        if self._taken is not None and of(self._taken["device"]) in gone:
+            self._taken = None
+        if self._paused and len(self._queue) <= self._low:
+            self._paused = False
+            self._engine.resume_reading()
+
+    def _group_took(self) -> None:
+        """(group) Asking for the next tick means the user finished the previous one."""
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            self._session.group_took(taken)
+            if self._engine.connected:
+                assert self._engine.commits is not None
+                self._engine.commits.after_read()
+                self._engine.write_session()
+
     def __aiter__(self) -> AsyncWebSocket:
         self._iterating = True
         self._session.hold_commit = True  # checkpoint what the user took, not what is queued
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        group = self._session.group is not None
+        if group:
+            self._group_took()
         q = self._queue
         while not q:
             task = self._task
@@ -151,7 +187,10 @@ class AsyncWebSocket(ClientBase):
             finally:
                 self._waiter = None
         tick = q.popleft()
-        self._session.commit(None if not q else tick["position"])
+        if group:
+            self._taken = tick
+        else:
+            self._session.commit(None if not q else tick["position"])
         if self._paused and len(q) <= self._low:
             self._paused = False
             self._engine.resume_reading()

@@ -16,6 +16,7 @@ from ..exceptions import InputError
 from .checkpoint import Checkpoint
 from .engine import Engine
 from .options import (
+    OnAssign,
     OnBatch,
     OnClose,
     OnCommand,
@@ -25,6 +26,7 @@ from .options import (
     OnMessage,
     OnNoReconnect,
     OnReconnect,
+    OnRevoke,
     OnTick,
     OnTickRows,
     OnTicks,
@@ -60,9 +62,21 @@ class ClientBase:
         on_reconnect(attempt, ws)       a retry is scheduled (attempt 1, 2, ...)
         on_noreconnect(ws)              the client gave up (fatal error, retries exhausted)
         on_gap(gap, ws)                 records were lost (trimmed): dict with from, to, missed
+        on_assign(partitions, ws)       (group) the member now owns these partitions (list of
+                                        ints); their ticks follow from the group's position
+        on_revoke(partitions, ws)       (group) the member no longer owns these partitions (a
+                                        rebalance, or the connection was lost); no tick of
+                                        them is delivered after this call
 
     Delivery: every record of the subscribed devices arrives once and in order across any
     number of reconnects, or is covered by exactly one on_gap.
+
+    Consumer group (group="name", docs/protocol.md section 14.3): the members of a group
+    share the log's partitions; each partition is owned by one member at a time. The
+    library commits, per partition, what the callbacks returned for (or, with `async for`,
+    each tick once the next one is asked for), every 100 ticks or once a second, and
+    before a graceful close. At-least-once: a record is delivered again (to the next owner)
+    only if it came after the last commit of a member that lost its partition.
 
     Parameters (all but the first three are keywords):
 
@@ -98,6 +112,9 @@ class ClientBase:
                                 it; default None
         offline_queue           messages kept while disconnected (and publishes kept until
                                 acknowledged); default 10000; 0: raise NotConnectedError
+        group                   consumer group to join (1-64 of A-Z a-z 0-9 _ -; role
+                                "client"; the server's log must be shared: serve --log
+                                nats://...); default None (a plain subscription)
         loop_factory            (WebSocket) event loop factory; default uvloop when installed
         max_queue               (AsyncWebSocket) ticks queued for `async for` before the
                                 socket is paused; default 10000
@@ -116,6 +133,8 @@ class ClientBase:
     on_noreconnect: OnNoReconnect | None
     on_gap: OnGap | None
     on_batch: OnBatch | None
+    on_assign: OnAssign | None
+    on_revoke: OnRevoke | None
 
     def __init__(
         self,
@@ -144,6 +163,7 @@ class ClientBase:
         subscribe: str | list[str] | None = "*",
         checkpoint: str | os.PathLike[str] | None = None,
         offline_queue: int = 10000,
+        group: str | None = None,
         loop_factory: Callable[[], Any] | None = None,
         max_queue: int = 10000,
         iterate: bool = True,
@@ -152,7 +172,7 @@ class ClientBase:
             device_key, device_id, role, url or "", access_token, api_key, ssl, headers,
             proxy, ping_interval, ping_timeout, idle_timeout, open_timeout, close_timeout,
             reconnect, max_reconnect_delay, max_retries, first_connect_retries, max_size,
-            compression, format, subscribe, checkpoint, offline_queue,
+            compression, format, subscribe, checkpoint, offline_queue, group,
         )  # fmt: skip
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
@@ -168,6 +188,7 @@ class ClientBase:
             position=saved[0] if saved else None,
             log_id=saved[1] if saved else None,
             offline_queue=offline_queue,
+            group=group,
         )
         self._engine = Engine(self._opts, self, self._session)
         self._post_init()
@@ -207,6 +228,7 @@ class ClientBase:
     def subscribe(self, devices: str | list[str], from_position: int | None = None) -> None:
         """Follow devices ("*" = the fleet) from the cursor, or re-position it after
         `from_position` (the devices added get their records after it; no repeats)."""
+        self._session.refuse_in_group("subscribe")
         devices_arg(devices)
         if from_position is not None and (
             isinstance(from_position, bool) or not isinstance(from_position, int)
@@ -216,6 +238,7 @@ class ClientBase:
 
     def unsubscribe(self, devices: str | list[str]) -> None:
         """Stop following devices ("*" = all); survives reconnects like subscribe."""
+        self._session.refuse_in_group("unsubscribe")
         devices_arg(devices)
         self._engine.call(self._loop_request, "unsubscribe", devices, None)
 

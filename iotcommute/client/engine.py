@@ -25,6 +25,7 @@ from ..protocol import ClientProtocol
 from ..protocol.events import EOF, Accepted, CloseReceived, Failed, Pong, State
 from .checkpoint import Checkpoint
 from .connect import Target, default_ssl_context, open_stream
+from .groupio import GroupCommits
 from .keepalive import KeepAlive
 from .options import Options, Owner
 from .session import Session
@@ -94,6 +95,9 @@ class Engine:
         self.pause_reading, self.resume_reading = out.pause_reading, out.resume_reading
         self.write, self.write_session = out.write, out.write_session
         self.on_open: Callable[[], None] | None = None  # AsyncWebSocket's connect() waiter
+        #: a group member's graceful close waits for its last commit's answer: (code, reason)
+        self.commits = GroupCommits(self) if session.group is not None else None
+        self.in_read = False  # the session is delivering a read (callbacks may call stop)
 
     # ------------------------------------------------------------------ any thread
     @property
@@ -150,12 +154,17 @@ class Engine:
         if ws is None or t is None or t.is_closing():
             return
         if ws.state is _OPEN:
-            self.out.flush()
-            ws.close(code, reason)
-            self.write(ws.data_to_send())
-            self._arm_close_deadline(t)
+            if self.commits is not None and self.commits.last_commit(code, reason):
+                return
+            self.close_now(ws, t, code, reason)
         elif ws.state is State.CONNECTING:
             t.abort()
+
+    def close_now(self, ws: ClientProtocol, t: asyncio.Transport, code: int, reason: str) -> None:
+        self.out.flush()
+        ws.close(code, reason)
+        self.write(ws.data_to_send())
+        self._arm_close_deadline(t)
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (tests/demo: a cut)."""
@@ -179,10 +188,16 @@ class Engine:
         self.last_rx = _now()
         events = ws.events_received()
         if events:
-            self.session.receive(events)
+            self.in_read = True
+            try:
+                self.session.receive(events)
+            finally:
+                self.in_read = False
             self._last_msg = self.last_rx
             if self.checkpoint is not None and self.session.anchored:
                 self.checkpoint.save(self.session.committed, self.session.log_id)
+            if self.commits is not None:
+                self.commits.after_read()
             self.write_session()
         self.write(ws.data_to_send())
 
@@ -329,12 +344,17 @@ class Engine:
             self.on_open()
         self.session.callback("on_connect", self.owner.on_connect)
         keepalive = loop.create_task(self.keepalive.run(self.transport))
+        timer = loop.create_task(self.commits.run()) if self.commits is not None else None
         if self.stopping:
             self.stop()
         try:
             await self._closed
         finally:
             keepalive.cancel()
+            if timer is not None:
+                timer.cancel()
+            if self.commits is not None:
+                self.commits.close_after = None
             self.out.open = False
             self.backoff.disconnected()
             self.session.closed(ConnectionClosedError(self._close_code, self._close_reason))

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..exceptions import InputError
 from .connect import Target, parse_proxy
+from .group import GROUP_NAME
 from .session import devices_arg
 
 if TYPE_CHECKING:
     from ..payload.columnar import TickBatch
 
 __all__ = [
+    "OnAssign",
     "OnBatch",
     "OnClose",
     "OnCommand",
@@ -29,6 +31,7 @@ __all__ = [
     "OnMessage",
     "OnNoReconnect",
     "OnReconnect",
+    "OnRevoke",
     "OnTick",
     "OnTickRows",
     "OnTicks",
@@ -88,6 +91,14 @@ class OnGap(Protocol):
     def __call__(self, gap: dict[str, Any], ws: Any, /) -> object: ...
 
 
+class OnAssign(Protocol):
+    def __call__(self, partitions: list[int], ws: Any, /) -> object: ...
+
+
+class OnRevoke(Protocol):
+    def __call__(self, partitions: list[int], ws: Any, /) -> object: ...
+
+
 class Owner(Protocol):
     """What the engine and session call back into (a ClientBase)."""
 
@@ -103,6 +114,8 @@ class Owner(Protocol):
     on_noreconnect: OnNoReconnect | None
     on_gap: OnGap | None
     on_batch: OnBatch | None
+    on_assign: OnAssign | None
+    on_revoke: OnRevoke | None
 
 
 def _header_safe(name: str, value: str | None) -> None:
@@ -148,6 +161,7 @@ class Options:
     subscribe: Any = "*"
     checkpoint: str | os.PathLike[str] | None = None
     offline_queue: int = 10000
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -175,6 +189,18 @@ class Options:
         if self.subscribe is not None and self.subscribe != []:
             devices_arg(self.subscribe)
         Target(self.url)  # fail early on a bad URL
+        if self.group is not None:
+            self._check_group()
+
+    def _check_group(self) -> None:
+        if not isinstance(self.group, str) or not GROUP_NAME.match(self.group):
+            raise ValueError("group must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if self.role != "client":
+            raise ValueError("a consumer-group member connects with role 'client'")
+        if self.subscribe != "*":
+            raise ValueError("a group member gets its partitions' devices: leave subscribe as '*'")
+        if self.checkpoint is not None:
+            raise ValueError("a group keeps its positions on the server: no checkpoint file")
 
     def handshake_headers(self) -> list[tuple[str, str]]:
         hdrs: list[tuple[str, str]] = []

@@ -9,7 +9,9 @@ Inputs (events):   ``opened()`` once the upgrade succeeded; ``receive(events)`` 
                    core's event list (``str`` text, ``bytes`` binary, other core events are
                    passed on to ``on_event``); ``closed(exc)`` when the connection ended;
                    the user's requests: ``subscribe``, ``unsubscribe``, ``encode_publish`` +
-                   ``track_publish``, ``encode_command`` + ``start_command``, ``commit``.
+                   ``track_publish``, ``encode_command`` + ``start_command``, ``commit``;
+                   a group member (``group=``, client/group.py): ``flush_commits()`` from
+                   the engine's clock, ``group_took`` from an iterator.
 Outputs (actions): frames to write, taken with ``frames_to_send()`` as ``(opcode, payload)``;
                    calls of the owner's callbacks (on_tick, on_ticks, on_tick_rows,
                    on_message, on_command, on_gap, on_error) and of the resolvers given with
@@ -47,6 +49,7 @@ from ..exceptions import (
     OperationTimeout,
     ServerError,
 )
+from .group import GroupState
 
 _fast_loads: Callable[[Any], Any]
 try:
@@ -304,8 +307,16 @@ class Session:
         offline_queue: int = 10000,
         id_prefix: str | None = None,
         on_event: Callable[[Any], None] = _ignore,
+        group: str | None = None,
     ) -> None:
         self.owner = owner
+        #: consumer-group membership (section 14.3): ownership and per-partition positions
+        self.group = GroupState(group) if group is not None else None
+        #: called with partitions just revoked or lost, before on_revoke: ticks of them
+        #: still queued for an iterator must not be handed out (AsyncWebSocket's queue)
+        self.drop_queued: Callable[[list[int]], None] | None = None
+        #: a member waiting for its last commit's answer before it closes: no more ticks
+        self.closing = False
         self.format = format
         self.on_event = on_event
         #: extra tick consumer (AsyncWebSocket's queue): called with each list of new ticks
@@ -362,7 +373,7 @@ class Session:
         self.gaps = 0
         self.connections = 0
 
-        if subscribe is not None and subscribe != [] and subscribe != ():
+        if self.group is None and subscribe is not None and subscribe != [] and subscribe != ():
             self.subscribe(subscribe)
 
     # ------------------------------------------------------------------ outputs
@@ -384,7 +395,9 @@ class Session:
         return sub
 
     def stats(self) -> dict[str, Any]:
+        extra = {"group": self.group.stats()} if self.group is not None else {}
         return {
+            **extra,
             "messages_in": self.messages_in,
             "duplicates_dropped": self.duplicates,
             "gaps": self.gaps,
@@ -401,6 +414,7 @@ class Session:
         """The WebSocket is open; subscriptions go out when the welcome arrives."""
         self._open = True
         self._welcomed = False
+        self.closing = False
         self._check = True
         self.connections += 1
         # publishes first: they need no subscription (re-sends keep their ids, so a
@@ -426,6 +440,8 @@ class Session:
         commands, self._commands = self._commands, {}
         for resolve in commands.values():
             resolve(None, err)
+        if self.group is not None:
+            self._group_dropped(self.group.lost(), "lost with the connection")
 
     def stopped(self) -> None:
         """The user stopped: waiters of unacked publishes learn it (the publishes stay)."""
@@ -435,7 +451,11 @@ class Session:
 
     def _restore(self) -> None:
         """After the welcome: rebuild the confirmed set from the resume point and ask the
-        unanswered/offline requests again."""
+        unanswered/offline requests again. A group member joins its group again instead
+        (never with `from`: the server says where each partition resumes)."""
+        if self.group is not None:
+            self._send_group_subscribe()
+            return
         reqs = [_Request(k, d, None) for k, d in self.confirmed.as_requests()]
         self.confirmed = Subscription()
         for req in (*reqs, *self._queued):
@@ -450,6 +470,7 @@ class Session:
     # ------------------------------------------------------------------ user requests
     def subscribe(self, devices: Any, from_position: int | None = None) -> None:
         """Add devices ("*" = all) from the cursor, or re-position it after `from_position`."""
+        self.refuse_in_group("subscribe")
         devs = devices_arg(devices)
         if from_position is not None and (
             isinstance(from_position, bool)
@@ -465,7 +486,15 @@ class Session:
         self._request(req)
 
     def unsubscribe(self, devices: Any) -> None:
+        self.refuse_in_group("unsubscribe")
         self._request(_Request("unsubscribe", devices_arg(devices), None))
+
+    def refuse_in_group(self, what: str) -> None:
+        if self.group is not None:
+            raise InputError(
+                f"a group member gets the devices of the partitions it is assigned: {what}() "
+                "does not apply"
+            )
 
     def _request(self, req: _Request) -> None:
         """Send now, or after the welcome's restore when one is due (keeping the order)."""
@@ -559,6 +588,9 @@ class Session:
     # ------------------------------------------------------------------ receive path
     def receive(self, events: list[Any]) -> None:
         """One network read's events: the hot path (callbacks bound to locals)."""
+        if self.group is not None:
+            self._receive_group(events)
+            return
         owner = self.owner
         if self.batch_sink is not None or getattr(owner, "on_batch", None) is not None:
             self._receive_batches(events)
@@ -1089,6 +1121,182 @@ class Session:
             except Exception as exc:
                 self._callback_failed("on_ticks", exc)
 
+    # ------------------------------------------------------------------ consumer group
+    def _receive_group(self, events: list[Any]) -> None:
+        """A group member's read. Every tick is decoded (its partition comes from its
+        device); one of an owned partition past what this tenure delivered goes to the tick
+        consumers, in stream order with the control messages, so no tick of a partition is
+        delivered after its ``revoke``. on_message still sees every message as received.
+        Without an iterator, what was delivered counts as processed once the callbacks
+        returned: the next commit may include it."""
+        g = self.group
+        assert g is not None
+        owner = self.owner
+        on_tick = owner.on_tick
+        on_ticks = owner.on_ticks
+        on_rows = owner.on_tick_rows
+        on_message = owner.on_message
+        sink = self.sink
+        dicts = on_tick is not None or on_ticks is not None or sink is not None
+        pending: list[dict[str, Any]] | None = (
+            [] if (on_ticks is not None or sink is not None) else None
+        )
+        accept = g.accept
+        loads = _fast_loads
+        n = 0
+        for ev in events:
+            t = type(ev)
+            if t is str:
+                n += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if ev.startswith(_TICK):
+                    if self.closing:
+                        continue
+                    try:
+                        msg = loads(ev)
+                        ok = accept(msg["device"], msg["position"])
+                    except Exception:
+                        self._report(DecodeError("tick without a device and a position"))
+                        continue
+                    if not ok:
+                        continue
+                    if not dicts:
+                        self._json_row(msg, on_rows)
+                        continue
+                    if on_tick is not None:
+                        try:
+                            on_tick(msg, owner)
+                        except Exception as exc:
+                            self._callback_failed("on_tick", exc)
+                    if pending is not None:
+                        pending.append(msg)
+                        if len(pending) >= JSON_TICKS_CHUNK:
+                            self._deliver_ticks(pending, sink, on_ticks)
+                            pending = []
+                    continue
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                if ev.startswith(_CONTROL):
+                    self._control_text(ev)
+                else:
+                    self._report(_text_error(ev))
+            elif t is bytes:
+                n += 1
+                if on_message is not None:
+                    try:
+                        on_message(ev, owner)
+                    except Exception as exc:
+                        self._callback_failed("on_message", exc)
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                if self.closing:
+                    continue
+                if on_rows is not None:
+                    decoded = self._decoded(payload.decode_batch_rows, ev)
+                    if decoded is not None:
+                        rows = [row for row in decoded[1] if accept(row[0], row[1])]
+                        if rows:
+                            try:
+                                on_rows(decoded[0], rows, owner)
+                            except Exception as exc:
+                                self._callback_failed("on_tick_rows", exc)
+                    continue
+                ticks = self._decoded(payload.decode_batch, ev)
+                if not ticks:
+                    continue
+                fresh = []
+                for tk in ticks:
+                    if self.closing:  # stop() from a callback: the rest is not delivered
+                        break
+                    if not accept(tk["device"], tk["position"]):
+                        continue
+                    if on_tick is not None:
+                        try:
+                            on_tick(tk, owner)
+                        except Exception as exc:
+                            self._callback_failed("on_tick", exc)
+                    fresh.append(tk)
+                if fresh and pending is not None:
+                    self._deliver_ticks(fresh, sink, on_ticks)
+            else:
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                self.on_event(ev)
+        if pending:
+            self._deliver_ticks(pending, sink, on_ticks)
+        self.messages_in += n
+        if not self.hold_commit:
+            g.all_done()
+
+    def _send_group_subscribe(self) -> None:
+        g = self.group
+        assert g is not None
+        rid = next(self._request_seq)
+        g.sub_id = rid
+        msg = {"type": "subscribe", "id": rid, "group": g.name, "format": self.format}
+        self._out.append((OP_TEXT, payload.dumps(msg)))
+
+    def flush_commits(self) -> bool:
+        """Queue a ``commit`` for the owned partitions whose processed position moved,
+        unless one is in flight. The engine calls it when ``group.due`` (every
+        COMMIT_EVERY ticks processed), once a second, and before a graceful close (the
+        session has no clock). True while a commit is in flight."""
+        g = self.group
+        if g is None or not self._open:
+            return False
+        msg = g.commit_message()
+        if msg is not None:
+            self._out.append((OP_TEXT, payload.dumps(msg)))
+        return g.inflight is not None
+
+    def group_took(self, tick: Any) -> None:
+        """The iterator's user finished with `tick` (it asked for the next one)."""
+        g = self.group
+        if g is not None and type(tick) is dict:
+            g.took(tick.get("device"), tick.get("position"))
+
+    def _group_dropped(self, parts: list[int], why: str = "revoked") -> None:
+        """Partitions are no longer ours: queued ticks of them go, then on_revoke."""
+        if not parts:
+            return
+        g = self.group
+        assert g is not None
+        log.info("group %s: partitions %s %s", g.name, parts, why)
+        if self.drop_queued is not None:
+            self.drop_queued(parts)
+        self.callback("on_revoke", getattr(self.owner, "on_revoke", None), parts)
+
+    def _h_assign(self, msg: dict[str, Any]) -> None:
+        g = self.group
+        if g is None:
+            return
+        parts = g.assign(msg)
+        if parts:
+            log.info("group %s: assigned partitions %s of %d", g.name, parts, g.of)
+            self.callback("on_assign", getattr(self.owner, "on_assign", None), parts)
+
+    def _h_revoke(self, msg: dict[str, Any]) -> None:
+        if self.group is not None:
+            self._group_dropped(self.group.revoke(msg.get("partitions")))
+
+    def _h_committed(self, msg: dict[str, Any]) -> None:
+        g = self.group
+        if g is None:
+            return
+        refused = g.committed(msg)
+        if refused:
+            # the revoke came first; the ticks after our last accepted commit of these
+            # partitions go to their next owner (the documented duplicates)
+            log.info("group %s: commit refused for partitions %s (not ours any more)", g.name,
+                     refused)  # fmt: skip
+
     # ------------------------------------------------------------------ control messages
     def _control_text(self, text: str) -> None:
         try:
@@ -1140,6 +1348,12 @@ class Session:
 
     def _h_subscribed(self, msg: dict[str, Any]) -> None:
         mid = msg.get("id")
+        g = self.group
+        if g is not None:
+            if mid == g.sub_id:
+                g.member = msg.get("member")
+                log.info("joined group %s as member %s", g.name, g.member)
+            return
         req = self._pending.pop(mid, None) if isinstance(mid, int) else None
         pos = msg.get("position")
         before = self.confirmed
@@ -1232,6 +1446,9 @@ class Session:
     def _h_error(self, msg: dict[str, Any]) -> None:
         exc = error_for(msg)
         mid = msg.get("id")
+        if self.group is not None and self.group.commit_failed(mid):
+            self._report(exc)  # sent again by the next flush
+            return
         if isinstance(mid, int) and not isinstance(mid, bool):
             req = self._pending.pop(mid, None)
             if req is not None:
@@ -1290,4 +1507,7 @@ _HANDLERS: dict[str, Callable[[Session, dict[str, Any]], None]] = {
     "ack": Session._h_ack,
     "published": Session._h_published,
     "error": Session._h_error,
+    "assign": Session._h_assign,
+    "revoke": Session._h_revoke,
+    "committed": Session._h_committed,
 }
