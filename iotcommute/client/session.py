@@ -458,12 +458,23 @@ class Session:
             return
         reqs = [_Request(k, d, None) for k, d in self.confirmed.as_requests()]
         self.confirmed = Subscription()
+        every, some = False, set[str]()  # what the new connection follows, request by request
         for req in (*reqs, *self._queued):
             frm = req.frm
-            if req.kind == "subscribe" and frm is None and self.anchored:
-                # a fresh connection has no cursor (and one with no device jumps to its
-                # tail): "from now" for a request made offline means from our position
-                frm = self.position
+            if req.kind == "subscribe":
+                if frm is None and self.anchored and not (every or some):
+                    # a connection following no device jumps to its tail: "from now" for a
+                    # request made offline means from our position. Once it follows devices,
+                    # "from now" keeps the cursor an earlier request set (a `from` replay).
+                    frm = self.position
+                if req.devices == "*":
+                    every, some = True, set()
+                elif not every:
+                    some |= set(req.devices)
+            elif req.devices == "*":
+                every, some = False, set()
+            elif not every:
+                some -= set(req.devices)
             self._send_request(_Request(req.kind, req.devices, frm))
         self._queued = []
 

@@ -398,3 +398,24 @@ BatchSessionMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBatchSessionModel = BatchSessionMachine.TestCase
+
+
+def test_offline_requests_keep_an_earlier_replay() -> None:
+    """Found by the model: unsubscribe("*"), subscribe("*", from 0), subscribe("*") made
+    while offline; the last "from now" must not move the cursor past the replay."""
+    s = SessionMachine()
+    s.setup(combo=("on_tick",), fmt="json", initial="*")
+    s.reconnect()
+    s.drop()
+    s.append(device="a", json_only=False, n=1)
+    s.reconnect()
+    s.drop()
+    s.reconnect()
+    s.drop()
+    s.reconnect()
+    s.pump(group=1, limit=1)
+    s.drop()
+    s.unsubscribe(devices="*")
+    s.subscribe(devices="*", frm=0)
+    s.subscribe(devices="*", frm=None)
+    s.teardown()
