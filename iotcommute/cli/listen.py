@@ -292,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             open_timeout=args.open_timeout,
             max_retries=args.max_retries,
+            first_connect_retries=None,  # the listener's own policy (--wait) decides
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

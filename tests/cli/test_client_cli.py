@@ -402,3 +402,33 @@ def test_listen_html_404_never_dumps_the_page() -> None:
         "iotcommute listen: InvalidStatus (HTTP 501): server rejected the WebSocket upgrade ("
     ), line
     assert "<" not in line and "html" not in line.lower()
+
+
+def test_listen_wait_outlasts_the_librarys_first_connect_retries() -> None:
+    """--wait keeps trying a server that is not up yet, past the library's default of 3
+    first-connect retries (it used to give up after them: a regression found by the
+    crash test, tests/e2e/test_crash_library.py)."""
+    port = _free_port()
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    cmd = [*CLI, "listen", "--url", f"ws://127.0.0.1:{port}", "--wait", "--from", "0"]
+    proc = subprocess.Popen(
+        [*cmd, "--count", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    try:
+        seen = b""
+        while b"(attempt 5)" not in seen:  # past the library's 3 first-connect retries
+            line = proc.stderr.readline()
+            assert line, f"listen ended: {seen.decode()}"
+            seen += line
+        srv = ServerThread("127.0.0.1", port, simulate=1, rate=50.0).start()
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            srv.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert json.loads(out.splitlines()[0])["type"] == "tick"
