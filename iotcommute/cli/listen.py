@@ -216,8 +216,10 @@ class _Listener:
         first = not self.connected_once
         self.connected_once = True
         self.last_error = None
-        if first and self.args.from_position is not None and ws.position == 0:
-            ws.subscribe(self.devices, from_position=self.args.from_position)
+        if first and self.args.from_position is not None:
+            # a saved --checkpoint wins over --from (else a restart would follow nothing)
+            start = ws.position or self.args.from_position
+            ws.subscribe(self.devices, from_position=start)
         if not self.quiet:
             what = "all devices" if self.devices == "*" else ", ".join(self.devices)
             verb = "connected to" if first else "reconnected to"

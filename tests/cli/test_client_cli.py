@@ -432,3 +432,27 @@ def test_listen_wait_outlasts_the_librarys_first_connect_retries() -> None:
             proc.wait()
     assert proc.returncode == 0
     assert json.loads(out.splitlines()[0])["type"] == "tick"
+
+
+def test_listen_from_with_checkpoint_resumes_after_a_restart(tmp_path: Path) -> None:
+    """`listen --from 0 --checkpoint F` run again resumes after the checkpoint (it used to
+    subscribe to nothing once F held a position: found by tests/e2e/test_crash_library.py)."""
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    ckpt = tmp_path / "pos.txt"
+    srv = ServerThread("127.0.0.1", 0, simulate=1, rate=100.0).start()
+    firsts, saved = [], []
+    try:
+        cmd = [*CLI, "listen", "--url", srv.url, "--from", "0", "--checkpoint", str(ckpt)]
+        for _ in range(2):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # blocks until a tick (the old bug: for ever)
+            proc.send_signal(signal.SIGTERM)  # a clean stop saves the checkpoint
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            firsts.append(json.loads(line)["position"])
+            saved.append(int(ckpt.read_text()))
+    finally:
+        srv.stop()
+    assert firsts[0] == 1
+    assert firsts[1] == saved[0] + 1  # on from the checkpoint, neither back to 0 nor a skip
