@@ -448,7 +448,7 @@ def test_listen_from_with_checkpoint_resumes_after_a_restart(tmp_path: Path) -> 
             assert proc.stdout is not None
             line = proc.stdout.readline()  # blocks until a tick (the old bug: for ever)
             proc.send_signal(signal.SIGTERM)  # a clean stop saves the checkpoint
-            out, err = proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             firsts.append(json.loads(line)["position"])
             saved.append(int(ckpt.read_text()))
