@@ -29,7 +29,11 @@ from iotcommute import WebSocket
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY
 
 # Reconnect quickly: the server is down for a moment only, many times.
-FAST: dict[str, Any] = {"max_reconnect_delay": 0.25, "first_connect_retries": None, "open_timeout": 5.0}
+FAST: dict[str, Any] = {
+    "max_reconnect_delay": 0.25,
+    "first_connect_retries": None,
+    "open_timeout": 5.0,
+}
 
 
 def tick_line(tick: dict[str, Any]) -> bytes:
