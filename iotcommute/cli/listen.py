@@ -197,10 +197,14 @@ class _Listener:
         self.gave_up = ""
         self.broken_pipe = False
         self.done = threading.Event()
+        self.cut_at: int | None = None  # --count ended inside a read: last tick printed
 
     def on_ticks(self, ticks: list[dict[str, Any]], ws: Any) -> None:
         if self.limit:
-            ticks = ticks[: self.limit - self.seen]
+            if len(ticks) > self.limit - self.seen:
+                ticks = ticks[: self.limit - self.seen]
+                # the client checkpoints the whole read: run() puts it back to this tick
+                self.cut_at = ticks[-1]["position"] if ticks else self.cut_at
         try:
             self.out.write(b"".join([self.dumps(t) + b"\n" for t in ticks]))
             self.out.flush()
@@ -315,6 +319,10 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
             ws.stop()
             ws.join(10)
+    if listener.cut_at is not None and args.checkpoint is not None:
+        from ..client.checkpoint import Checkpoint
+
+        Checkpoint(args.checkpoint).save(listener.cut_at, force=True)
     if listener.broken_pipe:
         try:  # keep Python from complaining about the closed pipe at exit
             sys.stdout = open(os.devnull, "w")

@@ -456,3 +456,22 @@ def test_listen_from_with_checkpoint_resumes_after_a_restart(tmp_path: Path) -> 
         srv.stop()
     assert firsts[0] == 1
     assert firsts[1] == saved[0] + 1  # on from the checkpoint, neither back to 0 nor a skip
+
+
+def test_listen_count_checkpoints_the_last_tick_printed(tmp_path: Path) -> None:
+    """`--count N --checkpoint F` checkpoints the N-th tick, not the end of the read it came
+    in (a binary batch holds many ticks: the rest were skipped by the next run)."""
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    ckpt = tmp_path / "pos.txt"
+    srv = ServerThread("127.0.0.1", 0, simulate=3, rate=100.0).start()
+    try:
+        time.sleep(0.5)  # a backlog, so that the replay from 0 comes in big batches
+        args = ("--url", srv.url, "--from", "0", "--checkpoint", str(ckpt), "--count", "3")
+        rc1, out1, err1 = cli("listen", *args, env=env)
+        rc2, out2, err2 = cli("listen", *args, env=env)
+    finally:
+        srv.stop()
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    positions = [json.loads(line)["position"] for line in (out1 + out2).splitlines()]
+    assert positions == [1, 2, 3, 4, 5, 6]
+    assert int(ckpt.read_text()) == 6
