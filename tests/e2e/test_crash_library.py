@@ -36,7 +36,6 @@ from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_KILLS = 11
 CONSUMER_KILLS = 4
-CHAOS_SECONDS = 18.0
 THREADS = 4  # the device's publishing threads (publishes in flight at once)
 
 #: (device, ts, data) of a position
@@ -250,19 +249,30 @@ def test_sigkill_server_library_and_listen(tmp_path: Path) -> None:
         for p in procs[1:]:
             p.start()
         _wait_for("the first acks", lambda: acks.exists() and acks.stat().st_size > 0, 30)
-        # the kill schedule: the server about evenly spread, the consumers anywhere
-        plan = [((i + rng.uniform(0.1, 0.9)) * CHAOS_SECONDS / SERVER_KILLS, "server")
-                for i in range(SERVER_KILLS)]  # fmt: skip
-        for name in consumers:
-            plan += [(rng.uniform(0.5, CHAOS_SECONDS), name) for _ in range(CONSUMER_KILLS)]
-        t0 = time.monotonic()
-        for at, what in sorted(plan):
-            time.sleep(max(0.0, at - (time.monotonic() - t0)))
-            if what == "server":
+        # the kill schedule, drawn as it goes (a slow restart must not bunch the kills
+        # up): the server 0.3-1.5 s after it is up again; each consumer 0.05-2.5 s after
+        # its run wrote its first tick (so some runs outlive a checkpoint write, some not)
+        now = time.monotonic
+        next_server = now() + rng.uniform(0.3, 1.5)
+        due: dict[str, float | None] = dict.fromkeys(consumers)
+        while server.kills < SERVER_KILLS or any(
+            c.proc.kills < CONSUMER_KILLS for c in consumers.values()
+        ):
+            if server.kills < SERVER_KILLS and now() >= next_server:
                 server.kill()
                 server.start()
-            else:
-                consumers[what].kill_and_restart()
+                next_server = now() + rng.uniform(0.3, 1.5)
+            for name, c in consumers.items():
+                if c.proc.kills >= CONSUMER_KILLS:
+                    continue
+                when = due[name]
+                if when is None:
+                    if c.last() > c.start:  # streaming: draw its kill
+                        due[name] = now() + rng.uniform(0.05, 2.5)
+                elif now() >= when:
+                    c.kill_and_restart()
+                    due[name] = None
+            time.sleep(0.02)
         # the device finishes its publishes in flight, then a last crash and restart; the
         # consumers read on until they hold everything stored before that crash
         stop.touch()
