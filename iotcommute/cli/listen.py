@@ -203,10 +203,14 @@ class _Listener:
         self.gave_up = ""
         self.broken_pipe = False
         self.done = threading.Event()
+        self.cut_at: int | None = None  # --count ended inside a read: last tick printed
 
     def on_ticks(self, ticks: list[dict[str, Any]], ws: Any) -> None:
         if self.limit:
-            ticks = ticks[: self.limit - self.seen]
+            if len(ticks) > self.limit - self.seen:
+                ticks = ticks[: self.limit - self.seen]
+                # the client checkpoints the whole read: run() puts it back to this tick
+                self.cut_at = ticks[-1]["position"] if ticks else self.cut_at
         try:
             self.out.write(b"".join([self.dumps(t) + b"\n" for t in ticks]))
             self.out.flush()
@@ -229,8 +233,10 @@ class _Listener:
         first = not self.connected_once
         self.connected_once = True
         self.last_error = None
-        if first and self.args.from_position is not None and ws.position == 0:
-            ws.subscribe(self.devices, from_position=self.args.from_position)
+        if first and self.args.from_position is not None:
+            # a saved --checkpoint wins over --from (else a restart would follow nothing)
+            start = ws.position or self.args.from_position
+            ws.subscribe(self.devices, from_position=start)
         if not self.quiet:
             what = "all devices" if self.devices == "*" else ", ".join(self.devices)
             if self.args.group:
@@ -336,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             open_timeout=args.open_timeout,
             max_retries=args.max_retries,
             group=args.group,
+            first_connect_retries=None,  # the listener's own policy (--wait) decides
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -361,6 +368,10 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
             ws.stop()
             ws.join(10)
+    if listener.cut_at is not None and args.checkpoint is not None:
+        from ..client.checkpoint import Checkpoint
+
+        Checkpoint(args.checkpoint).save(listener.cut_at, force=True)
     if listener.broken_pipe:
         try:  # keep Python from complaining about the closed pipe at exit
             sys.stdout = open(os.devnull, "w")

@@ -76,6 +76,8 @@ class Engine:
             self._ssl = default_ssl_context()
         self.backoff = Backoff(max_delay=opts.max_reconnect_delay, max_retries=opts.max_retries)
         self.checkpoint = Checkpoint(opts.checkpoint) if opts.checkpoint is not None else None
+        if self.checkpoint is not None:
+            self.checkpoint.load()  # knows what is on disk: no rewrite of it uses up a slot
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self.ws: ClientProtocol | None = None

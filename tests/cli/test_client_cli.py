@@ -402,3 +402,76 @@ def test_listen_html_404_never_dumps_the_page() -> None:
         "iotcommute listen: InvalidStatus (HTTP 501): server rejected the WebSocket upgrade ("
     ), line
     assert "<" not in line and "html" not in line.lower()
+
+
+def test_listen_wait_outlasts_the_librarys_first_connect_retries() -> None:
+    """--wait keeps trying a server that is not up yet, past the library's default of 3
+    first-connect retries (it used to give up after them: a regression found by the
+    crash test, tests/e2e/test_crash_library.py)."""
+    port = _free_port()
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    cmd = [*CLI, "listen", "--url", f"ws://127.0.0.1:{port}", "--wait", "--from", "0"]
+    proc = subprocess.Popen(
+        [*cmd, "--count", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    try:
+        seen = b""
+        while b"(attempt 5)" not in seen:  # past the library's 3 first-connect retries
+            line = proc.stderr.readline()
+            assert line, f"listen ended: {seen.decode()}"
+            seen += line
+        srv = ServerThread("127.0.0.1", port, simulate=1, rate=50.0).start()
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            srv.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert json.loads(out.splitlines()[0])["type"] == "tick"
+
+
+def test_listen_from_with_checkpoint_resumes_after_a_restart(tmp_path: Path) -> None:
+    """`listen --from 0 --checkpoint F` run again resumes after the checkpoint (it used to
+    subscribe to nothing once F held a position: found by tests/e2e/test_crash_library.py)."""
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    ckpt = tmp_path / "pos.txt"
+    srv = ServerThread("127.0.0.1", 0, simulate=1, rate=100.0).start()
+    firsts, saved = [], []
+    try:
+        cmd = [*CLI, "listen", "--url", srv.url, "--from", "0", "--checkpoint", str(ckpt)]
+        for _ in range(2):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # blocks until a tick (the old bug: for ever)
+            proc.send_signal(signal.SIGTERM)  # a clean stop saves the checkpoint
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            firsts.append(json.loads(line)["position"])
+            saved.append(int(ckpt.read_text()))
+    finally:
+        srv.stop()
+    assert firsts[0] == 1
+    assert firsts[1] == saved[0] + 1  # on from the checkpoint, neither back to 0 nor a skip
+
+
+def test_listen_count_checkpoints_the_last_tick_printed(tmp_path: Path) -> None:
+    """`--count N --checkpoint F` checkpoints the N-th tick, not the end of the read it came
+    in (a binary batch holds many ticks: the rest were skipped by the next run)."""
+    env = _env(IOTCOMMUTE_KEY=README_DEVICE_KEY, IOTCOMMUTE_DEVICE=README_DEVICE_ID)
+    ckpt = tmp_path / "pos.txt"
+    srv = ServerThread("127.0.0.1", 0, simulate=3, rate=100.0).start()
+    try:
+        time.sleep(0.5)  # a backlog, so that the replay from 0 comes in big batches
+        args = ("--url", srv.url, "--from", "0", "--checkpoint", str(ckpt), "--count", "3")
+        rc1, out1, err1 = cli("listen", *args, env=env)
+        rc2, out2, err2 = cli("listen", *args, env=env)
+    finally:
+        srv.stop()
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    positions = [json.loads(line)["position"] for line in (out1 + out2).splitlines()]
+    assert positions == [1, 2, 3, 4, 5, 6]
+    assert int(ckpt.read_text()) == 6
