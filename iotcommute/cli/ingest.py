@@ -32,7 +32,13 @@ from ._util import (
     say,
     verbosity,
 )
-from .listen import FIRST_CONNECT_ATTEMPTS, _client_kwargs, _devices, _ends_listen
+from .listen import (
+    FIRST_CONNECT_ATTEMPTS,
+    _client_kwargs,
+    _devices,
+    _ends_listen,
+    add_connection_arguments,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -60,52 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("zstd", "snappy", "gzip", "lz4", "brotli", "none"),
         help="Parquet compression (default zstd)",
     )
-    conn = parser.add_argument_group("connection")
-    conn.add_argument(
-        "--url",
-        help="server URL, ws:// or wss:// (env IOTCOMMUTE_URL; else ws://127.0.0.1:8765)",
-    )
-    conn.add_argument("--key", help="device key (env IOTCOMMUTE_KEY); needs --device")
-    conn.add_argument(
-        "--device", "--id", dest="device", help="device id of --key (env IOTCOMMUTE_DEVICE)"
-    )
-    conn.add_argument(
-        "--token",
-        metavar="API_KEY:ACCESS_TOKEN",
-        help="access token from `iotcommute login` (env IOTCOMMUTE_TOKEN); "
-        "'-' reads it from stdin, '@FILE' from a file",
-    )
-    conn.add_argument(
-        "--role",
-        choices=("device", "client"),
-        help="role to connect as (env IOTCOMMUTE_ROLE; default client; a token is always client)",
-    )
-    conn.add_argument(
-        "--open-timeout",
-        type=positive_float,
-        default=10.0,
-        metavar="SECONDS",
-        help="limit for one connection attempt (TCP, TLS and handshake)",
-    )
-    conn.add_argument(
-        "--max-retries",
-        type=positive_int,
-        metavar="N",
-        help="give up after N failed reconnects in a row (default: retry for ever once connected)",
-    )
-    conn.add_argument(
-        "--wait",
-        action="store_true",
-        help="keep retrying a server that was never reached (default: give up after "
-        f"{FIRST_CONNECT_ATTEMPTS} attempts)",
-    )
-    stream = parser.add_argument_group("stream")
-    stream.add_argument(
-        "--devices",
-        default="*",
-        metavar="IDS",
-        help="comma-separated device ids to follow, or * for the whole fleet",
-    )
+    add_connection_arguments(parser)
 
 
 class _Ingest:

@@ -41,14 +41,18 @@ __all__ = ["FIRST_CONNECT_ATTEMPTS", "add_arguments", "parse_token", "run"]
 FIRST_CONNECT_ATTEMPTS = 3
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser) -> Any:
+    """The connection options and --devices, shared by `listen` and `ingest`; returns the
+    "stream" argument group for the command's own stream options."""
     conn = parser.add_argument_group("connection")
     conn.add_argument(
         "--url",
         help="server URL, ws:// or wss:// (env IOTCOMMUTE_URL; else ws://127.0.0.1:8765)",
     )
     conn.add_argument("--key", help="device key (env IOTCOMMUTE_KEY); needs --device")
-    conn.add_argument("--device", help="device id of --key (env IOTCOMMUTE_DEVICE)")
+    conn.add_argument(
+        "--device", "--id", dest="device", help="device id of --key (env IOTCOMMUTE_DEVICE)"
+    )
     conn.add_argument(
         "--token",
         metavar="API_KEY:ACCESS_TOKEN",
@@ -86,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IDS",
         help="comma-separated device ids to follow, or * for the whole fleet",
     )
+    return stream
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stream = add_connection_arguments(parser)
     stream.add_argument(
         "--from",
         dest="from_position",

@@ -164,7 +164,7 @@ class Consumer:
         self.proc.kill()
         if self.checkpoint is not None:
             text = self.checkpoint.read_text() if self.checkpoint.exists() else "0"
-            self.at_kill[self.proc.runs] = int(text)
+            self.at_kill[self.proc.runs] = int(text.split()[0])  # "position log-id"
         self.start = self.last() if self.output is not None else 0
         self.proc.start()
 
