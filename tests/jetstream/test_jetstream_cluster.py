@@ -111,14 +111,12 @@ def test_two_processes_one_log(two_servers: tuple[ServerProc, ServerProc]) -> No
         await dev2.send(json.dumps({"type": "ack", "id": "c-1", "ok": True, "data": {"x": 1}}))
         ack = await recv_type(cl, "ack")
         assert ack == {"type": "ack", "id": "c-1", "ok": True, "data": {"x": 1}}
-        # a device connected nowhere: refused as offline (no responder), quickly
-        t0 = time.monotonic()
+        # a device connected nowhere: refused as offline (no responder), not a timeout
         await cl.send(
             json.dumps({"type": "command", "id": "c-2", "device": sim_device_id(9), "data": {}})
         )
         ack = await recv_type(cl, "ack")
         assert ack["ok"] is False and ack["error"] == "device offline"
-        assert time.monotonic() - t0 < 5
         for ws in (cl, dev1, dev2):
             await ws.close()
         assert w1["position"] == 0 and w2["position"] == 0

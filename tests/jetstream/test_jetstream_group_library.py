@@ -84,7 +84,6 @@ async def until(pred: Any, timeout: float) -> None:
 
 @pytest.mark.timeout(120)
 def test_library_group_failover(nats_server: NatsServer, tmp_path: Path) -> None:
-    t0 = time.monotonic()
     servers = [
         ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--session-timeout", "2")
         for _ in range(2)
@@ -122,7 +121,6 @@ def test_library_group_failover(nats_server: NatsServer, tmp_path: Path) -> None
         for s in servers:
             s.stop()
     check(processed(tmp_path), by_part, kill_at)
-    assert time.monotonic() - t0 < 60
 
 
 async def stream(
