@@ -290,7 +290,8 @@ def test_keepalive_any_frame_proves_life() -> None:
     ws.on_message = lambda m, w: got.append(m)
     ws.connect(threaded=True)
     try:
-        wait_for(lambda: peer.conn is not None, what="the peer's connection")
+        # frames may only follow the peer's 101 answer: wait until the client is open
+        wait_for(lambda: peer.conn is not None and ws.is_connected(), what="the connection")
         deadline = time.monotonic() + 3.0  # three times the silence limit, no pong ever
         assert peer.conn is not None
         while time.monotonic() < deadline:  # a text frame every 50 ms, no pong ever
