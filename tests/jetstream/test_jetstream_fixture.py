@@ -14,7 +14,8 @@ async def _roundtrip(urls: list[str], replicas: int = 1) -> int:
 
     nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=3)
     try:
-        js = nc.jetstream()
+        # a replicated stream waits for its RAFT group: seconds on a loaded machine
+        js = nc.jetstream(timeout=30)
         await js.add_stream(name="FIXTURE", subjects=["fixture.>"], num_replicas=replicas)
         ack = await js.publish("fixture.a", b"x")
         return int(ack.seq)
