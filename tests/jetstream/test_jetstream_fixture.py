@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.jetstream.natsfixture import NatsCluster, NatsServer, nats_cluster, nats_server
 
@@ -11,14 +12,23 @@ __all__ = ["nats_cluster", "nats_server"]
 
 async def _roundtrip(urls: list[str], replicas: int = 1) -> int:
     import nats
+    import nats.js.errors
 
     nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=3)
     try:
         # a replicated stream waits for its RAFT group: seconds on a loaded machine
         js = nc.jetstream(timeout=30)
         await js.add_stream(name="FIXTURE", subjects=["fixture.>"], num_replicas=replicas)
-        ack = await js.publish("fixture.a", b"x")
-        return int(ack.seq)
+        # the stream's leader answers once elected; until then the engine says "no responders"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ack = await js.publish("fixture.a", b"x")
+                return int(ack.seq)
+            except nats.js.errors.NoStreamResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
