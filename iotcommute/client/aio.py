@@ -65,6 +65,10 @@ class AsyncWebSocket(ClientBase):
         if self._task is not None and not self._task.done():
             raise RuntimeError("already connected")
         loop = asyncio.get_running_loop()
+        if self._iterate and not self._has_tick_callback():
+            # Ticks that arrive before `async for` starts wait in the queue: only what the
+            # iterator hands out may be checkpointed or committed, from the first read on.
+            self._session.hold_commit = True
         self._engine.stopping = False
         self._open_waiter = loop.create_future()
         self._task = loop.create_task(self._engine.run())
@@ -123,6 +127,14 @@ class AsyncWebSocket(ClientBase):
         self._engine.abort()
 
     # ------------------------------------------------------------------ iteration
+    def _has_tick_callback(self) -> bool:
+        return (
+            self.on_tick is not None
+            or self.on_ticks is not None
+            or self.on_tick_rows is not None
+            or self.on_batch is not None
+        )
+
     def _push(self, batch: list[dict[str, Any]]) -> None:
         if not self._iterating and (
             self.on_tick is not None or self.on_ticks is not None or self.on_tick_rows is not None

@@ -247,6 +247,36 @@ def test_async_checkpoint_holds_only_what_the_iterator_handed_out(
     assert int(cp.read_text().split()[0]) == got[-1]  # "position log-id"
 
 
+def test_async_checkpoint_ignores_ticks_queued_before_the_loop_starts(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    """Ticks that arrive between `async with` and `async for` wait in the queue: they are
+    not checkpointed until the iterator hands them out (else a restart would skip them)."""
+    cp = tmp_path / "pos"
+
+    async def main() -> list[int]:
+        ws = AsyncWebSocket(KEY, DEV, url=server.url, checkpoint=cp, max_queue=50)
+        got: list[int] = []
+        async with ws:
+            positions = await asyncio.to_thread(
+                server.call,
+                lambda: [server.hub.log.append(sim_device_id(1), {"v": i}) for i in range(30)],
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while ws.stats()["queued_ticks"] < 30:  # all of them read before the loop
+                assert asyncio.get_running_loop().time() < deadline, ws.stats()
+                await asyncio.sleep(0.02)
+            async for tick in ws:
+                got.append(tick["position"])
+                if len(got) == 5:
+                    break
+        assert got == positions[:5]
+        return got
+
+    got = asyncio.run(main())
+    assert int(cp.read_text().split()[0]) == got[-1]
+
+
 def test_keepalive_spares_a_paused_consumer(server: ServerThread) -> None:
     async def main() -> None:
         ws = AsyncWebSocket(

@@ -78,12 +78,14 @@ def test_listen_group_prints_each_record_once_across_runs(nats_server: NatsServe
 @pytest.mark.timeout(90)
 def test_async_member_commits_what_the_loop_finished(nats_server: NatsServer) -> None:
     """AsyncWebSocket(group=...): a loop that takes 10 ticks and leaves `async with` has
-    those 10 committed (the last one at the close); the next member gets the rest, once."""
+    those 10 committed (the last one at the close); the next member gets the rest, once.
+    The first member lets the whole log arrive before its loop starts: ticks queued before
+    `async for` are not finished work and must not be committed."""
     from iotcommute import AsyncWebSocket
 
     server = ServerProc(nats_server.url, "--partitions", "2").start()
 
-    async def take(n: int) -> list[int]:
+    async def take(n: int, queued_first: int = 0) -> list[int]:
         got: list[int] = []
         events: list[tuple[str, list[int]]] = []
         ws = AsyncWebSocket(
@@ -92,16 +94,24 @@ def test_async_member_commits_what_the_loop_finished(nats_server: NatsServer) ->
         ws.on_assign = lambda ps, w: events.append(("assign", ps))
         ws.on_revoke = lambda ps, w: events.append(("revoke", ps))
         async with ws:
-            async for tick in ws:
-                got.append(tick["position"])
-                if len(got) == n:
-                    break
+            deadline = asyncio.get_running_loop().time() + 20
+            while ws.stats()["queued_ticks"] < queued_first:
+                assert asyncio.get_running_loop().time() < deadline, ws.stats()
+                await asyncio.sleep(0.02)
+            try:
+                async with asyncio.timeout(30):  # a lost tick fails here, not as a hang
+                    async for tick in ws:
+                        got.append(tick["position"])
+                        if len(got) == n:
+                            break
+            except TimeoutError:
+                pytest.fail(f"waited for {n} ticks, got {got}")
         assert sorted(p for kind, ps in events if kind == "assign" for p in ps) == [0, 1]
         return got
 
     try:
         log = asyncio.run(preload(server.ws_url))
-        first = asyncio.run(take(10))
+        first = asyncio.run(take(10, queued_first=len(log)))
         second = asyncio.run(take(20))
     finally:
         server.stop()
