@@ -3,7 +3,7 @@
 python benchmarks/group_member.py WS_URL GROUP DEVICE_INDEX
 
 Joins GROUP (JSON format), counts the ticks of its partitions, commits every 1000 ticks, and
-once it has been idle for 1.5 s after its first tick prints "COUNT FIRST LAST" (the count
+once it has been idle for 1.5 s after its first tick (or 5 s without one) prints "COUNT FIRST LAST" (the count
 and the wall-clock times of its first and last tick) and exits.
 """
 
@@ -33,7 +33,7 @@ async def main(url: str, group: str, dev: int) -> None:
         since = 0
         while True:
             try:
-                raw = await asyncio.wait_for(ws.recv(), 1.5 if count else 60)
+                raw = await asyncio.wait_for(ws.recv(), 1.5 if count else 5)
             except TimeoutError:
                 break
             if isinstance(raw, bytes):
