@@ -40,6 +40,8 @@ from iotcommute.server.registry import (
     DEMO_USER,
     README_DEVICE_ID,
     README_DEVICE_KEY,
+    Device,
+    demo_registry,
     sim_device_id,
 )
 from tests.client.test_client_support import wait_for
@@ -225,40 +227,47 @@ def test_a_replay_with_from_position_delivers_the_added_devices_history(
 
 # Records a binary batch cannot carry (docs/protocol.md, section 8): the server sends each
 # as a JSON tick in its place.
-UNBATCHABLE: list[dict[str, Any]] = [
-    {"t": 3.5, "note": "text"},  # a string
-    {"t": 4.5, "n": None},  # null
-    {"nested": {"a": [1, 2]}},  # an object (and a list) inside
-    {"": 1},  # an empty field name
-    {"x" * 256: 1},  # a field name over 255 UTF-8 bytes
-    {f"f{i}": i for i in range(256)},  # more than 255 fields
+LONG_ID = "long-" + "x" * 251  # a device id of 256 UTF-8 bytes
+UNBATCHABLE: list[tuple[str, dict[str, Any]]] = [
+    (SIM1, {"t": 3.5, "note": "text"}),  # a string
+    (SIM1, {"t": 4.5, "n": None}),  # null
+    (SIM1, {"nested": {"a": [1, 2]}}),  # an object (and a list) inside
+    (SIM1, {"": 1}),  # an empty field name
+    (SIM1, {"x" * 256: 1}),  # a field name over 255 UTF-8 bytes
+    (SIM1, {f"f{i}": i for i in range(256)}),  # more than 255 fields
+    (LONG_ID, {"t": 9.5, "n": 9}),  # a device id over 255 UTF-8 bytes
 ]
 
 
-def test_on_tick_rows_alone_gets_the_json_fallback_ticks(ref_server: ServerThread) -> None:
+def test_on_tick_rows_alone_gets_the_json_fallback_ticks(
+    ref_server_factory: Callable[..., ServerThread],
+) -> None:
     """A binary subscriber with only on_tick_rows gets every record, the ones the server
     must send as JSON ticks included (as rows of their own fields), in order."""
-    srv = ref_server
-    rows: list[tuple[int, dict[str, Any]]] = []
+    registry = demo_registry()
+    registry.add_device(Device(LONG_ID, "LONGKEY0000000000001", DEMO_USER))
+    srv = ref_server_factory(registry=registry)
+    rows: list[tuple[int, str, dict[str, Any]]] = []
     raw: list[str | bytes] = []
     lean = client(srv, format="binary")
     lean.on_tick_rows = lambda fields, rs, w: rows.extend(
-        (r[1], dict(zip(fields, r[3:]))) for r in rs
+        (r[1], r[0], dict(zip(fields, r[3:]))) for r in rs
     )
     peek = client(srv, format="binary")  # a raw consumer: which frames were JSON?
     peek.on_message = lambda m, w: raw.append(m)
-    records = [{"t": 1.5, "n": 1}, {"t": 2.5, "n": 2}, *UNBATCHABLE, {"t": 9.5, "n": 9}]
+    records = [(SIM1, {"t": 1.5, "n": 1}), (SIM1, {"t": 2.5, "n": 2}), *UNBATCHABLE]
+    records += [(SIM2, {"t": 10.5, "n": 10}), (SIM2, {"sentinel": 1})]
     with running(lean, peek):
         wait_for(lambda: len(streams(srv)) == 2, what="two subscriptions")
-        append(srv, SIM1, *records)
+        for device, data in records:
+            append(srv, device, data)
         wait_for(lambda: len(rows) >= len(records), what="every record as a row")
         wait_for(lambda: len(positions_of_raw(raw)) >= len(records), what="raw frames")
-        append(srv, SIM1, {"sentinel": 1})
-        wait_for(lambda: len(rows) > len(records), what="the sentinel")
-    assert rows == [(p, d) for p, d in enumerate([*records, {"sentinel": 1}], 1)]
-    assert lean.position == len(records) + 1
+    assert rows == [(p, dev, data) for p, (dev, data) in enumerate(records, 1)]
+    assert lean.position == len(records)
     json_ticks = [json.loads(m)["position"] for m in raw if isinstance(m, str) and '"tick"' in m]
     assert json_ticks == list(range(3, 3 + len(UNBATCHABLE)))
+    assert positions_of_raw(raw) == list(range(1, len(records) + 1))
 
 
 def test_on_message_alone_with_binary_does_not_repeat_after_a_drop(
@@ -507,3 +516,25 @@ def test_a_close_1000_from_the_server_is_followed_by_a_reconnect(ref_server: Ser
         wait_for(lambda: len(got) >= 5, what="the records after the close, and the sentinel")
     assert got == [1, 2, 3, 4, 5]
     assert closes[0] == 1000
+
+
+def test_the_documents_keepalive_numbers_are_the_defaults() -> None:
+    """docs/protocol.md, section 9, states the reference numbers: the client pings every
+    20 s and gives up after ~2 intervals of silence; the server pings every 20 s and closes
+    after 40 s. (That any frame proves life: tests/client/test_api.py::
+    test_keepalive_any_frame_proves_life.)"""
+    from dataclasses import fields
+
+    from iotcommute.client.options import Options
+    from iotcommute.server import ServerConfig
+
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text("utf-8")
+    section = doc[doc.index("## 9. Keep-alive") : doc.index("## 10. Closing")]
+    client_defaults = {f.name: f.default for f in fields(Options)}
+    assert "reference client: every 20 s" in section
+    assert client_defaults["ping_interval"] == 20.0
+    assert "~2 ping intervals" in section
+    assert client_defaults["ping_timeout"] == client_defaults["ping_interval"]
+    assert "ping every 20 s" in section and "for more than 40 s" in section
+    server = ServerConfig()
+    assert (server.ping_interval, server.ping_interval + server.ping_timeout) == (20.0, 40.0)
