@@ -383,6 +383,35 @@ def test_a_device_connected_twice(ref_server: ServerThread) -> None:
     cli.close()
 
 
+def test_a_sender_leaving_while_its_command_is_pending(ref_server: ServerThread) -> None:
+    """The command stays pending for the device, which may still acknowledge it; that ack
+    is discarded without an error to the device, and another connection may reuse the id."""
+    srv = ref_server
+    dev = RawWS(srv.port, DEVICE + "X-Role: device\r\n")
+    dev.recv_json()
+    cli = RawWS(srv.port, f"Authorization: token {DEMO_API_KEY}:{_token(srv)}\r\n")
+    cli.recv_json()
+    cli.send_json({"type": "command", "id": "c-1", "device": README_DEVICE_ID, "data": {}})
+    assert _recv_type(dev, "command")["id"] == "c-1"
+    cli.close()
+    deadline = time.monotonic() + 5
+    while srv.call(lambda: len(srv.hub.connections)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.call(lambda: len(srv.hub.connections)) == 1  # the sender is gone
+    assert srv.call(srv.hub.pending_commands) == 1  # ... its command is not
+    dev.send_json({"type": "ack", "id": "c-1", "ok": True})
+    dev.send_json({"type": "publish", "id": "p-1", "data": {"n": 1}})
+    assert dev.recv_json() == {"type": "published", "id": "p-1", "position": 1}  # no error
+    assert srv.call(srv.hub.pending_commands) == 0
+    again = RawWS(srv.port, f"Authorization: token {DEMO_API_KEY}:{_token(srv)}\r\n")
+    again.recv_json()
+    again.send_json({"type": "command", "id": "c-1", "device": README_DEVICE_ID, "data": 2})
+    command = _recv_type(dev, "command")
+    assert command == {"type": "command", "id": "c-1", "from": DEMO_USER, "data": 2}
+    again.close()
+    dev.close()
+
+
 def test_nan_in_a_device_batch_refuses_the_whole_batch(ref_server: ServerThread) -> None:
     payload = pytest.importorskip("iotcommute.payload")
     srv = ref_server

@@ -219,6 +219,42 @@ def test_wrong_path_is_404(ref_server: ServerThread) -> None:
     run(main())
 
 
+_ALL_WRONG = "X-Protocol-Version: one\r\nX-Device-Id: nope\r\nX-Device-Key: x\r\nX-Role: admin\r\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "ws_version", "status", "header"),
+    [
+        ("/v2/stream", "8", 404, None),  # the path first, whatever else is wrong
+        ("/v1/stream", "8", 426, ("sec-websocket-version", "13")),  # then Sec-WebSocket-Version
+        ("/v1/stream", "13", 426, ("x-protocol-version", "1")),  # then X-Protocol-Version
+    ],
+)
+def test_handshake_checks_run_in_the_documented_order(
+    ref_server: ServerThread, path: str, ws_version: str, status: int, header: Any
+) -> None:
+    """docs/protocol.md, section 2: 404, 426 (Sec-WebSocket-Version, then a non-numeric
+    X-Protocol-Version), 401, 403; the first failing check answers. (401 before 403 is in
+    test_handshake_refused.)"""
+    import socket
+
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: {ws_version}\r\n{_ALL_WRONG}\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", ref_server.port), timeout=5) as s:
+        s.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := s.recv(4096)):
+            data += chunk
+    lines = data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    assert lines[0].split()[1] == str(status)
+    got = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if header is not None:
+        assert got[header[0]] == header[1]
+
+
 # -- routing ------------------------------------------------------------------------
 
 
