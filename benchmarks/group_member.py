@@ -3,8 +3,8 @@
 python benchmarks/group_member.py WS_URL GROUP DEVICE_INDEX
 
 Joins GROUP (JSON format), counts the ticks of its partitions, commits every 1000 ticks, and
-once it has been idle for 1.5 s after its first tick (or 5 s without one) prints "COUNT FIRST LAST" (the count
-and the wall-clock times of its first and last tick) and exits.
+once it has been idle for 1.5 s after its first tick (or 5 s without one) prints
+"COUNT FIRST LAST" (the count and the wall-clock times of its first and last tick) and exits.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ python benchmarks/group_member_lib.py WS_URL GROUP DEVICE_INDEX
 
 `WebSocket(group=GROUP, format="binary")` counting its ticks in on_ticks (the library commits
 every 100 ticks or once a second); prints "joined" once the server took it in, and once it
-has been idle for 1.5 s after its first tick (or got none in 5 s) prints "COUNT FIRST LAST" (the count and the
-wall-clock times of its first and last tick) and stops (with its last commit).
+has been idle for 1.5 s after its first tick (or got none in 5 s) prints "COUNT FIRST LAST"
+(the count and the wall-clock times of its first and last tick) and stops (with its last
+commit).
 """
 
 from __future__ import annotations

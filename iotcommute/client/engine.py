@@ -20,6 +20,7 @@ from ..exceptions import (
     ConnectionClosedOK,
     NetworkError,
     OperationTimeout,
+    SessionExpiredError,
 )
 from ..protocol import ClientProtocol
 from ..protocol.events import EOF, Accepted, CloseReceived, Failed, Pong, State
@@ -365,6 +366,11 @@ class Engine:
             raise self._failure
         if not self.stopping:
             code = self._close_code
+            if code == 1008:  # the token was logged out or expired: a reconnect gets a 401
+                raise SessionExpiredError(
+                    "the server ended the stream (1008): the access token was logged out "
+                    "or its session expired; log in again"
+                )
             cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
             raise cls(code, self._close_reason)
 

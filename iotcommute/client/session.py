@@ -539,7 +539,7 @@ class Session:
         msg: dict[str, Any] = {"type": "publish", "id": pid, "data": data}
         if ts is not None:
             msg["ts"] = ts
-        return str(pid), payload.dumps(msg)
+        return str(pid), payload.dumps_int64(msg)
 
     def track_publish(self, pid: str, data: bytes, waiter: Resolver | None = None) -> None:
         """Keep a publish until its `published` (re-sent after a reconnect until then)."""
@@ -571,7 +571,7 @@ class Session:
             raise InputError("device_id must be a non-empty string")
         cid = f"c-{self._prefix}-{next(self._command_seq)}"
         msg = {"type": "command", "id": cid, "device": device_id, "data": data}
-        return cid, payload.dumps(msg)
+        return cid, payload.dumps_int64(msg)
 
     def start_command(self, cid: str, data: bytes, resolve: Resolver) -> None:
         if not self._open:

@@ -12,6 +12,7 @@ consumer does not need dicts (see benchmarks/).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ __all__ = [
     "decode_batch",
     "decode_batch_rows",
     "dumps",
+    "dumps_int64",
     "encode_batch",
     "encode_batches",
     "is_batch",
@@ -102,6 +104,34 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (_JSONEncodeError, TypeError, ValueError) as exc:
         raise InputError(f"cannot serialize to JSON: {type(exc).__name__}") from None
+
+
+#: 19 digits or more: the only way an integer of 2**63 or more shows in encoded JSON
+_LONG_DIGITS = re.compile(rb"\d{19}")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _refuse_wide_ints(obj: Any) -> None:
+    if type(obj) is int:
+        if not INT64_MIN <= obj <= INT64_MAX:
+            raise InputError("integers must fit a signed 64-bit integer (-2**63 .. 2**63-1)")
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _refuse_wide_ints(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _refuse_wide_ints(v)
+
+
+def dumps_int64(obj: Any) -> bytes:
+    """`dumps` for what the protocol carries as data (publish, command): integers outside
+    the signed 64-bit range raise InputError whatever the JSON backend accepts (the server
+    refuses them, and the binary batch cannot hold them). Costs one byte scan; the walk
+    over the value runs only when the output holds a run of 19 digits."""
+    out = dumps(obj)
+    if _LONG_DIGITS.search(out) is not None:
+        _refuse_wide_ints(obj)
+    return out
 
 
 def encode_batches(

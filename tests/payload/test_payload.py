@@ -380,3 +380,20 @@ def test_encode_batches_splits_by_shape_and_keeps_order() -> None:
         payload.encode_batches(ticks, max_ticks=0)
     with pytest.raises(InputError):
         payload.encode_batches([{"device": "a", "ts": 1.0, "data": {"t": "x"}}])
+
+
+@pytest.mark.parametrize("backend", ["default", "stdlib"])
+def test_data_integers_beyond_int64_are_refused_by_either_json_backend(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson encodes 2**63..2**64-1 and stdlib json any int: the protocol carries neither
+    (docs/protocol.md §5), so publish/command data with one is an InputError here."""
+    from iotcommute import payload as pl
+
+    if backend == "stdlib":
+        monkeypatch.setattr(pl, "_orjson_loads", None)
+    ok = {"a": 2**63 - 1, "b": [-(2**63)], "s": "12345678901234567890123", "f": 1e30}
+    assert pl.loads(pl.dumps_int64(ok)) == ok
+    for wide in (2**63, 2**64 - 1, -(2**63) - 1, 2**70):
+        with pytest.raises(InputError):
+            pl.dumps_int64({"x": {"y": [1, wide]}})

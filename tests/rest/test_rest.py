@@ -516,3 +516,33 @@ def test_history_page_reports_a_gap(
             assert len(list(c.iter_history(DEVICE, since=5))) == 10
         assert any("trimmed" in r.getMessage() for r in caplog.records)
         assert "gap" not in c.history_page(DEVICE)
+
+
+def test_a_stream_closed_1008_by_logout_ends_without_reconnecting(server: Any) -> None:
+    """docs/protocol.md §10: after 1008 the client does not reconnect (its token is dead);
+    it stops with SessionExpiredError and never sends another handshake."""
+    from iotcommute import WebSocket
+    from iotcommute.exceptions import SessionExpiredError
+
+    c = session(server)
+    token = c.access_token
+    assert token is not None
+    ws = WebSocket(api_key=API_KEY, access_token=token, role="client", url=server.url)
+    opened: list[int] = []
+    errors: list[BaseException] = []
+    ws.on_connect = lambda w: opened.append(1)
+    ws.on_error = lambda e, w: errors.append(e)
+    ws.connect(threaded=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not opened:
+            assert time.monotonic() < deadline, "the token stream did not open"
+            time.sleep(0.02)
+        c.invalidate_session()
+        assert ws.join(10), "the client went on after a 1008"
+    finally:
+        ws.stop()
+    assert len(opened) == 1  # no second connection attempt reached the open state
+    assert ws.stats()["connections"] == 1 and ws.stats()["reconnects"] == 0
+    assert any(isinstance(e, SessionExpiredError) for e in errors), errors
+    assert token not in repr(errors) + str(errors)
