@@ -23,6 +23,7 @@ from iotcommute.server.registry import demo_registry
 
 pytestmark = pytest.mark.timeout(60)
 
+
 def req(server: Any, method: str, path: str, **kw: Any) -> httpx.Response:
     """One request as given, on its own connection (redirects are not followed); `data` is a
     form, `content` bytes."""
