@@ -385,3 +385,11 @@ def test_async_client_survives_a_new_event_loop(canned: Canned) -> None:
     assert asyncio.run(api.devices()) == [{"id": "d1"}]
     assert asyncio.run(api.devices()) == [{"id": "d1"}]
     assert canned.answer[2] == ENVELOPE and len(canned.seen) == 2
+
+
+def test_a_closed_client_reconnects(make: Make, canned: Canned) -> None:
+    api = make(canned.root, access_token="t")
+    assert api.devices() == [{"id": "d1"}]
+    api.close() if isinstance(api, Commute) else api.aclose()
+    assert api.devices() == [{"id": "d1"}]
+    assert len(canned.seen) == 2
