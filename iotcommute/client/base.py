@@ -1,6 +1,6 @@
 """ClientBase: what WebSocket (sync.py) and AsyncWebSocket (aio.py) share, written once:
-the constructor and its documentation (shown by help()), the callback attributes, state,
-subscriptions, acks and the encoding of publishes.
+the constructor and its documentation (shown by help()), state, subscriptions, acks and
+the encoding of publishes. The callback attributes come from options.Owner.
 """
 
 from __future__ import annotations
@@ -15,30 +15,13 @@ from .. import payload
 from ..exceptions import InputError
 from .checkpoint import Checkpoint
 from .engine import Engine
-from .options import (
-    OnAssign,
-    OnBatch,
-    OnClose,
-    OnCommand,
-    OnConnect,
-    OnError,
-    OnGap,
-    OnMessage,
-    OnNoReconnect,
-    OnReconnect,
-    OnRevoke,
-    OnTick,
-    OnTickRows,
-    OnTicks,
-    Options,
-    Owner,
-)
+from .options import Options, Owner
 from .session import OP_TEXT, Session, devices_arg
 
 __all__ = ["ClientBase"]
 
 
-class ClientBase:
+class ClientBase(Owner):
     """Streaming client of the IOT commute service: ticks in, publishes and commands out.
 
     Callbacks (attributes, None by default; each gets the client LAST; one that raises is
@@ -121,21 +104,6 @@ class ClientBase:
         iterate                 (AsyncWebSocket) queue ticks for `async for`; default True
     """
 
-    on_connect: OnConnect | None
-    on_tick: OnTick | None
-    on_ticks: OnTicks | None
-    on_tick_rows: OnTickRows | None
-    on_message: OnMessage | None
-    on_command: OnCommand | None
-    on_close: OnClose | None
-    on_error: OnError | None
-    on_reconnect: OnReconnect | None
-    on_noreconnect: OnNoReconnect | None
-    on_gap: OnGap | None
-    on_batch: OnBatch | None
-    on_assign: OnAssign | None
-    on_revoke: OnRevoke | None
-
     def __init__(
         self,
         device_key: str | None = None,
@@ -178,8 +146,6 @@ class ClientBase:
             raise ValueError("max_queue must be >= 1")
         self._loop_factory = loop_factory
         self._max_queue, self._iterate = max_queue, iterate
-        for name in Owner.__annotations__:
-            setattr(self, name, None)
         saved = Checkpoint(checkpoint).load() if checkpoint is not None else None
         self._session = Session(
             self,
