@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
-from .base import ClientBase
+from ..exceptions import ConnectionClosedOK, NotConnectedError
+from .base import ClientBase, Publish, takes
 from .options import resolver
 from .session import OP_BINARY, OP_TEXT
 
@@ -257,28 +257,19 @@ class AsyncWebSocket(ClientBase):
         else:
             await self._send(OP_BINARY, bytes(data))
 
-    async def publish(
-        self,
-        data: dict[str, Any],
-        *,
-        ts: float | None = None,
-        id: str | int | None = None,
-        wait: bool = False,
-        timeout: float = 10.0,
-    ) -> int | None:
-        """Publish one reading (kept until acknowledged, re-sent after a reconnect);
-        wait=True returns the position the record got (OperationTimeout after `timeout`)."""
-        pid, frame = self._session.encode_publish(data, ts, id)
+    @takes(ClientBase._publish_request)
+    async def publish(self, request: Publish) -> int | None:
         fut: asyncio.Future[Any] | None = None
-        if wait:
+        if request.wait:
             fut = asyncio.get_running_loop().create_future()
-        await self._send(OP_TEXT, frame, pid, resolver(fut) if fut is not None else None)
+        waiter = resolver(fut) if fut is not None else None
+        await self._send(OP_TEXT, request.frame, request.pid, waiter)
         if fut is None:
             return None
         try:
-            position: int = await asyncio.wait_for(fut, timeout)
+            position: int = await asyncio.wait_for(fut, request.timeout)
         except TimeoutError:
-            raise OperationTimeout(f"publish {pid} not acknowledged within {timeout}s") from None
+            raise request.timed_out() from None
         return position
 
     async def publish_batch(self, ticks: list[dict[str, Any]]) -> None:
