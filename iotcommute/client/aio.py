@@ -165,6 +165,22 @@ class AsyncWebSocket(ClientBase):
                 self._engine.commits.after_read()
                 self._engine.write_session()
 
+    async def _filled(self, q: collections.deque[Any]) -> bool:
+        """Wait until `q` holds something (True) or the session ended (False; the error
+        that ended it is raised)."""
+        while not q:
+            task = self._task
+            if task is None or task.done():
+                if task is not None and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                return False
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True
+
     def __aiter__(self) -> AsyncWebSocket:
         self._iterating = True
         self._session.hold_commit = True  # checkpoint what the user took, not what is queued
@@ -175,17 +191,8 @@ class AsyncWebSocket(ClientBase):
         if group:
             self._group_took()
         q = self._queue
-        while not q:
-            task = self._task
-            if task is None or task.done():
-                if task is not None and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        if not q and not await self._filled(q):
+            raise StopAsyncIteration
         tick = q.popleft()
         if group:
             self._taken = tick
@@ -223,17 +230,8 @@ class AsyncWebSocket(ClientBase):
     async def _take_batches(self) -> AsyncIterator[TickBatch]:
         q = self._batch_queue
         while True:
-            while not q:
-                task = self._task
-                if task is None or task.done():
-                    if task is not None and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-                    return
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            if not q and not await self._filled(q):
+                return
             batch = q.popleft()
             self._batch_ticks -= len(batch)
             self._session.commit(None if not q else batch.last_position)

@@ -790,13 +790,21 @@ class Session:
         slow = self._slow
         for ev in events:
             t = type(ev)
+            if t is not str and t is not bytes:
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                self.position = last
+                self.on_event(ev)
+                last, slow = self.position, self._slow
+                continue
+            n += 1
+            if on_message is not None:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
             if t is str:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
                 if ev.startswith(_TICK):
                     try:
                         msg = loads(ev)
@@ -833,18 +841,9 @@ class Session:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
                 self.position = last
-                if ev.startswith(_CONTROL):
-                    self._control_text(ev)
-                else:
-                    self._report(_text_error(ev))
+                self._control_or_error(ev)
                 last, slow = self.position, self._slow
-            elif t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
+            else:
                 if pending:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
@@ -883,13 +882,6 @@ class Session:
                 if pending:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
-            else:
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                self.position = last
-                self.on_event(ev)
-                last, slow = self.position, self._slow
         self.messages_in += n
         if last != self.position or not self.anchored:
             if last:
@@ -915,57 +907,50 @@ class Session:
         the callbacks of the read returned (or, with hold_commit, when the user commits).
         """
         decode = _columnar().decode_batch_columns
-        owner = self.owner
-        on_message = owner.on_message
+        on_message = self.owner.on_message
         run: list[dict[str, Any]] = []
         n = 0
         for ev in events:
             t = type(ev)
-            if t is str:
+            if t is str or t is bytes:
                 n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if ev.startswith(_TICK):
-                    try:
-                        msg = _fast_loads(ev)
-                        pos = msg["position"]
-                    except Exception:
-                        pos = None
-                    if type(pos) is not int:
-                        self._report(DecodeError("tick without an integer position"))
-                        continue
-                    if self._fresh(msg.get("device"), pos):
+                self.callback("on_message", on_message, ev)
+                if t is str and ev.startswith(_TICK):
+                    msg = self._json_tick(ev)
+                    if msg is not None and self._fresh(msg.get("device"), msg["position"]):
                         run.append(msg)
                     continue
-                if run:
-                    self.flush_json_run(run)
-                    run = []
-                if ev.startswith(_CONTROL):
-                    self._control_text(ev)
-                else:
-                    self._report(_text_error(ev))
-            elif t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if run:
-                    self.flush_json_run(run)
-                    run = []
+            if run:  # any other message ends the run: order is kept
+                self.flush_json_run(run)
+                run = []
+            if t is bytes:
                 self._deliver_batch(ev, decode)
+            elif t is str:
+                self._control_or_error(ev)
             else:
-                if run:
-                    self.flush_json_run(run)
-                    run = []
                 self.on_event(ev)
         if run:
             self.flush_json_run(run)
         self.messages_in += n
+
+    def _json_tick(self, ev: str) -> dict[str, Any] | None:
+        """A JSON tick message decoded, or None once reported (no integer position).
+        _receive_ticks does the same inline: one call less per tick on its hot path."""
+        try:
+            msg = _fast_loads(ev)
+        except Exception:
+            msg = None
+        if type(msg) is dict and type(msg.get("position")) is int:
+            return msg
+        self._report(DecodeError("tick without an integer position"))
+        return None
+
+    def _control_or_error(self, ev: str) -> None:
+        """A text message that is not a tick: a control message, else reported."""
+        if ev.startswith(_CONTROL):
+            self._control_text(ev)
+        else:
+            self._report(_text_error(ev))
 
     def _deliver_batch(self, ev: bytes, decode: Callable[[bytes], Any]) -> None:
         """One binary batch frame: its new rows, as a TickBatch, to the batch consumers."""
