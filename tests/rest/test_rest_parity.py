@@ -1,6 +1,6 @@
 """Commute and AsyncCommute side by side: each test runs against both (the `make` fixture), so
 the two clients give the same results and the same errors for the same answers. Real sockets
-on loopback: the reference server, tiny canned servers and a real proxy (tests/rest/proxy.py).
+on loopback: the reference server, tiny canned servers and a real proxy (tests/proxy.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from iotcommute.exceptions import (
 )
 from iotcommute.rest import MAX_RETRY_AFTER, AsyncCommute, Commute, checksum
 from iotcommute.rest.base import _retry_after
-from tests.rest.proxy import Proxy
+from tests.proxy import Proxy
 from tests.rest.servers import ENVELOPE, Canned, serve
 from tests.rest.test_rest import API_KEY, API_SECRET, DEVICE, append, login
 
