@@ -8,7 +8,9 @@ module's own small parser (never by iotcommute), so a bug in the core cannot hid
 by being symmetric.  The frame encoder here is likewise independent of iotcommute.
 
 Why its own code: conformance tests must judge the core against RFC 6455, not against
-the core's own idea of the protocol.
+the core's own idea of the protocol. A server that keeps IOT commute protocol state across
+connections is tests/client/test_client_support.MiniServer; canned HTTP answers for the
+REST client are tests/rest/servers.py.
 """
 
 from __future__ import annotations

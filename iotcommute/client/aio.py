@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConnectionClosedOK, NotConnectedError, OperationTimeout
-from .base import ClientBase
+from ..exceptions import ConnectionClosedOK, NotConnectedError
+from .base import ClientBase, Publish, takes
 from .options import resolver
 from .session import OP_BINARY, OP_TEXT
 
@@ -177,6 +177,22 @@ class AsyncWebSocket(ClientBase):
                 self._engine.commits.after_read()
                 self._engine.write_session()
 
+    async def _filled(self, q: collections.deque[Any]) -> bool:
+        """Wait until `q` holds something (True) or the session ended (False; the error
+        that ended it is raised)."""
+        while not q:
+            task = self._task
+            if task is None or task.done():
+                if task is not None and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                return False
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True
+
     def __aiter__(self) -> AsyncWebSocket:
         self._iterating = True
         self._session.hold_commit = True  # checkpoint what the user took, not what is queued
@@ -187,17 +203,8 @@ class AsyncWebSocket(ClientBase):
         if group:
             self._group_took()
         q = self._queue
-        while not q:
-            task = self._task
-            if task is None or task.done():
-                if task is not None and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        if not q and not await self._filled(q):
+            raise StopAsyncIteration
         tick = q.popleft()
         if group:
             self._taken = tick
@@ -235,17 +242,8 @@ class AsyncWebSocket(ClientBase):
     async def _take_batches(self) -> AsyncIterator[TickBatch]:
         q = self._batch_queue
         while True:
-            while not q:
-                task = self._task
-                if task is None or task.done():
-                    if task is not None and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-                    return
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            if not q and not await self._filled(q):
+                return
             batch = q.popleft()
             self._batch_ticks -= len(batch)
             self._session.commit(None if not q else batch.last_position)
@@ -269,28 +267,19 @@ class AsyncWebSocket(ClientBase):
         else:
             await self._send(OP_BINARY, bytes(data))
 
-    async def publish(
-        self,
-        data: dict[str, Any],
-        *,
-        ts: float | None = None,
-        id: str | int | None = None,
-        wait: bool = False,
-        timeout: float = 10.0,
-    ) -> int | None:
-        """Publish one reading (kept until acknowledged, re-sent after a reconnect);
-        wait=True returns the position the record got (OperationTimeout after `timeout`)."""
-        pid, frame = self._session.encode_publish(data, ts, id)
+    @takes(ClientBase._publish_request)
+    async def publish(self, request: Publish) -> int | None:
         fut: asyncio.Future[Any] | None = None
-        if wait:
+        if request.wait:
             fut = asyncio.get_running_loop().create_future()
-        await self._send(OP_TEXT, frame, pid, resolver(fut) if fut is not None else None)
+        waiter = resolver(fut) if fut is not None else None
+        await self._send(OP_TEXT, request.frame, request.pid, waiter)
         if fut is None:
             return None
         try:
-            position: int = await asyncio.wait_for(fut, timeout)
+            position: int = await asyncio.wait_for(fut, request.timeout)
         except TimeoutError:
-            raise OperationTimeout(f"publish {pid} not acknowledged within {timeout}s") from None
+            raise request.timed_out() from None
         return position
 
     async def publish_batch(self, ticks: list[dict[str, Any]]) -> None:

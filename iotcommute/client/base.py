@@ -1,44 +1,77 @@
 """ClientBase: what WebSocket (sync.py) and AsyncWebSocket (aio.py) share, written once:
-the constructor and its documentation (shown by help()), the callback attributes, state,
-subscriptions, acks and the encoding of publishes.
+the constructor and its documentation (shown by help()), state, subscriptions, acks and
+the encoding of publishes. The callback attributes come from options.Owner.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import ssl as ssl_module
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from .. import payload
-from ..exceptions import InputError
+from ..exceptions import InputError, OperationTimeout
 from .checkpoint import Checkpoint
 from .engine import Engine
-from .options import (
-    OnAssign,
-    OnBatch,
-    OnClose,
-    OnCommand,
-    OnConnect,
-    OnError,
-    OnGap,
-    OnMessage,
-    OnNoReconnect,
-    OnReconnect,
-    OnRevoke,
-    OnTick,
-    OnTickRows,
-    OnTicks,
-    Options,
-    Owner,
-)
+from .options import Options, Owner
 from .session import OP_TEXT, Session, devices_arg
 
-__all__ = ["ClientBase"]
+__all__ = ["ClientBase", "Publish", "takes"]
+
+P = ParamSpec("P")
+A = TypeVar("A")
+R = TypeVar("R")
 
 
-class ClientBase:
+def takes(
+    spec: Callable[Concatenate[Any, P], A],
+) -> Callable[[Callable[[Any, A], R]], Callable[Concatenate[Any, P], R]]:
+    """Decorate a WebSocket/AsyncWebSocket method `impl(self, request)` so it is called as
+    `spec(self, ...)` is: one signature and docstring, written once in ClientBase, for the
+    sync and the asyncio method (help() and type checkers show spec's). spec checks the
+    arguments and makes the request; for an async impl that happens when the call is
+    awaited, as in any coroutine."""
+
+    def decorate(impl: Callable[[Any, A], R]) -> Callable[Concatenate[Any, P], R]:
+        method: Any
+        if inspect.iscoroutinefunction(impl):
+
+            async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return await impl(self, spec(self, *args, **kwargs))
+
+        else:
+
+            def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return impl(self, spec(self, *args, **kwargs))
+
+        functools.update_wrapper(method, spec)  # the docstring, and __wrapped__
+        method.__name__, method.__qualname__ = impl.__name__, impl.__qualname__
+        method.__module__ = impl.__module__
+        returns = inspect.signature(impl).return_annotation
+        method.__signature__ = inspect.signature(spec).replace(return_annotation=returns)
+        result: Callable[Concatenate[Any, P], R] = method
+        return result
+
+    return decorate
+
+
+class Publish(NamedTuple):
+    """A publish() call, checked and encoded once (ClientBase._publish_request)."""
+
+    pid: str
+    frame: bytes
+    wait: bool
+    timeout: float
+
+    def timed_out(self) -> OperationTimeout:
+        return OperationTimeout(f"publish {self.pid} not acknowledged within {self.timeout}s")
+
+
+class ClientBase(Owner):
     """Streaming client of the IOT commute service: ticks in, publishes and commands out.
 
     Callbacks (attributes, None by default; each gets the client LAST; one that raises is
@@ -121,21 +154,6 @@ class ClientBase:
         iterate                 (AsyncWebSocket) queue ticks for `async for`; default True
     """
 
-    on_connect: OnConnect | None
-    on_tick: OnTick | None
-    on_ticks: OnTicks | None
-    on_tick_rows: OnTickRows | None
-    on_message: OnMessage | None
-    on_command: OnCommand | None
-    on_close: OnClose | None
-    on_error: OnError | None
-    on_reconnect: OnReconnect | None
-    on_noreconnect: OnNoReconnect | None
-    on_gap: OnGap | None
-    on_batch: OnBatch | None
-    on_assign: OnAssign | None
-    on_revoke: OnRevoke | None
-
     def __init__(
         self,
         device_key: str | None = None,
@@ -178,8 +196,6 @@ class ClientBase:
             raise ValueError("max_queue must be >= 1")
         self._loop_factory = loop_factory
         self._max_queue, self._iterate = max_queue, iterate
-        for name in Owner.__annotations__:
-            setattr(self, name, None)
         saved = Checkpoint(checkpoint).load() if checkpoint is not None else None
         self._session = Session(
             self,
@@ -259,6 +275,29 @@ class ClientBase:
         if error is not None:
             msg["error"] = error
         self._engine.send(OP_TEXT, payload.dumps(msg), offline=False)
+
+    def _publish_request(
+        self,
+        data: dict[str, Any],
+        *,
+        ts: float | None = None,
+        id: str | int | None = None,
+        wait: bool = False,
+        timeout: float = 10.0,
+    ) -> Publish:
+        """Publish one reading of this device (device role); kept until the server's
+        `published` arrives and re-sent after a reconnect until then.
+
+        wait=True waits for that answer (WebSocket: blocks; AsyncWebSocket: awaits) and
+        returns the position the record got; OperationTimeout after `timeout` seconds
+        (WebSocket: RuntimeError inside a callback, where it would deadlock). While
+        disconnected the publish waits in the offline queue; when that is full
+        NotConnectedError is raised. Data that is not a JSON object, or holds integers
+        beyond 64 bits, raises InputError. `ts` (seconds) defaults to now; `id` to a fresh
+        publish id.
+        """
+        pid, frame = self._session.encode_publish(data, ts, id)
+        return Publish(pid, frame, wait, timeout)
 
     def _encode_ticks(self, ticks: list[dict[str, Any]]) -> list[bytes]:
         """Binary batch frames for a device's readings (unacknowledged: no ids in batches)."""

@@ -99,23 +99,24 @@ class OnRevoke(Protocol):
     def __call__(self, partitions: list[int], ws: Any, /) -> object: ...
 
 
-class Owner(Protocol):
-    """What the engine and session call back into (a ClientBase)."""
+class Owner:
+    """The callback attributes, declared once: ClientBase inherits them (each None until
+    the user sets one), and the engine calls back into an Owner."""
 
-    on_connect: OnConnect | None
-    on_tick: OnTick | None
-    on_ticks: OnTicks | None
-    on_tick_rows: OnTickRows | None
-    on_message: OnMessage | None
-    on_command: OnCommand | None
-    on_close: OnClose | None
-    on_error: OnError | None
-    on_reconnect: OnReconnect | None
-    on_noreconnect: OnNoReconnect | None
-    on_gap: OnGap | None
-    on_batch: OnBatch | None
-    on_assign: OnAssign | None
-    on_revoke: OnRevoke | None
+    on_connect: OnConnect | None = None
+    on_tick: OnTick | None = None
+    on_ticks: OnTicks | None = None
+    on_tick_rows: OnTickRows | None = None
+    on_message: OnMessage | None = None
+    on_command: OnCommand | None = None
+    on_close: OnClose | None = None
+    on_error: OnError | None = None
+    on_reconnect: OnReconnect | None = None
+    on_noreconnect: OnNoReconnect | None = None
+    on_gap: OnGap | None = None
+    on_batch: OnBatch | None = None
+    on_assign: OnAssign | None = None
+    on_revoke: OnRevoke | None = None
 
 
 def _header_safe(name: str, value: str | None) -> None:

@@ -348,7 +348,8 @@ class Session:
         # repeat windows: (until, devices subscribed then): a record <= until of such a
         # device was passed before a `from` re-positioned the server's cursor
         self._windows: list[tuple[int, Subscription]] = []
-        self._slow = False  # windows or exclusions: the per-record filter is needed
+        # windows, exclusions or a group: the per-record filter (_fresh) is needed
+        self._slow = self.group is not None
         self._layout: tuple[bytes, bytes, int, int] | None = None  # of the last raw batch
         self._check = True  # raw consumer: read each message's position (repeats possible)
         self._tracking = self.anchored
@@ -591,7 +592,9 @@ class Session:
 
     def _update_slow(self) -> None:
         sub = self.subscription
-        self._slow = bool(self._windows) or (sub.all and bool(sub.devices))
+        self._slow = (
+            self.group is not None or bool(self._windows) or (sub.all and bool(sub.devices))
+        )
         self._check = self._check or self._slow
         # a raw consumer that never subscribed gets no ticks: no position to keep
         self._tracking = self._tracking or bool(sub) or self.anchored
@@ -599,8 +602,11 @@ class Session:
     # ------------------------------------------------------------------ receive path
     def receive(self, events: list[Any]) -> None:
         """One network read's events: the hot path (callbacks bound to locals)."""
-        if self.group is not None:
-            self._receive_group(events)
+        g = self.group
+        if g is not None:
+            self._receive_ticks(events)  # every tick through _fresh(), i.e. g.accept()
+            if not self.hold_commit:
+                g.all_done()  # what the callbacks returned for may be committed
             return
         owner = self.owner
         if self.batch_sink is not None or getattr(owner, "on_batch", None) is not None:
@@ -761,6 +767,11 @@ class Session:
         read in lists of at most JSON_TICKS_CHUNK, in stream order. With on_tick_rows set,
         binary batches go to it alone; a JSON tick goes to it (as one row) only when no
         dict consumer is set, so a binary subscriber never loses the JSON fallback ticks.
+
+        A group member's read comes here too, always on the slow path: _fresh() asks the
+        group whether a tick's partition is owned and the tick new, so ticks reach the
+        consumers in stream order with the control messages and none of a partition after
+        its ``revoke``. on_message still sees every message as received.
         """
         owner = self.owner
         on_tick = owner.on_tick
@@ -779,13 +790,21 @@ class Session:
         slow = self._slow
         for ev in events:
             t = type(ev)
+            if t is not str and t is not bytes:
+                if pending:
+                    self._deliver_ticks(pending, sink, on_ticks)
+                    pending = []
+                self.position = last
+                self.on_event(ev)
+                last, slow = self.position, self._slow
+                continue
+            n += 1
+            if on_message is not None:
+                try:
+                    on_message(ev, owner)
+                except Exception as exc:
+                    self._callback_failed("on_message", exc)
             if t is str:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
                 if ev.startswith(_TICK):
                     try:
                         msg = loads(ev)
@@ -822,18 +841,9 @@ class Session:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
                 self.position = last
-                if ev.startswith(_CONTROL):
-                    self._control_text(ev)
-                else:
-                    self._report(_text_error(ev))
+                self._control_or_error(ev)
                 last, slow = self.position, self._slow
-            elif t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
+            else:
                 if pending:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
@@ -872,13 +882,6 @@ class Session:
                 if pending:
                     self._deliver_ticks(pending, sink, on_ticks)
                     pending = []
-            else:
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                self.position = last
-                self.on_event(ev)
-                last, slow = self.position, self._slow
         self.messages_in += n
         if last != self.position or not self.anchored:
             if last:
@@ -904,57 +907,50 @@ class Session:
         the callbacks of the read returned (or, with hold_commit, when the user commits).
         """
         decode = _columnar().decode_batch_columns
-        owner = self.owner
-        on_message = owner.on_message
+        on_message = self.owner.on_message
         run: list[dict[str, Any]] = []
         n = 0
         for ev in events:
             t = type(ev)
-            if t is str:
+            if t is str or t is bytes:
                 n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if ev.startswith(_TICK):
-                    try:
-                        msg = _fast_loads(ev)
-                        pos = msg["position"]
-                    except Exception:
-                        pos = None
-                    if type(pos) is not int:
-                        self._report(DecodeError("tick without an integer position"))
-                        continue
-                    if self._fresh(msg.get("device"), pos):
+                self.callback("on_message", on_message, ev)
+                if t is str and ev.startswith(_TICK):
+                    msg = self._json_tick(ev)
+                    if msg is not None and self._fresh(msg.get("device"), msg["position"]):
                         run.append(msg)
                     continue
-                if run:
-                    self.flush_json_run(run)
-                    run = []
-                if ev.startswith(_CONTROL):
-                    self._control_text(ev)
-                else:
-                    self._report(_text_error(ev))
-            elif t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if run:
-                    self.flush_json_run(run)
-                    run = []
+            if run:  # any other message ends the run: order is kept
+                self.flush_json_run(run)
+                run = []
+            if t is bytes:
                 self._deliver_batch(ev, decode)
+            elif t is str:
+                self._control_or_error(ev)
             else:
-                if run:
-                    self.flush_json_run(run)
-                    run = []
                 self.on_event(ev)
         if run:
             self.flush_json_run(run)
         self.messages_in += n
+
+    def _json_tick(self, ev: str) -> dict[str, Any] | None:
+        """A JSON tick message decoded, or None once reported (no integer position).
+        _receive_ticks does the same inline: one call less per tick on its hot path."""
+        try:
+            msg = _fast_loads(ev)
+        except Exception:
+            msg = None
+        if type(msg) is dict and type(msg.get("position")) is int:
+            return msg
+        self._report(DecodeError("tick without an integer position"))
+        return None
+
+    def _control_or_error(self, ev: str) -> None:
+        """A text message that is not a tick: a control message, else reported."""
+        if ev.startswith(_CONTROL):
+            self._control_text(ev)
+        else:
+            self._report(_text_error(ev))
 
     def _deliver_batch(self, ev: bytes, decode: Callable[[bytes], Any]) -> None:
         """One binary batch frame: its new rows, as a TickBatch, to the batch consumers."""
@@ -1052,7 +1048,13 @@ class Session:
                 self._callback_failed("on_batch", exc)
 
     def _fresh(self, device: Any, pos: int) -> bool:
-        """Slow path of the duplicate filter; moves the cursor past the record."""
+        """Slow path of the duplicate filter; moves the cursor past the record. A group
+        member asks its GroupState instead (owned partition, past what this tenure
+        delivered), and takes no tick once closing (stop() was called, maybe from a
+        callback: the rest of the read is not delivered)."""
+        g = self.group
+        if g is not None:
+            return not self.closing and g.accept(device, pos)
         if pos <= self.position:
             self.duplicates += 1
             return False
@@ -1133,119 +1135,6 @@ class Session:
                 self._callback_failed("on_ticks", exc)
 
     # ------------------------------------------------------------------ consumer group
-    def _receive_group(self, events: list[Any]) -> None:
-        """A group member's read. Every tick is decoded (its partition comes from its
-        device); one of an owned partition past what this tenure delivered goes to the tick
-        consumers, in stream order with the control messages, so no tick of a partition is
-        delivered after its ``revoke``. on_message still sees every message as received.
-        Without an iterator, what was delivered counts as processed once the callbacks
-        returned: the next commit may include it."""
-        g = self.group
-        assert g is not None
-        owner = self.owner
-        on_tick = owner.on_tick
-        on_ticks = owner.on_ticks
-        on_rows = owner.on_tick_rows
-        on_message = owner.on_message
-        sink = self.sink
-        dicts = on_tick is not None or on_ticks is not None or sink is not None
-        pending: list[dict[str, Any]] | None = (
-            [] if (on_ticks is not None or sink is not None) else None
-        )
-        accept = g.accept
-        loads = _fast_loads
-        n = 0
-        for ev in events:
-            t = type(ev)
-            if t is str:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if ev.startswith(_TICK):
-                    if self.closing:
-                        continue
-                    try:
-                        msg = loads(ev)
-                        ok = accept(msg["device"], msg["position"])
-                    except Exception:
-                        self._report(DecodeError("tick without a device and a position"))
-                        continue
-                    if not ok:
-                        continue
-                    if not dicts:
-                        self._json_row(msg, on_rows)
-                        continue
-                    if on_tick is not None:
-                        try:
-                            on_tick(msg, owner)
-                        except Exception as exc:
-                            self._callback_failed("on_tick", exc)
-                    if pending is not None:
-                        pending.append(msg)
-                        if len(pending) >= JSON_TICKS_CHUNK:
-                            self._deliver_ticks(pending, sink, on_ticks)
-                            pending = []
-                    continue
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                if ev.startswith(_CONTROL):
-                    self._control_text(ev)
-                else:
-                    self._report(_text_error(ev))
-            elif t is bytes:
-                n += 1
-                if on_message is not None:
-                    try:
-                        on_message(ev, owner)
-                    except Exception as exc:
-                        self._callback_failed("on_message", exc)
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                if self.closing:
-                    continue
-                if on_rows is not None:
-                    decoded = self._decoded(payload.decode_batch_rows, ev)
-                    if decoded is not None:
-                        rows = [row for row in decoded[1] if accept(row[0], row[1])]
-                        if rows:
-                            try:
-                                on_rows(decoded[0], rows, owner)
-                            except Exception as exc:
-                                self._callback_failed("on_tick_rows", exc)
-                    continue
-                ticks = self._decoded(payload.decode_batch, ev)
-                if not ticks:
-                    continue
-                fresh = []
-                for tk in ticks:
-                    if self.closing:  # stop() from a callback: the rest is not delivered
-                        break
-                    if not accept(tk["device"], tk["position"]):
-                        continue
-                    if on_tick is not None:
-                        try:
-                            on_tick(tk, owner)
-                        except Exception as exc:
-                            self._callback_failed("on_tick", exc)
-                    fresh.append(tk)
-                if fresh and pending is not None:
-                    self._deliver_ticks(fresh, sink, on_ticks)
-            else:
-                if pending:
-                    self._deliver_ticks(pending, sink, on_ticks)
-                    pending = []
-                self.on_event(ev)
-        if pending:
-            self._deliver_ticks(pending, sink, on_ticks)
-        self.messages_in += n
-        if not self.hold_commit:
-            g.all_done()
-
     def _send_group_subscribe(self) -> None:
         g = self.group
         assert g is not None

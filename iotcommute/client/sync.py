@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import IotCommuteError, NotConnectedError, OperationTimeout
-from .base import ClientBase
+from .base import ClientBase, Publish, takes
 from .options import resolver
 from .session import OP_BINARY, OP_TEXT
 
@@ -138,39 +138,24 @@ class WebSocket(ClientBase):
         else:
             self._submit(OP_BINARY, bytes(data))
 
-    def publish(
-        self,
-        data: dict[str, Any],
-        *,
-        ts: float | None = None,
-        id: str | int | None = None,
-        wait: bool = False,
-        timeout: float = 10.0,
-    ) -> int | None:
-        """Publish one reading of this device (device role); kept until the server's
-        `published` arrives and re-sent after a reconnect until then.
-
-        wait=True blocks (at most `timeout` seconds) and returns the position the record
-        got. While disconnected the publish waits in the offline queue; when that is full
-        NotConnectedError is raised. Data that is not a JSON object, or holds integers
-        beyond 64 bits, raises InputError.
-        """
-        pid, frame = self._session.encode_publish(data, ts, id)
+    @takes(ClientBase._publish_request)
+    def publish(self, request: Publish) -> int | None:
         fut: concurrent.futures.Future[Any] | None = None
-        if wait:
+        if request.wait:
             if self._engine.in_loop_thread():
                 raise RuntimeError("publish(wait=True) would deadlock inside a callback")
             fut = concurrent.futures.Future()
         eng = self._engine
         if eng.write_paused:
             eng.wait_writable(self._opts.open_timeout)
-        eng.send(OP_TEXT, frame, pid, waiter=resolver(fut) if fut is not None else None)
+        waiter = resolver(fut) if fut is not None else None
+        eng.send(OP_TEXT, request.frame, request.pid, waiter=waiter)
         if fut is None:
             return None
         try:
-            position: int = fut.result(timeout)
+            position: int = fut.result(request.timeout)
         except concurrent.futures.TimeoutError:
-            raise OperationTimeout(f"publish {pid} not acknowledged within {timeout}s") from None
+            raise request.timed_out() from None
         return position
 
     def publish_batch(self, ticks: list[dict[str, Any]]) -> None:

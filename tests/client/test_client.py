@@ -516,12 +516,9 @@ def test_blocking_connect_refuses_inside_a_running_loop(server: ServerThread) ->
 
 
 def test_http_connect_proxy(server: ServerThread) -> None:
-    import base64
+    from tests.proxy import Proxy
 
-    from tests.client.test_client_support import ConnectProxy
-
-    auth = "Basic " + base64.b64encode(b"alice:s3cret").decode()
-    proxy = ConnectProxy(auth=auth)
+    proxy = Proxy(auth=("alice", "s3cret"))
     try:
         got: list[int] = []
         ws = client(server, proxy=f"http://alice:s3cret@127.0.0.1:{proxy.port}")
@@ -534,13 +531,13 @@ def test_http_connect_proxy(server: ServerThread) -> None:
             assert got == expected
         finally:
             finish(ws)
-        assert proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1")
+        assert proxy.seen[0][0].startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1")
         # wrong proxy credentials: one typed error, no retry storm
         bad = client(server, proxy=f"http://alice:wrong@127.0.0.1:{proxy.port}")
         with pytest.raises(NetworkError) as info:
             bad.connect()
         assert info.value.status == 407 and "wrong" not in str(info.value)
-        assert len(proxy.requests) == 2
+        assert len(proxy.seen) == 2
     finally:
         proxy.close()
 

@@ -7,6 +7,13 @@ It keeps its log across restart() so "server killed and restarted" can be tested
 `CutProxy` sits between client and server: it counts connections, can cut every
 connection, or freeze (stop forwarding while keeping sockets open = half-open link).
 
+Why MiniServer is not tests/rawserver.RawServer: RawServer plays a fixed script of exact
+bytes over one connection (RFC 6455 conformance: its own framing, no protocol state);
+MiniServer keeps protocol state (a log, resumable subscriptions, routing of commands to
+online devices) across many connections and restarts. Expressing one with the other would
+mean writing a WebSocket server loop into RawServer or byte scripts into MiniServer. The
+HTTP proxy is tests/proxy.py (shared with the REST tests).
+
 (This module holds no tests itself; it is named test_* only so it may live in tests/.)
 """
 
@@ -385,64 +392,6 @@ class CutProxy:
         self.lt.close()
 
 
-class ConnectProxy:
-    """A minimal HTTP CONNECT proxy; `auth` is the required Proxy-Authorization value."""
-
-    def __init__(self, auth: str | None = None) -> None:
-        self.auth = auth
-        self.port = free_port()
-        self.requests: list[str] = []
-        self.lt = LoopThread()
-        self._server: asyncio.Server | None = None
-
-        async def go() -> None:
-            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-        self.lt.run(go())
-
-    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        head = (await r.readuntil(b"\r\n\r\n")).decode("latin-1")
-        self.requests.append(head)
-        lines = head.split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        given = next(
-            (x.split(":", 1)[1].strip() for x in lines[1:] if x.lower().startswith("proxy-auth")),
-            None,
-        )
-        if method != "CONNECT":
-            w.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-            w.close()
-            return
-        if self.auth is not None and given != self.auth:
-            w.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
-            w.close()
-            return
-        host, _, port = target.rpartition(":")
-        ur, uw = await asyncio.open_connection(host.strip("[]"), int(port))
-        w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(r, uw), pump(ur, w))
-
-    def close(self) -> None:
-        async def go() -> None:
-            assert self._server is not None
-            self._server.close()
-
-        with contextlib.suppress(Exception):
-            self.lt.run(go())
-        self.lt.close()
-
-
 def wait_for(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -470,7 +419,6 @@ def watch_subscribed(ws: Any) -> threading.Semaphore:
 __all__ = [
     "DEVICE",
     "KEY",
-    "ConnectProxy",
     "CutProxy",
     "Headers",
     "LoopThread",

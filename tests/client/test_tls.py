@@ -95,9 +95,9 @@ def test_wrong_host_name_refused(tls_front: CutProxy, ca: trustme.CA) -> None:
 
 
 def test_wss_through_http_connect_proxy(tls_front: CutProxy, ca: trustme.CA) -> None:
-    from tests.client.test_client_support import ConnectProxy
+    from tests.proxy import Proxy
 
-    proxy = ConnectProxy()
+    proxy = Proxy()
     opened = threading.Event()
     ws = WebSocket(
         README_DEVICE_KEY,
@@ -111,7 +111,7 @@ def test_wss_through_http_connect_proxy(tls_front: CutProxy, ca: trustme.CA) -> 
     ws.connect(threaded=True)
     try:
         assert opened.wait(10), "no TLS connection through the proxy"
-        assert proxy.requests[0].startswith(f"CONNECT localhost:{tls_front.port} ")
+        assert proxy.seen[0][0].startswith(f"CONNECT localhost:{tls_front.port} ")
     finally:
         ws.stop()
         ws.join(10)

@@ -24,10 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class ServerProc:
-    """`python -m tests.jetstream.jsserver NATS_URL ...` as a child process."""
+    """`iotcommute serve --log NATS_URL --port 0 ...` as a child process; `args` are more
+    serve options. A silent group member loses its partitions after 3 s unless
+    `--group-session-timeout` says otherwise (the CLI's 10 s would slow the tests)."""
 
     def __init__(self, nats_url: str, *args: str) -> None:
-        self.args = [sys.executable, "-m", "tests.jetstream.jsserver", nats_url, *args]
+        serve = ["serve", "--port", "0", "--log", nats_url, "--group-session-timeout", "3"]
+        self.args = [sys.executable, "-m", "iotcommute", *serve, *args]
         self.proc: subprocess.Popen[str] | None = None
         self.ws_url = ""
 
@@ -43,11 +46,12 @@ class ServerProc:
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        # The first stdout line is the address (logs go to stderr); bounded by the deadline
-        # through a reader thread would be nicer, but the child prints or dies quickly.
+        # The first stdout line is "iotcommute serve: listening on URL" (logs go to stderr);
+        # bounded by the deadline through a reader thread would be nicer, but the child
+        # prints or dies quickly. The banner that follows is a few lines: the pipe holds it.
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
-            if line.startswith("listening on "):
+            if line.startswith("iotcommute serve: listening on "):
                 self.ws_url = line.split()[-1]
                 return self
             if not line and self.proc.poll() is not None:

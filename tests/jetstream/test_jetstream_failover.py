@@ -39,7 +39,7 @@ async def until(pred: Any, timeout: float = 20.0) -> None:
 def test_group_failover_nothing_lost(nats_server: NatsServer) -> None:
     t_start = time.monotonic()
     procs = [
-        ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--session-timeout", "2")
+        ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--group-session-timeout", "2")
         for _ in range(3)
     ]
     try:

@@ -85,7 +85,7 @@ async def until(pred: Any, timeout: float) -> None:
 @pytest.mark.timeout(120)
 def test_library_group_failover(nats_server: NatsServer, tmp_path: Path) -> None:
     servers = [
-        ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--session-timeout", "2")
+        ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--group-session-timeout", "2")
         for _ in range(2)
     ]
     procs: list[MemberProc] = []

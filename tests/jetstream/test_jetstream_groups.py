@@ -54,7 +54,9 @@ def servers(nats_server: NatsServer) -> Iterator[list[ServerProc]]:
     try:
         for _ in range(2):
             procs.append(
-                ServerProc(nats_server.url, "--partitions", "4", "--session-timeout", "2").start()
+                ServerProc(
+                    nats_server.url, "--partitions", "4", "--group-session-timeout", "2"
+                ).start()
             )
         yield procs
     finally:
@@ -130,7 +132,7 @@ def test_static_partitions_and_group_rebalance(servers: list[ServerProc]) -> Non
 def test_group_goes_on_after_the_engine_restarts(nats_server: NatsServer) -> None:
     """nats-server killed and restarted under a group: the member keeps its partitions (or
     gets them back), later records are delivered and commits are accepted again."""
-    srv = ServerProc(nats_server.url, "--partitions", "2", "--session-timeout", "2").start()
+    srv = ServerProc(nats_server.url, "--partitions", "2", "--group-session-timeout", "2").start()
 
     async def publish_retrying(ws: Any, pid: str) -> None:
         deadline = time.monotonic() + 30

@@ -297,6 +297,23 @@ def test_get_is_retried_after_429(server: Any) -> None:
     assert c.devices()
 
 
+def test_one_client_shared_by_threads(server: Any) -> None:
+    c = session(server, pool_size=2)
+    results: list[int] = []
+
+    def work() -> None:
+        for _ in range(5):
+            results.append(len(c.devices()))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 30 and len(set(results)) == 1
+    c.close()
+
+
 # ----------------------------------------------------------------------------- history
 
 

@@ -26,8 +26,8 @@ from iotcommute.exceptions import (
 )
 from iotcommute.rest import AsyncCommute
 from iotcommute.server import rest_api
+from tests.rest.servers import Blackhole, Canned, serve
 from tests.rest.test_rest import API_KEY, API_SECRET, DEVICE, OTHER_DEVICE, append, login
-from tests.rest.test_rest_net import Blackhole, Canned, _serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,7 +171,7 @@ def test_refused_and_bodies() -> None:
         assert ei.value.code == "connect"
 
     run(refused)
-    for srv in _serve(Canned(200, "text/html", b"<html>")):
+    for srv in serve(Canned(200, "text/html", b"<html>")):
 
         async def bad_body(srv: Canned = srv) -> None:
             api = AsyncCommute("app", root=srv.root, access_token="t")
@@ -193,7 +193,7 @@ def test_tls(caplog: pytest.LogCaptureFixture) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    for s in _serve(srv):
+    for s in serve(srv):
 
         async def flow(s: Canned = s) -> None:
             with pytest.raises(NetworkError) as ei:

@@ -1,6 +1,6 @@
 """Commute and AsyncCommute side by side: each test runs against both (the `make` fixture), so
 the two clients give the same results and the same errors for the same answers. Real sockets
-on loopback: the reference server, tiny canned servers and a real proxy (tests/rest/proxy.py).
+on loopback: the reference server, tiny canned servers and a real proxy (tests/proxy.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import inspect
 import logging
 import math
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -33,9 +32,9 @@ from iotcommute.exceptions import (
 )
 from iotcommute.rest import MAX_RETRY_AFTER, AsyncCommute, Commute, checksum
 from iotcommute.rest.base import _retry_after
-from tests.rest.proxy import Proxy
+from tests.proxy import Proxy
+from tests.rest.servers import ENVELOPE, Canned, serve
 from tests.rest.test_rest import API_KEY, API_SECRET, DEVICE, append, login
-from tests.rest.test_rest_net import ENVELOPE, Canned, _serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,11 +86,6 @@ def make(request: pytest.FixtureRequest) -> Iterator[Make]:
     yield make
     for api in made:
         api.close()
-
-
-@pytest.fixture
-def canned() -> Iterator[Canned]:
-    yield from _serve(Canned())
 
 
 def error_body(error_type: str, message: str = "refused") -> bytes:
@@ -208,7 +202,7 @@ def test_a_call_that_never_reached_the_server_is_retried(
 
 
 def test_keepalive_connections_are_reused(make: Make) -> None:
-    for srv in _serve(Canned(keepalive=True)):
+    for srv in serve(Canned(keepalive=True)):
         api = make(srv.root, access_token="t")
         for _ in range(4):
             assert api.devices() == [{"id": "d1"}]
@@ -349,31 +343,17 @@ def test_http_root_through_a_forwarding_proxy(make: Make, ref_server: Any) -> No
     assert {auth for _, auth in proxy.seen} == {proxy.expected}
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_canned(ca: trustme.CA) -> Iterator[Canned]:
-    srv = Canned()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    yield from _serve(srv)
-
-
-def test_https_root_through_a_connect_proxy(make: Make, tls_canned: Canned, ca: trustme.CA) -> None:
-    port = tls_canned.server_address[1]
+def test_https_root_through_a_connect_proxy(make: Make, tls_server: Canned, ca: trustme.CA) -> None:
+    port = tls_server.server_address[1]
     with Proxy(auth=("puser", PROXY_PASS)) as proxy, ca.cert_pem.tempfile() as pem:
         api = make(
-            tls_canned.root,
+            tls_server.root,
             access_token="t",
             ca_certs=pem,
             proxy=proxy.url_with("puser", PROXY_PASS),
         )
         assert api.devices() == [{"id": "d1"}]
-        wrong = make(tls_canned.root, access_token="t", ca_certs=pem, proxy=proxy.url, retries=2)
+        wrong = make(tls_server.root, access_token="t", ca_certs=pem, proxy=proxy.url, retries=2)
         with pytest.raises(NetworkError) as ei:
             wrong.devices()  # CONNECT answered 407: not retried
     assert ei.value.code == "proxy"
@@ -382,9 +362,9 @@ def test_https_root_through_a_connect_proxy(make: Make, tls_canned: Canned, ca: 
         (f"CONNECT 127.0.0.1:{port} HTTP/1.1", None),
     ]
     # The server saw the request itself, tunnelled, with the token and no proxy header.
-    line, headers = tls_canned.seen[0]
+    line, headers = tls_server.seen[0]
     assert line == "GET /devices HTTP/1.1" and headers["authorization"] == "token app:t"
-    assert "proxy-authorization" not in headers and len(tls_canned.seen) == 1
+    assert "proxy-authorization" not in headers and len(tls_server.seen) == 1
 
 
 def test_a_proxy_that_is_down_is_a_connect_error(make: Make) -> None:
@@ -405,3 +385,11 @@ def test_async_client_survives_a_new_event_loop(canned: Canned) -> None:
     assert asyncio.run(api.devices()) == [{"id": "d1"}]
     assert asyncio.run(api.devices()) == [{"id": "d1"}]
     assert canned.answer[2] == ENVELOPE and len(canned.seen) == 2
+
+
+def test_a_closed_client_reconnects(make: Make, canned: Canned) -> None:
+    api = make(canned.root, access_token="t")
+    assert api.devices() == [{"id": "d1"}]
+    api.close() if isinstance(api, Commute) else api.aclose()
+    assert api.devices() == [{"id": "d1"}]
+    assert len(canned.seen) == 2

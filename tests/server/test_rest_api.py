@@ -23,12 +23,11 @@ from iotcommute.server.registry import demo_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-HTTP = httpx.Client(timeout=5.0, trust_env=False)
-
 
 def req(server: Any, method: str, path: str, **kw: Any) -> httpx.Response:
-    """One request as given (redirects are not followed); `data` is a form, `content` bytes."""
-    return HTTP.request(method, server.http_url + path, **kw)
+    """One request as given, on its own connection (redirects are not followed); `data` is a
+    form, `content` bytes."""
+    return httpx.request(method, server.http_url + path, timeout=5.0, trust_env=False, **kw)
 
 
 def form_login(server: Any, **fields: str) -> httpx.Response:

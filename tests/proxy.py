@@ -1,5 +1,6 @@
-"""A real HTTP proxy on loopback for the REST client's tests: CONNECT tunnels (https:// roots)
-and absolute-form forwarding (http:// roots), with optional Basic credentials.
+"""A real HTTP proxy on loopback for the tests (REST and WebSocket clients): CONNECT tunnels
+(https:// roots, ws:// and wss:// streams) and absolute-form forwarding (http:// roots), with
+optional Basic credentials.
 
     with Proxy(auth=("puser", "ppass")) as proxy:
         Commute(..., proxy=proxy.url_with("puser", "ppass"))
