@@ -460,22 +460,29 @@ class Session:
         reqs = [_Request(k, d, None) for k, d in self.confirmed.as_requests()]
         self.confirmed = Subscription()
         every, some = False, set[str]()  # what the new connection follows, request by request
+        at: int | None = None  # the lowest `from` that placed the cursor while it follows
         for req in (*reqs, *self._queued):
             frm = req.frm
             if req.kind == "subscribe":
-                if frm is None and self.anchored and not (every or some):
-                    # a connection following no device jumps to its tail: "from now" for a
-                    # request made offline means from our position. Once it follows devices,
-                    # "from now" keeps the cursor an earlier request set (a `from` replay).
-                    frm = self.position
+                if frm is None and self.anchored:
+                    # "from now" for a request made offline means from our position (the
+                    # connection would jump to the tail), or from where an earlier request of
+                    # this restore placed the cursor when that is before it (a `from` replay).
+                    # Said explicitly, because an earlier request may be refused (an unknown
+                    # device) and place nothing; never past our position: nothing is lost.
+                    frm = self.position if at is None else min(at, self.position)
+                if frm is not None:
+                    at = frm if at is None else min(at, frm)
                 if req.devices == "*":
                     every, some = True, set()
                 elif not every:
                     some |= set(req.devices)
             elif req.devices == "*":
-                every, some = False, set()
+                every, some, at = False, set(), None
             elif not every:
                 some -= set(req.devices)
+                if not some:
+                    at = None
             self._send_request(_Request(req.kind, req.devices, frm))
         self._queued = []
 

@@ -69,7 +69,7 @@ class ModelServer:
             )
         ]
 
-    def handle(self, msg: dict[str, Any], on_add: Any) -> list[str]:
+    def handle(self, msg: dict[str, Any], on_add: Any, on_remove: Any) -> list[str]:
         kind, mid = msg["type"], msg.get("id")
         devs = msg["devices"]
         wanted = set(FLEET) if devs == "*" else set(devs)
@@ -77,6 +77,7 @@ class ModelServer:
             return [dumps({"type": "error", "code": "not_found", "message": "unknown", "id": mid})]
         if kind == "unsubscribe":
             self.devices -= wanted
+            on_remove(wanted)
             return [dumps({"type": "unsubscribed", "id": mid, "devices": devs})]
         frm = msg["from"]
         had = bool(self.devices)
@@ -242,6 +243,10 @@ class SessionMachine(RuleBasedStateMachine):
         self.start: dict[str, int | None] = {}
         self.floor: dict[str, int | None] = {}
         self.seen: dict[str, dict[str, int]] = {c: {} for c in self.owner.channels}
+        # per device: the user's unsubscribes the server has not processed yet (requests
+        # made offline wait for the next connection); a subscribe answered before them
+        # belongs to the old epoch and does not start the new one
+        self.unsub_pending: dict[str, int] = dict.fromkeys(FLEET, 0)
         if initial is not None:
             self._user("subscribe", initial, None)
 
@@ -255,6 +260,9 @@ class SessionMachine(RuleBasedStateMachine):
             for d in FLEET:
                 if d in self.wanted:
                     self.floor[d] = max(self.floor.get(d) or 0, frm)
+        if kind == "unsubscribe":
+            for d in devs:
+                self.unsub_pending[d] += 1
         if kind == "subscribe":
             for d in devs:
                 if d not in self.wanted:
@@ -263,8 +271,14 @@ class SessionMachine(RuleBasedStateMachine):
                         seen.pop(d, None)
         self.wanted = self.wanted.apply(kind, "*" if devices == "*" else devs)
 
+    def _removed(self, devices: set[str]) -> None:
+        for d in devices:  # (a restore also unsubscribes, e.g. "*" minus one device)
+            self.unsub_pending[d] = max(0, self.unsub_pending[d] - 1)
+
     def _added(self, devices: set[str], cursor: int) -> None:
         for d in devices:
+            if self.unsub_pending[d]:
+                continue  # an answer of the epoch the user's unsubscribe ended
             if d in self.wanted and self.start.get(d) is None:
                 self.start[d] = cursor
                 self.floor[d] = max(self.floor.get(d) or 0, cursor)
@@ -287,7 +301,7 @@ class SessionMachine(RuleBasedStateMachine):
             replies: list[str | bytes] = []
             for op, data in frames:
                 assert op == OP_TEXT
-                replies += self.server.handle(orjson.loads(data), self._added)
+                replies += self.server.handle(orjson.loads(data), self._added, self._removed)
             self.session.receive(replies)
 
     # ---------------------------------------------------------------- rules
