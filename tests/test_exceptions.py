@@ -88,3 +88,11 @@ def test_messages_are_redacted() -> None:
     )
     assert "abc123" not in str(err) and "s3cr3t" not in repr(err)
     assert err.headers == {"authorization": "***"}
+
+
+def test_protocol_document_names_the_class_of_each_stream_error_code() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    named = dict(re.findall(r"`([a-z_]+)` →\s+`([A-Za-z]+)`", doc))
+    assert named == {code: cls.__name__ for code, cls in ERROR_CODES.items()}

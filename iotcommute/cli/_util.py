@@ -116,8 +116,8 @@ def describe(exc: BaseException) -> str:
         if exc.status is not None:
             name = f"{name} (HTTP {exc.status})"
         reason = _short(_json_reason(exc.message or ""))
-        if exc.status is not None:
-            reason = reason.removesuffix(f": {exc.status}")
+        if exc.status is not None:  # the status is in the name already
+            reason = reason.removesuffix(f": {exc.status}").replace(f": {exc.status}: ", ": ", 1)
         return f"{name}: {reason}" if reason else name
     if isinstance(exc, OSError) and exc.strerror:
         return f"{name}: {_short(exc.strerror)}"

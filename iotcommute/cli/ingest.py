@@ -9,7 +9,15 @@ into a file when the process dies come again from the server on restart.
 Authenticate as for `iotcommute listen` (--token, or --key and --device; prefer the
 environment for secrets). Ticks a Parquet column cannot hold (string or nested values)
 are reported on stderr and not written. SIGTERM and Ctrl-C commit the rows buffered so
-far into a last file before exiting."""
+far into a last file before exiting.
+
+With --group NAME, ingest is a consumer-group member (a server on a shared log: serve
+--log nats://...): the group's server keeps the resume point, and the member commits a
+partition's position to it only once the rows up to it are in a renamed, fsynced file.
+Rows of a partition the member loses in a rebalance are taken back from its buffer, so
+their next owner writes them once. Members may share DIR: each takes a free file prefix
+NAME.0, NAME.1, ... (a restarted member the lowest free one). A record is written twice
+only if a member dies between a file's rename and the server's answer to its commit."""
 
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ from .listen import (
     _client_kwargs,
     _devices,
     _ends_listen,
+    _ints,
     add_connection_arguments,
 )
 
@@ -66,17 +75,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("zstd", "snappy", "gzip", "lz4", "brotli", "none"),
         help="Parquet compression (default zstd)",
     )
-    add_connection_arguments(parser)
+    stream = add_connection_arguments(parser)
+    stream.add_argument(
+        "--group",
+        metavar="NAME",
+        help="join this consumer group (see above); its server keeps the positions",
+    )
 
 
 class _Ingest:
     """Callbacks of one run. The sink is used under a lock: batches arrive on the client's
     thread, time-based rolls are polled from the main thread."""
 
-    def __init__(self, sink: Any, quiet: bool) -> None:
+    def __init__(self, sink: Any, quiet: bool, group: str | None = None) -> None:
         self.sink = sink
         self.lock = threading.Lock()
         self.quiet = quiet
+        self.group = group
+        self.ws: Any = None
+        #: (group) per partition, the highest position handed to the sink
+        self.written: dict[int, int] = {}
         self.connected_once = False
         self.last_error: BaseException | None = None
         self.final: BaseException | None = None
@@ -88,6 +106,8 @@ class _Ingest:
         try:
             with self.lock:
                 self.sink.write(batch)
+                if self.group is not None:
+                    self._wrote(batch, ws)
         except Exception as exc:
             # the batch is not in a file: stop before the position moves past it (the
             # files stay the checkpoint, so a restart resumes right here)
@@ -96,10 +116,52 @@ class _Ingest:
             raise
         self.ticks += len(batch)
 
+    def _wrote(self, batch: Any, ws: Any) -> None:
+        """(group) Note each partition's last position in the batch; once the sink holds
+        nothing uncommitted, everything noted is in files: commit it to the group."""
+        import numpy as np
+
+        parts = np.array([ws.partition(d) for d in batch.devices], dtype=np.int64)[batch.codes]
+        pos = batch.column("position")
+        for p in np.unique(parts).tolist():
+            last = int(pos[parts == p][-1])  # a partition's positions increase in a batch
+            if last > self.written.get(p, 0):
+                self.written[p] = last
+        self._commit_if_filed()
+
+    def _commit_if_filed(self) -> None:
+        if self.group is not None and self.ws is not None and not self.sink.pending:
+            if self.written:
+                self.ws.commit(dict(self.written))
+
     def poll(self) -> None:
         if self.final is None:
             with self.lock:
                 self.sink.poll()
+                self._commit_if_filed()
+
+    def finish(self) -> None:
+        """(group) Before a graceful stop: the buffered rows into a last file, and their
+        positions into the last commit (sent and answered before the close)."""
+        if self.final is None and self.group is not None:
+            with self.lock:
+                self.sink.commit()
+                self._commit_if_filed()
+
+    def on_assign(self, partitions: list[int], ws: Any) -> None:
+        if not self.quiet:
+            say("ingest", f"group {self.group}: assigned partitions {_ints(partitions)}")
+
+    def on_revoke(self, partitions: list[int], ws: Any) -> None:
+        """Rows of lost partitions not yet in a file go: their next owner writes them."""
+        gone = set(partitions)
+        with self.lock:
+            dropped = self.sink.discard(lambda device: ws.partition(device) in gone)
+            for p in gone:
+                self.written.pop(p, None)
+        if not self.quiet:
+            more = f" ({dropped} buffered ticks left to their next owner)" if dropped else ""
+            say("ingest", f"group {self.group}: revoked partitions {_ints(partitions)}{more}")
 
     def on_connect(self, ws: Any) -> None:
         first = not self.connected_once
@@ -139,6 +201,27 @@ class _Ingest:
             say("ingest", f"gap: {gap.get('missed')} ticks after position {gap.get('from')} lost")
 
 
+def _open_sink(args: argparse.Namespace, ParquetSink: Any) -> Any:
+    """The run's ParquetSink; a group member takes the first free prefix NAME.0, NAME.1,
+    ... in DIR (each prefix is held by one sink at a time: an advisory lock)."""
+    from ..exceptions import IotCommuteError
+
+    kw: dict[str, Any] = {
+        "roll_bytes": args.roll_bytes,
+        "roll_seconds": args.roll_seconds,
+        "compression": None if args.compression == "none" else args.compression,
+    }
+    if args.group is None:
+        return ParquetSink(args.dir, **kw)
+    base = args.group.replace("-", "_")
+    for slot in range(1024):
+        try:
+            return ParquetSink(args.dir, prefix=f"{base}.{slot}", ordered=False, **kw)
+        except IotCommuteError:  # that prefix is another member's
+            continue
+    raise IotCommuteError(f"1024 members of group {args.group} already write into {args.dir}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..client import WebSocket
     from ..exceptions import NetworkError
@@ -146,56 +229,77 @@ def run(args: argparse.Namespace) -> int:
     quiet_library(args)
     kw = _client_kwargs(args)
     devices = _devices(args.devices)
+    if args.group is not None and args.devices.strip() != "*":
+        raise UsageError(
+            "--group and --devices do not go together: the group's server assigns its "
+            "members' devices"
+        )
     try:
         from ..sink.ingest import resume_from
         from ..sink.parquet import ParquetSink
     except ImportError as exc:  # pyarrow missing
         raise UsageError(f"ingest needs pyarrow: pip install 'iotcommute[arrow]' ({exc})") from None
     try:
-        sink = ParquetSink(
-            args.dir,
-            roll_bytes=args.roll_bytes,
-            roll_seconds=args.roll_seconds,
-            compression=None if args.compression == "none" else args.compression,
-        )
+        sink = _open_sink(args, ParquetSink)
     except OSError as exc:
         say("ingest", f"cannot use {args.dir}: {exc.strerror or exc}")
         return EXIT_ERROR
     except Exception as exc:
         say("ingest", describe(exc))
         return exit_code(exc)
-    start = resume_from(sink)
-    ing = _Ingest(sink, verbosity(args) < 0)
+    ing = _Ingest(sink, verbosity(args) < 0, args.group)
     ing.wait = bool(args.wait)
     try:
-        ws = WebSocket(
-            **kw,
-            format="binary",
-            subscribe=None,
-            open_timeout=args.open_timeout,
-            max_retries=args.max_retries,
-        )
+        if args.group is None:
+            ws = WebSocket(
+                **kw,
+                format="binary",
+                subscribe=None,
+                open_timeout=args.open_timeout,
+                max_retries=args.max_retries,
+            )
+        else:
+            ws = WebSocket(
+                **kw,
+                format="binary",
+                group=args.group,
+                group_commit="manual",
+                open_timeout=args.open_timeout,
+                max_retries=args.max_retries,
+            )
     except ValueError as exc:
         sink.close()
         raise UsageError(str(exc)) from None
+    ing.ws = ws
     ws.on_batch = ing.on_batch
     ws.on_connect = ing.on_connect
     ws.on_error = ing.on_error
     ws.on_reconnect = ing.on_reconnect
     ws.on_gap = ing.on_gap
-    ws.subscribe(devices, from_position=start)  # the files' end is the resume point
+    if args.group is None:
+        ws.subscribe(devices, from_position=resume_from(sink))  # the files' end: resume point
+    else:
+        ws.on_assign = ing.on_assign
+        ws.on_revoke = ing.on_revoke
     ws.connect(threaded=True)
     interrupted = False
+    stop = threading.Event()
     old = None
     try:
-        old = signal.signal(signal.SIGTERM, lambda signum, frame: ws.stop())
+        old = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     except ValueError:  # not the main thread
         pass
     try:
         while not ws.join(0.2):
-            ing.poll()
+            if stop.is_set():
+                stop.clear()
+                ing.finish()
+                ws.stop()
+            else:
+                ing.poll()
     except KeyboardInterrupt:
         interrupted = True
+        ing.finish()
         ws.stop()
         ws.join(10)
     finally:
@@ -205,6 +309,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ing.lock:
             if ing.final is None:
+                if args.group is not None:
+                    # what came after the last commit is the next owner's: not into a file
+                    sink.discard(lambda device: True)
                 sink.close()  # the rows buffered so far become the last file
     except Exception as exc:
         err = err or exc

@@ -148,6 +148,10 @@ class ClientBase(Owner):
         group                   consumer group to join (1-64 of A-Z a-z 0-9 _ -; role
                                 "client"; the server's log must be shared: serve --log
                                 nats://...); default None (a plain subscription)
+        group_commit            (group) "auto": commit what the callbacks returned for (or
+                                the iterator handed out); "manual": only what
+                                ws.commit() says was stored (a sink that commits in
+                                rolls); default "auto"
         loop_factory            (WebSocket) event loop factory; default uvloop when installed
         max_queue               (AsyncWebSocket) ticks queued for `async for` before the
                                 socket is paused; default 10000
@@ -182,6 +186,7 @@ class ClientBase(Owner):
         checkpoint: str | os.PathLike[str] | None = None,
         offline_queue: int = 10000,
         group: str | None = None,
+        group_commit: str = "auto",
         loop_factory: Callable[[], Any] | None = None,
         max_queue: int = 10000,
         iterate: bool = True,
@@ -190,7 +195,7 @@ class ClientBase(Owner):
             device_key, device_id, role, url or "", access_token, api_key, ssl, headers,
             proxy, ping_interval, ping_timeout, idle_timeout, open_timeout, close_timeout,
             reconnect, max_reconnect_delay, max_retries, first_connect_retries, max_size,
-            compression, format, subscribe, checkpoint, offline_queue, group,
+            compression, format, subscribe, checkpoint, offline_queue, group, group_commit,
         )  # fmt: skip
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
@@ -205,6 +210,7 @@ class ClientBase(Owner):
             log_id=saved[1] if saved else None,
             offline_queue=offline_queue,
             group=group,
+            group_manual=group_commit == "manual",
         )
         self._engine = Engine(self._opts, self, self._session)
         self._post_init()
@@ -257,6 +263,30 @@ class ClientBase(Owner):
         self._session.refuse_in_group("unsubscribe")
         devices_arg(devices)
         self._engine.call(self._loop_request, "unsubscribe", devices, None)
+
+    def commit(self, positions: dict[int, int]) -> None:
+        """(group, group_commit="manual") Every tick of each partition up to its position
+        ({partition: position}) is stored: the group may resume after it. Positions of
+        partitions not owned any more are ignored (their next owner starts after the last
+        commit the server accepted). Thread-safe; the commit is sent at once, or after the
+        one in flight."""
+        g = self._session.group
+        if g is None or not g.manual:
+            raise InputError('commit() is for a group member made with group_commit="manual"')
+        parts = dict(positions)
+        for p, pos in parts.items():
+            if type(p) is not int or type(pos) is not int or p < 0 or pos < 0:
+                raise InputError("commit() takes {partition: position} of integers >= 0")
+        self._engine.call(self._loop_commit, parts)
+
+    def partition(self, device: str) -> int:
+        """(group) The partition of a device's records; -1 before the first assign."""
+        g = self._session.group
+        return -1 if g is None else g.partition_of(device)
+
+    def _loop_commit(self, parts: dict[int, int]) -> None:
+        self._session.group_done(parts)
+        self._engine.write_session()
 
     def _loop_request(self, kind: str, devices: Any, frm: int | None) -> None:
         if kind == "subscribe":

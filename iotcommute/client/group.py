@@ -44,10 +44,12 @@ class _Part:
 class GroupState:
     """Ownership and positions of one member; see the module docstring."""
 
-    def __init__(self, name: str, commit_every: int = COMMIT_EVERY) -> None:
+    def __init__(self, name: str, commit_every: int = COMMIT_EVERY, manual: bool = False) -> None:
         if not isinstance(name, str) or not GROUP_NAME.match(name):
             raise ValueError("group must be 1-64 characters of A-Z a-z 0-9 _ -")
         self.name = name
+        #: commits follow only `done_upto` (the user's sink committed), never the callbacks
+        self.manual = manual
         self.commit_every = commit_every
         self.member: str | None = None  # the member id the server drew (per connection)
         self.of = 0  # the number of partitions of the log
@@ -86,6 +88,9 @@ class GroupState:
 
     def all_done(self) -> None:
         """Every tick delivered so far was processed (the callbacks returned)."""
+        if self.manual:
+            self._accepted = 0
+            return
         if self._accepted:
             self.since += self._accepted
             self._accepted = 0
@@ -94,10 +99,25 @@ class GroupState:
 
     def took(self, device: Any, position: Any) -> None:
         """The user finished with one tick (the iterator: it asked for the next one)."""
+        if self.manual:
+            return
         st = self.owned.get(self.partition_of(device))
         if st is not None and type(position) is int and st.done < position <= st.delivered:
             st.done = position
             self.since += 1
+
+    def done_upto(self, positions: Any) -> None:
+        """(manual) The user stored every tick it was given of each partition up to its
+        position ({partition: position}); capped at what this tenure delivered, so a
+        position stored in an earlier tenure never covers ticks not yet delivered again."""
+        for p, pos in dict(positions).items():
+            st = self.owned.get(p) if type(p) is int else None
+            if st is None or type(pos) is not int:
+                continue
+            pos = min(pos, st.delivered)
+            if pos > st.done:
+                st.done = pos
+                self.since = max(self.since, self.commit_every)  # due: commit it now
 
     # ------------------------------------------------------------------ ownership
     def assign(self, msg: dict[str, Any]) -> list[int]:

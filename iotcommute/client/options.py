@@ -163,6 +163,7 @@ class Options:
     checkpoint: str | os.PathLike[str] | None = None
     offline_queue: int = 10000
     group: str | None = None
+    group_commit: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -190,8 +191,12 @@ class Options:
         if self.subscribe is not None and self.subscribe != []:
             devices_arg(self.subscribe)
         Target(self.url)  # fail early on a bad URL
+        if self.group_commit not in ("auto", "manual"):
+            raise ValueError("group_commit must be 'auto' or 'manual'")
         if self.group is not None:
             self._check_group()
+        elif self.group_commit != "auto":
+            raise ValueError("group_commit is for a consumer-group member (group=...)")
 
     def _check_group(self) -> None:
         if not isinstance(self.group, str) or not GROUP_NAME.match(self.group):

@@ -11,7 +11,8 @@ Inputs (events):   ``opened()`` once the upgrade succeeded; ``receive(events)`` 
                    the user's requests: ``subscribe``, ``unsubscribe``, ``encode_publish`` +
                    ``track_publish``, ``encode_command`` + ``start_command``, ``commit``;
                    a group member (``group=``, client/group.py): ``flush_commits()`` from
-                   the engine's clock, ``group_took`` from an iterator.
+                   the engine's clock, ``group_took`` from an iterator, ``group_done``
+                   from a user that commits by hand (its sink committed).
 Outputs (actions): frames to write, taken with ``frames_to_send()`` as ``(opcode, payload)``;
                    calls of the owner's callbacks (on_tick, on_ticks, on_tick_rows,
                    on_message, on_command, on_gap, on_error) and of the resolvers given with
@@ -308,10 +309,11 @@ class Session:
         id_prefix: str | None = None,
         on_event: Callable[[Any], None] = _ignore,
         group: str | None = None,
+        group_manual: bool = False,
     ) -> None:
         self.owner = owner
         #: consumer-group membership (section 14.3): ownership and per-partition positions
-        self.group = GroupState(group) if group is not None else None
+        self.group = GroupState(group, manual=group_manual) if group is not None else None
         #: called with partitions just revoked or lost, before on_revoke: ticks of them
         #: still queued for an iterator must not be handed out (AsyncWebSocket's queue)
         self.drop_queued: Callable[[list[int]], None] | None = None
@@ -610,13 +612,18 @@ class Session:
     def receive(self, events: list[Any]) -> None:
         """One network read's events: the hot path (callbacks bound to locals)."""
         g = self.group
+        owner = self.owner
+        batches = self.batch_sink is not None or getattr(owner, "on_batch", None) is not None
         if g is not None:
-            self._receive_ticks(events)  # every tick through _fresh(), i.e. g.accept()
+            # every tick through _fresh(), i.e. g.accept()
+            if batches:
+                self._receive_batches(events)
+            else:
+                self._receive_ticks(events)
             if not self.hold_commit:
                 g.all_done()  # what the callbacks returned for may be committed
             return
-        owner = self.owner
-        if self.batch_sink is not None or getattr(owner, "on_batch", None) is not None:
+        if batches:
             self._receive_batches(events)
         elif (
             owner.on_tick is None
@@ -1162,6 +1169,15 @@ class Session:
         if msg is not None:
             self._out.append((OP_TEXT, payload.dumps(msg)))
         return g.inflight is not None
+
+    def group_done(self, positions: dict[int, int]) -> None:
+        """(manual commits) The user stored its partitions' ticks up to these positions:
+        commit them now, or after the commit in flight."""
+        g = self.group
+        if g is not None:
+            g.done_upto(positions)
+            if g.due:
+                self.flush_commits()
 
     def group_took(self, tick: Any) -> None:
         """The iterator's user finished with `tick` (it asked for the next one)."""

@@ -438,6 +438,18 @@ class TickBatch:
             self._buf, self._off + k * self._layout.row_size, n - k, self._devices, self._layout
         )
 
+    def filter(self, mask: npt.ArrayLike) -> TickBatch:
+        """The rows where `mask` (one bool per row) is true, in order, as a new batch that
+        owns a copy of them (the whole batch itself when every row is kept)."""
+        keep = np.asarray(mask, dtype=bool)
+        if keep.shape != (self._n,):
+            raise ValueError(f"filter needs {self._n} booleans, got shape {keep.shape}")
+        k = int(keep.sum())
+        if k == self._n:
+            return self
+        rows = self._view()[keep].tobytes()
+        return TickBatch._make(rows, 0, k, self._devices, self._layout)
+
     def _row_bytes(self) -> memoryview:
         """The wire rows this batch covers (for sinks that concatenate batches)."""
         return memoryview(self._buf)[self._off : self._off + self._n * self._layout.row_size]

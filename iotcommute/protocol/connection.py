@@ -13,7 +13,9 @@ without a Python loop per message.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -460,11 +462,11 @@ class ClientProtocol:
     def _rejected(self) -> None:
         status = self._reject_status
         headers = self._reject_headers
-        body = bytes(self._reject_body).decode("utf-8", "replace").strip()[:200]
-        msg = f"server rejected the WebSocket upgrade: {status}"
-        if body:
-            msg += f": {body}"
         str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+        msg = f"server rejected the WebSocket upgrade: {status}"
+        reason = _short_reason(bytes(self._reject_body), str_headers)
+        if reason:
+            msg += f": {reason}"
         exc: InvalidStatus | TokenError | PermissionDenied | VersionError
         if 300 <= status < 400:
             location = next((v for k, v in str_headers if k.lower() == "location"), None)
@@ -481,3 +483,31 @@ class ClientProtocol:
         # The raw body stays available to callers (bounded; it may carry a JSON error).
         vars(exc)["body"] = bytes(self._reject_body)
         self._fail(exc)
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _short_reason(body: bytes, headers: list[tuple[str, str]]) -> str:
+    """One short line from a rejection's body for the error message: a JSON error's
+    message, an HTML page's title, or a text body's first line (never a whole page; the
+    raw body stays on the exception as ``.body``)."""
+    text = body[:4096].decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "").lower()
+    if "json" in ctype or text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            for key in ("message", "error", "detail"):
+                if isinstance(obj.get(key), str):
+                    text = obj[key]
+                    break
+    elif "html" in ctype or text.startswith("<"):
+        m = _TITLE.search(text)
+        text = m.group(1) if m else ""
+    line = " ".join(text.split("\n", 1)[0].split())
+    return line if len(line) <= 120 else line[:119] + "…"

@@ -345,12 +345,16 @@ class GroupCoordinator:
             await kv.delete(f"m.{m.group}.{m.id}")
         except Exception:
             pass
-        for p in range(self.partitions):
-            key = f"p.{m.group}.{p}"
-            cur = self.cache.get(key)
-            if cur is not None and cur[0].get("owner") == m.id:
-                await self._cas(key, {**cur[0], "owner": None, "expires": 0}, cur[1])
-        await self.rebalance()
+        try:
+            async with self._lock:  # the process's one writer (rebalance, commits) waits
+                for p in range(self.partitions):
+                    key = f"p.{m.group}.{p}"
+                    cur = self.cache.get(key)
+                    if cur is not None and cur[0].get("owner") == m.id:
+                        await self._cas(key, {**cur[0], "owner": None, "expires": 0}, cur[1])
+            await self.rebalance()
+        except Exception as exc:  # the engine is away: the leases expire after the timeout
+            logger.info("releasing %s's partitions failed: %s", m.id, type(exc).__name__)
 
     # -- assignment --------------------------------------------------------------------------
     async def _balance_loop(self) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..exceptions import IotCommuteError
 from ..payload.columnar import TickBatch, _require, batches_to_arrow
 from .base import Sink
@@ -55,6 +57,12 @@ class ParquetSink(Sink):
     (`all_statistics=True` for every column). When batches of different field tables meet in
     one roll the file has the union of their columns (missing values null, clashing types
     promoted).
+
+    ``ordered=False`` is for a consumer-group member, whose partitions each replay from the
+    group's committed position: the sink then drops nothing by position (the group filters
+    repeats per partition), names each file by the lowest and highest position it holds,
+    and the resume point is the group's, kept by the server; `discard` takes back the
+    buffered rows of partitions the member lost, so their next owner writes them once.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class ParquetSink(Sink):
         prefix: str = "ticks",
         fsync: bool = True,
         all_statistics: bool = False,
+        ordered: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pa = _require("pyarrow", "arrow")
@@ -84,6 +93,7 @@ class ParquetSink(Sink):
         self.prefix = prefix
         self._fsync = fsync
         self.all_statistics = all_statistics
+        self.ordered = ordered
         self._clock = clock
         self._pending: list[TickBatch] = []
         self._pending_bytes = 0
@@ -140,7 +150,7 @@ class ParquetSink(Sink):
         if not len(batch):
             return
         high = self._high
-        if high is not None:
+        if high is not None and self.ordered:
             first = batch.first_position
             assert first is not None
             if first <= high:
@@ -149,12 +159,38 @@ class ParquetSink(Sink):
                     return
         self._pending.append(batch)
         self._pending_bytes += batch.nbytes
-        self._high = batch.last_position
+        last = batch.last_position
+        if high is None or (last is not None and last > high):
+            self._high = last
         now = self._clock()
         if self._since is None:
             self._since = now
         if self._pending_bytes >= self.roll_bytes or now - self._since >= self.roll_seconds:
             self.commit()
+
+    @property
+    def pending(self) -> int:
+        """Rows accepted and not yet committed into a file."""
+        return sum(len(b) for b in self._pending)
+
+    def discard(self, which: Callable[[str], bool]) -> int:
+        """Drop the buffered (uncommitted) rows of the devices `which(device)` is true for;
+        returns how many rows went."""
+        kept: list[TickBatch] = []
+        dropped = 0
+        for b in self._pending:
+            table = np.fromiter((bool(which(d)) for d in b.devices), bool, len(b.devices))
+            if table.any():
+                mask = ~table[b.codes]
+                b = b.filter(mask)
+                dropped += len(mask) - len(b)
+            if len(b):
+                kept.append(b)
+        self._pending = kept
+        self._pending_bytes = sum(b.nbytes for b in kept)
+        if not kept:
+            self._since = None
+        return dropped
 
     def poll(self) -> None:
         """Roll if the buffered rows are `roll_seconds` old (for a stream gone quiet)."""
@@ -166,15 +202,19 @@ class ParquetSink(Sink):
             return self._committed
         batches = self._pending
         table = batches_to_arrow(batches)
-        first = batches[0].first_position
-        last = batches[-1].last_position
+        if self.ordered:
+            first, last = batches[0].first_position, batches[-1].last_position
+        else:  # partitions interleave: a batch's own rows still increase
+            first = min(b.first_position or 0 for b in batches)
+            last = max(b.last_position or 0 for b in batches)
         assert first is not None and last is not None
         self._write_file(table, first, last)
         self._pending = []
         self._pending_bytes = 0
         self._since = None
-        self._committed = last
-        return last
+        if self._committed is None or last > self._committed:
+            self._committed = last
+        return self._committed
 
     def close(self) -> None:
         if self._closed:

@@ -398,8 +398,9 @@ def test_listen_html_404_never_dumps_the_page() -> None:
         httpd.server_close()
     assert rc == 1
     line = assert_one_clean_line(err)
-    assert line.startswith(
-        "iotcommute listen: InvalidStatus (HTTP 501): server rejected the WebSocket upgrade ("
+    assert line.startswith(  # the page's title is its reason
+        "iotcommute listen: InvalidStatus (HTTP 501): server rejected the WebSocket upgrade: "
+        "Error response ("
     ), line
     assert "<" not in line and "html" not in line.lower()
 

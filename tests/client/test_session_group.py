@@ -27,6 +27,7 @@ class GroupRecorder(Recorder):
         self.events: list[tuple[str, list[int]]] = []
         self.on_assign: Any = lambda ps, w: self.events.append(("assign", list(ps)))
         self.on_revoke: Any = lambda ps, w: self.events.append(("revoke", list(ps)))
+        self.on_batch: Any = None
 
 
 def join(s: Session, parts: dict[int, int], member: str = "m-1") -> dict[str, Any]:
@@ -224,3 +225,43 @@ def test_a_refused_join_is_reported() -> None:
                    id=sub["id"])])  # fmt: skip
     assert isinstance(rec.errors[0], InputError)
     assert commits(s) == []
+
+
+def test_batches_in_a_group_carry_owned_partitions_once() -> None:
+    """on_batch in a group member: rows of partitions not owned, and repeats within a
+    tenure, are filtered out of the TickBatch."""
+    got: list[list[tuple[str, int]]] = []
+    rec = GroupRecorder()
+    rec.on_batch = lambda b, ws: got.append(list(zip(b["device"], b["position"].tolist())))
+    s = Session(rec, group="g", format="binary")
+    join(s, {0: 1})
+    s.receive([batch([(1, dev(0)), (2, dev(1)), (3, dev(0, 1))]), batch([(3, dev(0, 1)),
+               (4, dev(0))])])  # fmt: skip
+    assert got == [[(dev(0, 1), 3)], [(dev(0), 4)]]
+    (c,) = commits(s)
+    assert c["partitions"] == [{"partition": 0, "position": 4}]  # auto: the callback returned
+
+
+def test_manual_commits_follow_only_what_the_user_says_was_stored() -> None:
+    rec = GroupRecorder("on_tick")
+    s = Session(rec, group="g", group_manual=True)
+    join(s, {0: 0, 1: 0})
+    g = s.group
+    assert g is not None
+    s.receive([tick(p, dev(p % 2)) for p in range(1, 2 * COMMIT_EVERY)])
+    assert commits(s) == []  # the callbacks returned; nothing is stored yet
+    s.group_done({0: 10, 1: 7, 3: 50})  # 3 is not owned: ignored
+    (c,) = [m for m in sent(s) if m["type"] == "commit"]  # sent at once
+    assert c["partitions"] == [{"partition": 0, "position": 10}, {"partition": 1, "position": 7}]
+    s.group_done({0: 20})
+    assert commits(s) == []  # one commit in flight
+    s.receive([committed(c)])
+    (c2,) = commits(s)
+    assert c2["partitions"] == [{"partition": 0, "position": 20}]
+    # a position beyond what this tenure delivered is capped at it
+    s.receive([committed(c2), revoke(1), assign({1: 7}), tick(9, dev(1))])
+    s.group_done({1: 500})
+    (c3,) = [m for m in sent(s) if m["type"] == "commit"]
+    assert c3["partitions"] == [{"partition": 1, "position": 9}]
+    g.took(dev(0), 30)  # an iterator's step does not commit in manual mode either
+    assert g.owned[0].done == 20

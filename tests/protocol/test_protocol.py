@@ -338,6 +338,31 @@ def test_rejection_status(status: int, cls: type[Exception]) -> None:
     assert p.state is State.CLOSED
 
 
+@pytest.mark.parametrize(
+    ("ctype", "body", "reason"),
+    [
+        ("text/html", b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
+         b"<body><h1>Not Found</h1>" + b"x" * 5000 + b"</body></html>", ": 404 Not Found"),
+        ("text/html", b"<html><body><p>no title</p></body></html>", ""),
+        ("application/json", b'{"message":"invalid device id or key"}',
+         ": invalid device id or key"),
+        ("text/plain", b"first line\nsecond line", ": first line"),
+        ("text/plain", b"y" * 500, ": " + "y" * 119 + "\u2026"),
+    ],
+)  # fmt: skip
+def test_rejection_message_is_one_short_line(ctype: str, body: bytes, reason: str) -> None:
+    """A web server's page never becomes the message (the raw body stays on .body)."""
+    p = ClientProtocol("h", "/")
+    p.send_request()
+    head = f"HTTP/1.1 404 Not Found\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}"
+    p.receive_data(head.encode() + b"\r\n\r\n" + body)
+    ev = p.events_received()
+    assert len(ev) == 1 and isinstance(ev[0], Failed)
+    exc = ev[0].exc
+    assert exc.message == "server rejected the WebSocket upgrade: 404" + reason  # type: ignore[attr-defined]
+    assert exc.body == body  # type: ignore[attr-defined]
+
+
 def test_rejection_body_until_eof_and_bounded() -> None:
     p = ClientProtocol("h", "/")
     p.send_request()

@@ -239,3 +239,36 @@ def test_ingest_frames_reports_corrupt_frames_and_goes_on(tmp_path: Path) -> Non
     with ParquetSink(tmp_path / "b") as sink:
         assert asyncio.run(aingest_frames(source(), sink)) == 30
     assert read_all(tmp_path / "b").column("v").to_pylist() == list(range(1, 31))
+
+
+def test_unordered_for_a_group_member_and_discard(tmp_path: Path) -> None:
+    """ordered=False (a group member): a partition replayed from below the highest position
+    is kept, files are named by their lowest and highest position, and discard() takes
+    back buffered rows of the devices a member lost."""
+    sink = ParquetSink(tmp_path, prefix="g.0", ordered=False)
+    sink.write(batch(10, 6))  # dev-1 dev-2 dev-0 dev-1 dev-2 dev-0 at 10..15
+    sink.write(batch(3, 3))  # a partition assigned later replays from 3
+    assert sink.pending == 9
+    assert sink.discard(lambda d: d == "dev-2") == 3  # positions 11, 14 and 5
+    assert sink.pending == 6
+    assert sink.commit() == 15
+    assert finals(tmp_path) == ["g.0-00000000000000000003-00000000000000000015.parquet"]
+    t = read_all(tmp_path)
+    assert t.column("position").to_pylist() == [10, 12, 13, 15, 3, 4]  # as received
+    assert "dev-2" not in t.column("device").to_pylist()
+    ordered = ParquetSink(tmp_path / "o")
+    ordered.write(batch(10, 6))
+    ordered.write(batch(3, 3))  # one subscription: at or below the highest, dropped
+    assert ordered.pending == 6
+
+
+def test_tickbatch_filter_copies_the_kept_rows() -> None:
+    b = batch(1, 5)
+    same = b.filter([True] * 5)
+    assert same is b
+    kept = b.filter([True, False, True, False, True])
+    assert kept["position"].tolist() == [1, 3, 5] and kept.devices == b.devices
+    assert kept.to_dicts() == [b.to_dicts()[i] for i in (0, 2, 4)]
+    assert len(b.filter([False] * 5)) == 0
+    with pytest.raises(ValueError):
+        b.filter([True])

@@ -1,0 +1,142 @@
+"""`iotcommute ingest --group` as a consumer group into one directory of Parquet files.
+
+A server process on a JetStream log simulates devices; another serves the group. Two
+ingest members share the directory (prefixes g.0, g.1). One is SIGKILLed after it wrote a
+few files, at a random moment; a new member joins (it takes the free prefix g.0, and its
+arrival moves partitions away from the survivor, whose buffered rows of them must go to
+their new owner, not into its files). Once the simulation stopped and the members drained
+the log, they stop gracefully. The files together hold every record of the log; a record is
+in two files only if it is in a file the killed member renamed whose commit the server had
+not answered: a file of its last moments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from iotcommute.server.registry import sim_device_id, sim_device_key
+from tests.jetstream.jsprocs import ROOT, ServerProc
+from tests.jetstream.natsfixture import NatsServer, nats_server
+
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (iotcommute[arrow])")
+
+__all__ = ["nats_server"]
+
+
+def member(url: str, d: Path, errlog: Path) -> subprocess.Popen[bytes]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("IOTCOMMUTE_") or k == "IOTCOMMUTE_NO_EXTENSIONS"
+    }
+    env.update(IOTCOMMUTE_KEY=sim_device_key(30), IOTCOMMUTE_DEVICE=sim_device_id(30))
+    cmd = [sys.executable, "-m", "iotcommute", "ingest", "--dir", str(d), "--url", url]
+    cmd += ["--group", "g", "--roll-bytes", "4000", "--roll-seconds", "0.3", "--wait"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=errlog.open("ab"))  # fmt: skip
+
+
+def files(d: Path, prefix: str = "g.") -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.name.startswith(prefix) and p.suffix == ".parquet")
+
+
+def positions(paths: list[Path]) -> list[int]:
+    out: list[int] = []
+    for f in paths:
+        t = pq.read_table(f)  # every final file reads back whole
+        pos = t.column("position").to_pylist()
+        meta = t.schema.metadata
+        assert int(meta[b"iotcommute.first_position"]) == min(pos)
+        assert int(meta[b"iotcommute.last_position"]) == max(pos)
+        out += pos
+    return out
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+async def log_positions(nats_url: str) -> list[int]:
+    from iotcommute.server.store.jetstream import JetStreamStore
+
+    store = JetStreamStore(nats_url)
+    await store.open()
+    log = await store.read(0, 0, 1_000_000)
+    await store.close()
+    return [e.offset for e in log]
+
+
+def wait_for(pred: object, what: str, errlog: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}; stderr:\n{errlog.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_ingest_group_sigkilled_member_loses_nothing(nats_server: NatsServer,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    out, errlog = tmp_path / "out", tmp_path / "stderr.log"
+    out.mkdir()
+    rng = random.Random()
+    sim = ServerProc(nats_server.url, "--partitions", "4", "--simulate", "6", "--rate", "200")
+    srv = ServerProc(nats_server.url, "--partitions", "4")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sim.start()
+        srv.start()
+        a = member(srv.ws_url, out, errlog)
+        wait_for(lambda: files(out, "g.0-"), "the first member wrote no file", errlog)
+        b = member(srv.ws_url, out, errlog)
+        procs += [a, b]
+        wait_for(lambda: files(out, "g.1-"), "the second member wrote no file", errlog)
+        n = len(files(out, "g.0-")) + rng.randint(1, 3)
+        wait_for(lambda: len(files(out, "g.0-")) >= n, "the first member stopped writing", errlog)
+        time.sleep(rng.uniform(0, 0.3))
+        assert a.poll() is None, errlog.read_text()
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        killed_at = time.time()
+        killed_files = {f.name: f.stat().st_mtime for f in files(out, "g.0-")}
+        c = member(srv.ws_url, out, errlog)  # takes g.0 again, the lowest free prefix
+        procs.append(c)
+        time.sleep(rng.uniform(1.0, 2.0))
+        sim.stop()  # no new records from here on
+        log = asyncio.run(log_positions(nats_server.url))
+        assert len(log) > 1000
+        wait_for(lambda: set(positions(files(out))) >= set(log), "the log was not drained", errlog,
+                 timeout=40)  # fmt: skip
+        assert stop(b) == 0, errlog.read_text()
+        assert stop(c) == 0, errlog.read_text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        srv.stop()
+        sim.stop()
+    got = positions(files(out))
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]  # c cleaned a's leftovers
+    assert set(got) == set(log)  # 0 lost, nothing the log does not hold
+    twice = {p for p, k in Counter(got).items() if k > 1}
+    assert max(Counter(got).values(), default=1) <= 2
+    # repeats only from files the killed member renamed in its last moments (commit unanswered)
+    last_moments = [out / name for name, mtime in killed_files.items() if mtime >= killed_at - 2.5]
+    assert twice <= set(positions(last_moments)), sorted(twice)[:20]
+    # the survivor lost partitions to the new member (and no repeats came of it)
+    assert "iotcommute ingest: group g: revoked partitions" in errlog.read_text()
