@@ -17,7 +17,8 @@ partition's position to it only once the rows up to it are in a renamed, fsynced
 Rows of a partition the member loses in a rebalance are taken back from its buffer, so
 their next owner writes them once. Members may share DIR: each takes a free file prefix
 NAME.0, NAME.1, ... (a restarted member the lowest free one). A record is written twice
-only if a member dies between a file's rename and the server's answer to its commit."""
+only if its partition moves to another member (death or rebalance) between a file's rename
+and the server's answer to the commit sent right after it."""
 
 from __future__ import annotations
 

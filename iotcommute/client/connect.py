@@ -8,6 +8,7 @@ engine then speaks WebSocket over it. Nothing here knows about WebSocket or IOT 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl as ssl_module
 from base64 import b64encode
@@ -125,7 +126,10 @@ async def open_stream(
     except socket.gaierror as exc:
         raise NetworkError(f"cannot resolve {target.host}: {exc.strerror}") from None
     except OSError as exc:
-        raise NetworkError(f"cannot connect to {target}: {exc.strerror or exc}") from None
+        # asyncio words a refused connect "Connect call failed (...)": the errno's own
+        # text reads the same on every loop ("Connection refused")
+        why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        raise NetworkError(f"cannot connect to {target}: {why}") from None
 
 
 async def _via_proxy(
