@@ -3,6 +3,7 @@ run against them.
 
     pytest --benchmark && python -m benchmarks.readme_perf          # write the README tables
     pytest --benchmark && python -m benchmarks.readme_perf --check  # does run 2 reproduce them?
+    python -m benchmarks.readme_perf --reproduced benchmarks/results/summary.json  # keep those
 
 Writing replaces the README's performance section between its markers with the run's tables
 (median and spread of every figure, with its date, machine and library versions) and keeps
@@ -101,28 +102,65 @@ def all_figures(path: Path) -> dict[str, summary.Figure]:
     return out
 
 
-def check(later: Path, baseline: Path = BASELINE) -> int:
-    if not baseline.exists():
-        print(f"no {baseline}: write the README from a run first", file=sys.stderr)
-        return 1
+def compare(later: Path, baseline: Path = BASELINE) -> tuple[set[str], list[str], int]:
+    """(keys reproduced, lines about those that were not, number of figures)."""
     first, second = all_figures(baseline), all_figures(later)
-    ok = 0
+    ok: set[str] = set()
     bad = []
     for key, f in first.items():
         g = second.get(key)
         if g is None:
             bad.append(f"{key}: missing from the second run")
         elif f.lo <= g.median <= f.hi:
-            ok += 1
+            ok.add(key)
         else:
             bad.append(
                 f"{key}: {g.median:.4g} outside the stated {f.median:.4g} "
                 f"[{f.lo:.4g}\u2013{f.hi:.4g}]"
             )
+    return ok, bad, len(first)
+
+
+def check(later: Path, baseline: Path = BASELINE) -> int:
+    if not baseline.exists():
+        print(f"no {baseline}: write the README from a run first", file=sys.stderr)
+        return 1
+    ok, bad, total = compare(later, baseline)
     for line in bad:
         print("NOT REPRODUCED", line)
-    print(f"{ok} of {len(first)} README figures reproduced by {later.name} within their spread")
+    print(f"{len(ok)} of {total} README figures reproduced by {later.name} within their spread")
     return 1 if bad else 0
+
+
+def keep_reproduced(later: Path, baseline: Path = BASELINE) -> int:
+    """Rewrite the README's tables (from the baseline run) printing only the figures that
+    `later` reproduced; the others read NOT_REPRODUCED. The header keeps the baseline's
+    date and machine."""
+    if not baseline.exists():
+        print(f"no {baseline}: write the README from a run first", file=sys.stderr)
+        return 1
+    ok, bad, total = compare(later, baseline)
+    cells, records = summary.load(baseline)
+    section = extract(summary.build(cells, records, 1.0, keep=ok))
+    text = README.read_text()
+    pattern = re.compile(re.escape(START) + r"(.*?)" + re.escape(END), re.S)
+    m = pattern.search(text)
+    if m is None:
+        print("README.md has no performance markers", file=sys.stderr)
+        return 1
+    header = [line for line in m.group(1).splitlines() if line.startswith("- ")]
+    body = [line for line in section.splitlines() if not line.startswith("- ")]
+    note = (
+        f"- reproduced: a second run of the same benchmarks on the same machine reproduced "
+        f"{len(ok)} of these "
+        f"{total} figures within the spread stated here (`python -m benchmarks.readme_perf "
+        f"--check`); each of the other {total - len(ok)} is printed as "
+        f"{summary.NOT_REPRODUCED} (not reproduced)"
+    )
+    new = "\n".join([*[h for h in header if not h.startswith("- reproduced:")], note, *body])
+    README.write_text(pattern.sub(lambda _: f"{START}\n{new.rstrip()}\n{END}", text))
+    print(f"README.md: {len(ok)} of {total} figures kept, {len(bad)} marked not reproduced")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="compare this run's summary.json (default: the last run) with the README's run",
     )
+    ap.add_argument(
+        "--reproduced",
+        type=Path,
+        metavar="SUMMARY_JSON",
+        help="rewrite the README's tables keeping only the figures this later run reproduced",
+    )
     args = ap.parse_args(argv)
+    if args.reproduced is not None:
+        return keep_reproduced(args.reproduced)
     if args.check is not None:
         return check(args.check)
     return write_readme()

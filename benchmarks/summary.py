@@ -189,7 +189,17 @@ def _spread(c: Cell) -> str:
     return f"{rate(c.median)}/s [{rate(c.lo)}\u2013{rate(c.hi)}]"
 
 
-def ratio_table(title: str, cases: dict[str, dict[str, Cell]]) -> list[str]:
+#: the mark of a figure that a second run did not reproduce (readme_perf --reproduced)
+NOT_REPRODUCED = "n.r."
+
+
+def _shown(keep: set[str] | None, *keys: str) -> bool:
+    return keep is None or all(k in keep for k in keys)
+
+
+def ratio_table(
+    title: str, cases: dict[str, dict[str, Cell]], keep: set[str] | None = None
+) -> list[str]:
     order: list[str] = []
     for cols in cases.values():
         order += [s for s in cols if s not in order]
@@ -205,32 +215,47 @@ def ratio_table(title: str, cases: dict[str, dict[str, Cell]]) -> list[str]:
         cells = []
         for s in ours:
             c = cols.get(s)
+            key = f"{c.section}|{case}|{s}|" if c is not None else ""
             if c is None:
                 cells.append("-")
+            elif not _shown(keep, key + "rate"):
+                cells.append(NOT_REPRODUCED)
             elif best is None:
                 cells.append(_spread(c))
+            elif not _shown(keep, key + "ratio to best peer"):
+                cells.append(f"{_spread(c)} ratio {NOT_REPRODUCED}")
             else:
                 cells.append(
                     f"{_spread(c)} **{c.median / best.median:.2f}x** "
                     f"[{c.lo / best.hi:.2f}\u2013{c.hi / best.lo:.2f}]"
                 )
-        best_cell = f"{best.subject} {_spread(best)}" if best else "-"
+        best_cell = "-"
+        if best is not None:
+            shown = _shown(keep, f"{best.section}|{case}|{best.subject}|rate")
+            best_cell = f"{best.subject} {_spread(best) if shown else NOT_REPRODUCED}"
         out.append(f"| {case} | {best_cell} | " + " | ".join(cells) + " |")
     out.append("")
     peers = [s for s in order if not is_ours(s)]
     if peers:
         out += ["| case | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
         for case, cols in cases.items():
-            out.append(
-                f"| {case} | "
-                + " | ".join(_spread(cols[s]) if s in cols else "-" for s in peers)
-                + " |"
-            )
+            row = []
+            for s in peers:
+                c = cols.get(s)
+                if c is None:
+                    row.append("-")
+                elif _shown(keep, f"{c.section}|{case}|{s}|rate"):
+                    row.append(_spread(c))
+                else:
+                    row.append(NOT_REPRODUCED)
+            out.append(f"| {case} | " + " | ".join(row) + " |")
         out.append("")
     return out
 
 
-def fallback_table(sections: dict[str, dict[str, dict[str, Cell]]]) -> list[str]:
+def fallback_table(
+    sections: dict[str, dict[str, dict[str, Cell]]], keep: set[str] | None = None
+) -> list[str]:
     """The pure-Python fallback against wsproto (the pure-Python peer), where both ran."""
     rows = []
     for section in ("core", "recv"):
@@ -239,7 +264,11 @@ def fallback_table(sections: dict[str, dict[str, dict[str, Cell]]]) -> list[str]
             if ws is None:
                 continue
             for s, c in cols.items():
-                if "fallback" in s:
+                if "fallback" in s and not _shown(
+                    keep, f"{section}|{case}|{s}|rate", f"{section}|{case}|wsproto|rate"
+                ):
+                    rows.append(f"| {section}: {case} | {s} | {NOT_REPRODUCED} |")
+                elif "fallback" in s:
                     rows.append(
                         f"| {section}: {case} | {s} | {c.median / ws.median:.1f}x "
                         f"[{c.lo / ws.hi:.1f}\u2013{c.hi / ws.lo:.1f}] |"
@@ -256,7 +285,14 @@ def fallback_table(sections: dict[str, dict[str, dict[str, Cell]]]) -> list[str]
     ]
 
 
-def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str:
+def build(
+    cells: list[Cell],
+    records: list[dict[str, Any]],
+    scale: float,
+    keep: set[str] | None = None,
+) -> str:
+    """The summary's markdown; with `keep` (figure keys, see `figures`), every other figure
+    is printed as NOT_REPRODUCED."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rounds = max((len(c.times) for c in cells), default=0)
     lines = [
@@ -279,11 +315,11 @@ def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str
     sections = grouped(cells)
     for section, title in TITLES.items():
         if section in sections:
-            lines += ratio_table(title, sections[section])
+            lines += ratio_table(title, sections[section], keep)
     for section in sections:
         if section not in TITLES:
-            lines += ratio_table(section, sections[section])
-    lines += fallback_table(sections)
+            lines += ratio_table(section, sections[section], keep)
+    lines += fallback_table(sections, keep)
 
     lat = [r for r in records if r.get("section") == "latency"]
     if lat:
@@ -295,6 +331,10 @@ def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str
         ]
         for r in lat:
             p50r, p99r = r.get("p50_range", [0, 0]), r.get("p99_range", [0, 0])
+            if not _shown(keep, f"latency|{r['subject']}|p50 µs", f"latency|{r['subject']}|p99 µs"):
+                lines.append(f"| {r['subject']} | {r['rate']:g} | {r['messages']} | "
+                             f"{NOT_REPRODUCED} | {NOT_REPRODUCED} | - |")  # fmt: skip
+                continue
             lines.append(
                 f"| {r['subject']} | {r['rate']:g} | {r['messages']} | "
                 f"{r['p50_us']:.0f} [{p50r[0]:.0f}\u2013{p50r[1]:.0f}] | "
@@ -306,6 +346,9 @@ def build(cells: list[Cell], records: list[dict[str, Any]], scale: float) -> str
         lengths = sorted({int(r["messages"]) for r in mem})
         by: dict[str, dict[int, str]] = defaultdict(dict)
         for r in mem:
+            if not _shown(keep, f"memory|{r['subject']}|{r['messages']} msgs|peak MiB"):
+                by[str(r["subject"])][int(r["messages"])] = NOT_REPRODUCED
+                continue
             by[str(r["subject"])][int(r["messages"])] = (
                 f"{r['base_mib'] + r['peak_growth_mib']:.1f} (+{r['peak_growth_mib']:.1f})"
             )
