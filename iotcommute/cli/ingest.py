@@ -14,11 +14,12 @@ far into a last file before exiting.
 With --group NAME, ingest is a consumer-group member (a server on a shared log: serve
 --log nats://...): the group's server keeps the resume point, and the member commits a
 partition's position to it only once the rows up to it are in a renamed, fsynced file.
-Rows of a partition the member loses in a rebalance are taken back from its buffer, so
-their next owner writes them once. Members may share DIR: each takes a free file prefix
-NAME.0, NAME.1, ... (a restarted member the lowest free one). A record is written twice
-only if its partition moves to another member (death or rebalance) between a file's rename
-and the server's answer to the commit sent right after it."""
+Rows of a partition the member loses in a rebalance are taken back from its buffer, and
+its release commits what is in files, so the next owner writes every row once. Members
+may share DIR: each takes a free file prefix NAME.0, NAME.1, ... (a restarted member the
+lowest free one). A record is written twice
+only if its member dies between a file's rename and the server's answer to the commit sent
+right after it."""
 
 from __future__ import annotations
 
@@ -94,8 +95,10 @@ class _Ingest:
         self.quiet = quiet
         self.group = group
         self.ws: Any = None
-        #: (group) per partition, the highest position handed to the sink
+        #: (group) per partition, the highest position handed to the sink, and the highest
+        #: one in a committed (renamed, fsynced) file
         self.written: dict[int, int] = {}
+        self.filed: dict[int, int] = {}
         self.connected_once = False
         self.last_error: BaseException | None = None
         self.final: BaseException | None = None
@@ -132,8 +135,9 @@ class _Ingest:
 
     def _commit_if_filed(self) -> None:
         if self.group is not None and self.ws is not None and not self.sink.pending:
-            if self.written:
-                self.ws.commit(dict(self.written))
+            if self.written and self.written != self.filed:
+                self.filed = dict(self.written)
+                self.ws.commit(self.filed)
 
     def poll(self) -> None:
         if self.final is None:
@@ -154,12 +158,18 @@ class _Ingest:
             say("ingest", f"group {self.group}: assigned partitions {_ints(partitions)}")
 
     def on_revoke(self, partitions: list[int], ws: Any) -> None:
-        """Rows of lost partitions not yet in a file go: their next owner writes them."""
+        """Rows of lost partitions not yet in a file go, and what is in files is committed
+        with the release (the library sends it after this returns): their next owner
+        starts right after the files."""
         gone = set(partitions)
         with self.lock:
             dropped = self.sink.discard(lambda device: ws.partition(device) in gone)
+            last = {p: self.filed[p] for p in gone if p in self.filed}
+            if last:
+                ws.commit(last)
             for p in gone:
                 self.written.pop(p, None)
+                self.filed.pop(p, None)
         if not self.quiet:
             more = f" ({dropped} buffered ticks left to their next owner)" if dropped else ""
             say("ingest", f"group {self.group}: revoked partitions {_ints(partitions)}{more}")

@@ -108,8 +108,10 @@ class ClientBase(Owner):
     share the log's partitions; each partition is owned by one member at a time. The
     library commits, per partition, what the callbacks returned for (or, with `async for`,
     each tick once the next one is asked for), every 100 ticks or once a second, and
-    before a graceful close. At-least-once: a record is delivered again (to the next owner)
-    only if it came after the last commit of a member that lost its partition.
+    before a graceful close; a partition revoked by a rebalance is handed back with one last
+    commit after on_revoke returns (group_commit="manual": what ws.commit() said, which
+    on_revoke may still call). At-least-once: a record is delivered again (to the next
+    owner) only if it came after the last commit of a member that died.
 
     Parameters (all but the first three are keywords):
 

@@ -54,6 +54,8 @@ class GroupState:
         self.member: str | None = None  # the member id the server drew (per connection)
         self.of = 0  # the number of partitions of the log
         self.owned: dict[int, _Part] = {}
+        #: partitions revoked by the server and not yet released with a last commit
+        self.releasing: dict[int, _Part] = {}
         self.sub_id: int | None = None  # the id of this connection's group subscribe
         self._of_device: dict[Any, int] = {}
         self._tenures = 0
@@ -111,7 +113,7 @@ class GroupState:
         position ({partition: position}); capped at what this tenure delivered, so a
         position stored in an earlier tenure never covers ticks not yet delivered again."""
         for p, pos in dict(positions).items():
-            st = self.owned.get(p) if type(p) is int else None
+            st = (self.owned.get(p) or self.releasing.get(p)) if type(p) is int else None
             if st is None or type(pos) is not int:
                 continue
             pos = min(pos, st.delivered)
@@ -139,17 +141,36 @@ class GroupState:
         return sorted(got)
 
     def revoke(self, parts: Any) -> list[int]:
-        """Drop the state of revoked partitions; returns those that were owned (sorted)."""
+        """Revoked partitions stop taking ticks; their state waits in `releasing` for the
+        last commit (`release_message`). Returns those that were owned (sorted)."""
         gone = sorted({p for p in parts or () if type(p) is int and p in self.owned})
         for p in gone:
-            del self.owned[p]
+            self.releasing[p] = self.owned.pop(p)
         return gone
+
+    def release_message(self) -> dict[str, Any] | None:
+        """The ``commit`` with ``"release": true`` that hands the revoked partitions back:
+        what was finished of each (its last position, even if unchanged), after which the
+        server gives them to their next owner at once (protocol.md section 14.3). It is
+        not the commit in flight: its answer changes nothing here."""
+        if not self.releasing or not self.member:
+            self.releasing.clear()
+            return None
+        parts = [
+            {"partition": p, "position": max(st.done, st.committed)}
+            for p, st in sorted(self.releasing.items())
+        ]
+        self.releasing.clear()
+        self._commit_seq += 1
+        return {"type": "commit", "id": f"commit-{self._commit_seq}", "partitions": parts,
+                "release": True}  # fmt: skip
 
     def lost(self) -> list[int]:
         """The connection ended: the server released our partitions (and forgot our
         member id), so everything is dropped; returns what was owned."""
         gone = sorted(self.owned)
         self.owned.clear()
+        self.releasing.clear()
         self.member = None
         self.sub_id = None
         self.inflight = None

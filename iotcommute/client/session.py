@@ -1206,8 +1206,19 @@ class Session:
             self.callback("on_assign", getattr(self.owner, "on_assign", None), parts)
 
     def _h_revoke(self, msg: dict[str, Any]) -> None:
-        if self.group is not None:
-            self._group_dropped(self.group.revoke(msg.get("partitions")))
+        """Revoked partitions: no more of their ticks; the callbacks of the ticks before
+        this message returned, so they count as finished (unless an iterator or the user
+        commits); on_revoke may still commit them by hand; then one last commit releases
+        them, so their next owner starts right after what this member finished."""
+        g = self.group
+        if g is None:
+            return
+        if not self.hold_commit:
+            g.all_done()
+        self._group_dropped(g.revoke(msg.get("partitions")))
+        release = g.release_message()
+        if release is not None and self._open:
+            self._out.append((OP_TEXT, payload.dumps(release)))
 
     def _h_committed(self, msg: dict[str, Any]) -> None:
         g = self.group

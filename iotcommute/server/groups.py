@@ -66,6 +66,9 @@ class Member:
         self.group = group
         self.id = f"{coord.nonce}-{next(coord.counter)}"
         self.owned: dict[int, int] = {}
+        #: revoked partitions awaiting the member's releasing commit: p -> (deadline, the
+        #: last position sent); the lease stays the member's until then
+        self.releasing: dict[int, tuple[float, int]] = {}
         self.cursor = 0
         self.binary = False
         parts = coord.partitions
@@ -90,12 +93,16 @@ class Member:
         )
         self.kick()
 
-    def revoke(self, parts: Collection[int]) -> None:
+    def revoke(self, parts: Collection[int], release_by: float | None = None) -> None:
+        """Stop streaming these partitions and say so. With `release_by` (a rebalance, the
+        member alive) the lease is kept until the member's releasing commit or that time."""
         gone = sorted(p for p in parts if p in self.owned)
         if not gone:
             return
         for p in gone:
-            del self.owned[p]
+            sent = self.owned.pop(p)
+            if release_by is not None:
+                self.releasing[p] = (release_by, sent)
         self.conn.send_json({"type": "revoke", "group": self.group, "partitions": gone})
 
     def kick(self) -> None:
@@ -202,6 +209,8 @@ class GroupCoordinator:
         self.partitions = partitions
         self.session_timeout = session_timeout
         self.interval = session_timeout / 4
+        #: how long a rebalance waits for a revoked member's releasing commit
+        self.release_timeout = min(2.0, session_timeout / 4)
         self.bucket = f"{store.name}-groups"
         self.nonce = secrets.token_hex(4)
         self.counter = iter(range(1, 1 << 62))
@@ -399,11 +408,17 @@ class GroupCoordinator:
             for m in local.values():
                 if p in m.owned and owner != m.id:
                     m.revoke([p])
+                if owner != m.id:
+                    m.releasing.pop(p, None)
             if owner in local:
                 m = local[owner]
-                if want != owner:
-                    m.revoke([p])
-                    await self._cas(key, {**val, "owner": None, "expires": 0}, rev)
+                if p in m.releasing:
+                    # revoked, waiting for the member's releasing commit (or the time)
+                    if m.releasing[p][0] <= now:
+                        del m.releasing[p]
+                        await self._cas(key, {**val, "owner": None, "expires": 0}, rev)
+                elif want != owner:
+                    m.revoke([p], release_by=now + self.release_timeout)
                 elif float(val.get("expires", 0)) - now < self.session_timeout / 2:
                     new = {**val, "expires": now + self.session_timeout}
                     if await self._cas(key, new, rev) is None:
@@ -426,22 +441,31 @@ class GroupCoordinator:
 
     # -- commits -----------------------------------------------------------------------------
     async def commit(
-        self, m: Member, parts: list[tuple[int, int]]
+        self, m: Member, parts: list[tuple[int, int]], release: bool = False
     ) -> tuple[list[tuple[int, int]], list[int]]:
-        """Advance the group's positions for partitions `m` owns; (accepted, refused)."""
+        """Advance the group's positions for partitions `m` owns (or was revoked and has
+        not released yet); with `release`, hand the revoked ones back in the same write.
+        Returns (accepted, refused)."""
         async with self._lock:  # one writer per process: no CAS races with renewals
-            return await self._commit(m, parts)
+            out = await self._commit(m, parts, release)
+        if release:
+            await self.rebalance()  # their next owner starts now
+        return out
 
     async def _commit(
-        self, m: Member, parts: list[tuple[int, int]]
+        self, m: Member, parts: list[tuple[int, int]], release: bool
     ) -> tuple[list[tuple[int, int]], list[int]]:
         accepted: list[tuple[int, int]] = []
         refused: list[int] = []
         for p, pos in parts:
-            if p not in m.owned:
+            if p in m.owned:
+                sent, freeing = m.owned[p], False
+            elif p in m.releasing:
+                sent, freeing = m.releasing[p][1], release
+            else:
                 refused.append(p)
                 continue
-            pos = min(pos, max(m.cursor, m.owned[p]))  # never beyond what it was sent
+            pos = min(pos, max(m.cursor, sent))  # never beyond what it was sent
             key = f"p.{m.group}.{p}"
             ok = False
             for _ in range(2):
@@ -450,12 +474,17 @@ class GroupCoordinator:
                     break
                 val, rev = cur
                 new = {**val, "position": max(int(val.get("position", 0)), pos)}
+                if freeing:
+                    new.update(owner=None, expires=0)
                 if await self._cas(key, new, rev) is not None:
                     ok = True
                     accepted.append((p, int(new["position"])))
+                    if freeing:
+                        m.releasing.pop(p, None)
                     break
             if not ok:
                 refused.append(p)
+                m.releasing.pop(p, None)
                 m.revoke([p])
         return accepted, refused
 
@@ -548,9 +577,11 @@ def handle_commit(conn: ServerConnection, msg: dict[str, Any]) -> None:
         )
         return
 
+    release = msg.get("release") is True
+
     async def run() -> None:
         try:
-            accepted, refused = await coord.commit(m, pairs)
+            accepted, refused = await coord.commit(m, pairs, release)
         except Exception as exc:
             logger.info("commit failed: %s", exc)
             conn.send_error("unavailable", "the group store is unavailable; retry later", msg_id)

@@ -139,8 +139,10 @@ def test_revoke_drops_the_partition_and_its_later_ticks() -> None:
     s.receive([tick(1, dev(0)), tick(2, dev(1)), revoke(1), tick(3, dev(1)), tick(4, dev(0))])
     assert [t["position"] for t in rec.ticks] == [1, 2, 4]
     assert rec.events[-1] == ("revoke", [1])
-    (c,) = commits(s)
-    assert c["partitions"] == [{"partition": 0, "position": 4}]  # nothing for partition 1
+    rel, c = commits(s)
+    # the revoked partition is handed back with what its callbacks finished (release)
+    assert rel["release"] is True and rel["partitions"] == [{"partition": 1, "position": 2}]
+    assert c["partitions"] == [{"partition": 0, "position": 4}] and "release" not in c
     # assigned again from its committed position: its ticks are delivered again (the
     # documented duplicates after a member's last commit)
     s.receive([committed(c), assign({1: 0}), tick(2, dev(1))])
@@ -158,7 +160,8 @@ def test_refused_and_failed_commits() -> None:
     assert s.stats()["group"]["commits_refused"] == 1
     assert s.stats()["group"]["partitions"] == {0: 1}
     s.receive([tick(3, dev(0))])
-    (c2,) = commits(s)
+    rel, c2 = commits(s)
+    assert rel["release"] is True and rel["partitions"] == [{"partition": 1, "position": 2}]
     err = msg(type="error", code="unavailable", message="the group store is unavailable",
               id=c2["id"])  # fmt: skip
     s.receive([err])
@@ -202,7 +205,9 @@ def test_iterator_commits_what_the_user_finished() -> None:
     s.receive([committed(c), revoke(1)])
     assert dropped == [[1]] and [t["position"] for t in queue] == [3]
     s.group_took(queue.pop(0))
-    (c2,) = commits(s)
+    rel, c2 = commits(s)
+    # nothing of partition 1 was taken: it is released at the group's position
+    assert rel["release"] is True and rel["partitions"] == [{"partition": 1, "position": 0}]
     assert c2["partitions"] == [{"partition": 0, "position": 3}]
 
 
@@ -261,7 +266,23 @@ def test_manual_commits_follow_only_what_the_user_says_was_stored() -> None:
     # a position beyond what this tenure delivered is capped at it
     s.receive([committed(c2), revoke(1), assign({1: 7}), tick(9, dev(1))])
     s.group_done({1: 500})
-    (c3,) = [m for m in sent(s) if m["type"] == "commit"]
+    rel, c3 = [m for m in sent(s) if m["type"] == "commit"]
+    assert rel["release"] is True and rel["partitions"] == [{"partition": 1, "position": 7}]
     assert c3["partitions"] == [{"partition": 1, "position": 9}]
     g.took(dev(0), 30)  # an iterator's step does not commit in manual mode either
     assert g.owned[0].done == 20
+
+
+def test_a_revoked_partition_is_released_with_what_on_revoke_stored() -> None:
+    """Manual commits: on_revoke may still commit the revoked partitions (a sink rolled
+    them into a file); the release carries that, capped at what was delivered."""
+    s: Session
+    rec = GroupRecorder("on_tick")
+    rec.on_revoke = lambda ps, w: s.group_done({p: 6 for p in ps})
+    s = Session(rec, group="g", group_manual=True)
+    join(s, {0: 0, 1: 0})
+    s.receive([tick(p, dev(1)) for p in range(1, 6)] + [tick(6, dev(0)), revoke(1)])
+    (rel,) = [m for m in sent(s) if m.get("release")]
+    assert rel["partitions"] == [{"partition": 1, "position": 5}]  # 6 was never delivered
+    g = s.group
+    assert g is not None and not g.releasing and list(g.owned) == [0]

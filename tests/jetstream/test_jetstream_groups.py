@@ -208,3 +208,57 @@ def test_binary_group_member(nats_server: NatsServer) -> None:
         asyncio.run(asyncio.wait_for(main(), 40))
     finally:
         srv.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_rebalance_waits_for_the_releasing_commit(servers: list[ServerProc]) -> None:
+    """A member that gets a rebalance's revoke hands the partitions back with a commit
+    marked "release": the next owner starts exactly after it (no duplicates), although the
+    member had committed nothing before. Protocol-level members (raw websockets)."""
+    a, b = servers
+
+    async def main() -> None:
+        devs = [await connect(a.ws_url, device_headers(i + 1)) for i in range(8)]
+        for i, (ws, _) in enumerate(devs):
+            await publish_all(ws, f"d{i}", 5)
+        hdr = device_headers(22, role="client")
+        m1, _ = await connect(a.ws_url, hdr)
+        await m1.send(json.dumps({"type": "subscribe", "id": 1, "group": "rel"}))
+        await recv_type(m1, "subscribed")
+        last: dict[int, int] = {}
+        owned: set[int] = set()
+        revoked: list[int] = []
+        m2: Any = None
+        while len(revoked) < 2:  # one revoke message per partition here
+            m = await recv_json(m1)
+            if m["type"] == "assign":
+                owned |= {x["partition"] for x in m["partitions"]}
+            elif m["type"] == "tick":
+                last[partition(m["device"], 4)] = m["position"]
+                if sum(1 for _ in last) == 4 and m2 is None and len(owned) == 4:
+                    m2, _ = await connect(b.ws_url, hdr)  # joins: a rebalance follows
+                    await m2.send(json.dumps({"type": "subscribe", "id": 1, "group": "rel"}))
+            elif m["type"] == "revoke":
+                revoked += m["partitions"]
+        assert m2 is not None
+        release = [{"partition": p, "position": last.get(p, 0)} for p in revoked]
+        await m1.send(json.dumps({"type": "commit", "id": 7, "partitions": release,
+                                  "release": True}))  # fmt: skip
+        ans = await recv_type(m1, "committed")
+        assert ans["partitions"] == release and ans["refused"] == []
+        got: dict[int, int] = {}
+        while len(got) < 2:
+            m = await recv_json(m2)
+            if m["type"] == "assign":
+                got.update({x["partition"]: x["position"] for x in m["partitions"]})
+            elif m["type"] == "tick":
+                p = partition(m["device"], 4)
+                assert m["position"] > got[p]  # nothing m1 released is delivered again
+        assert got == {p: last.get(p, 0) for p in revoked}
+        # the partitions are m2's now: a commit of them from m1 is refused
+        await m1.send(json.dumps({"type": "commit", "id": 8, "partitions": release}))
+        assert (await recv_type(m1, "committed"))["refused"] == revoked
+        for ws in (m1, m2, *(w for w, _ in devs)):
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
