@@ -69,6 +69,33 @@ def test_first_connect_to_a_404_fails_with_the_status() -> None:
         srv.close()
 
 
+def test_a_404_after_the_first_connection_is_retried_not_fatal() -> None:
+    """Once connected, a 404 (a proxy misrouting for a while) is retried like a refused
+    connection, past the first-connect bound, each one reported; the stream resumes when
+    the path answers again (protocol.md section 2: 404 is not fatal)."""
+    srv = MiniServer()
+    errors: list[BaseException] = []
+    connects: list[int] = []
+    try:
+        ws = WebSocket(KEY, DEV, url=srv.url, max_reconnect_delay=0.05)
+        ws.on_error = lambda e, w: errors.append(e)
+        ws.on_connect = lambda w: connects.append(1)
+        ws.connect(threaded=True)
+        wait_for(lambda: len(connects) == 1, what="the first connection")
+        srv.answer_404 = True
+        before = srv.handshakes
+        srv.cut_all()
+        wait_for(lambda: srv.handshakes - before >= 6, what="retries past the first-connect bound")
+        assert ws.join(0.01) is False  # still trying
+        assert any(isinstance(e, InvalidStatus) and e.status == 404 for e in errors)
+        srv.answer_404 = False
+        wait_for(lambda: len(connects) == 2, what="the stream back once the path answers")
+        ws.stop()
+        assert ws.join(10) and ws.error is None
+    finally:
+        srv.close()
+
+
 def test_first_connect_retries_none_waits_for_the_server() -> None:
     port = free_port()
     retries: list[int] = []

@@ -87,6 +87,7 @@ class MiniServer:
         self.first_position = 1 + trim_below
         self.handshakes = 0
         self.rejected = 0
+        self.answer_404 = False  # a misrouting proxy: every upgrade answered 404
         self.port = free_port()
         self.lt = LoopThread()
         self._server: Any = None
@@ -169,7 +170,7 @@ class MiniServer:
     def _check(self, conn: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
         h = request.headers
-        if request.path != "/v1/stream":
+        if request.path != "/v1/stream" or self.answer_404:
             return conn.respond(404, "no such endpoint\n")
         if self.devices.get(h.get("X-Device-Id", "")) != h.get("X-Device-Key"):
             self.rejected += 1
