@@ -103,9 +103,10 @@ def test_ingest_group_sigkilled_member_loses_nothing(nats_server: NatsServer,
         sim.start()
         srv.start()
         a = member(srv.ws_url, out, errlog)
+        procs.append(a)  # killed in `finally` whatever fails below
         wait_for(lambda: files(out, "g.0-"), "the first member wrote no file", errlog)
         b = member(srv.ws_url, out, errlog)
-        procs += [a, b]
+        procs.append(b)
         wait_for(lambda: files(out, "g.1-"), "the second member wrote no file", errlog)
         n = len(files(out, "g.0-")) + rng.randint(1, 3)
         wait_for(lambda: len(files(out, "g.0-")) >= n, "the first member stopped writing", errlog)
