@@ -17,13 +17,17 @@ partition's position to it only once the rows up to it are in a renamed, fsynced
 Rows of a partition the member loses in a rebalance are taken back from its buffer, and
 its release commits what is in files, so the next owner writes every row once. Members
 may share DIR: each takes a free file prefix NAME.0, NAME.1, ... (a restarted member the
-lowest free one). A record is written twice
-only if its member dies between a file's rename and the server's answer to the commit sent
-right after it."""
+lowest free one). Each file says in its metadata how far each partition is filed, and a
+member taking over a partition skips the rows the directory already holds: members sharing
+DIR write every record once. With a directory per member, a
+record is written twice only if its member dies between a file's rename and the server's
+answer to the commit sent right after it."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
@@ -99,6 +103,10 @@ class _Ingest:
         #: one in a committed (renamed, fsynced) file
         self.written: dict[int, int] = {}
         self.filed: dict[int, int] = {}
+        #: (group) per assigned partition, the highest position already in the directory's
+        #: files (a member that died before its commit was answered): rows up to it skipped
+        self.skip: dict[int, int] = {}
+        self._seen_files: dict[str, dict[int, int]] = {}  # file name -> its group_filed
         self.connected_once = False
         self.last_error: BaseException | None = None
         self.final: BaseException | None = None
@@ -109,9 +117,11 @@ class _Ingest:
     def on_batch(self, batch: Any, ws: Any) -> None:
         try:
             with self.lock:
+                if self.group is not None:
+                    batch = self._note(batch, ws)  # before the write: a roll in it says so
                 self.sink.write(batch)
                 if self.group is not None:
-                    self._wrote(batch, ws)
+                    self._commit_if_filed()
         except Exception as exc:
             # the batch is not in a file: stop before the position moves past it (the
             # files stay the checkpoint, so a restart resumes right here)
@@ -120,18 +130,62 @@ class _Ingest:
             raise
         self.ticks += len(batch)
 
-    def _wrote(self, batch: Any, ws: Any) -> None:
-        """(group) Note each partition's last position in the batch; once the sink holds
-        nothing uncommitted, everything noted is in files: commit it to the group."""
+    def _note(self, batch: Any, ws: Any) -> Any:
+        """(group) Note each partition's last position in the batch, and drop the rows a
+        dead member's files already hold (`skip`); returns the rows to write."""
         import numpy as np
 
         parts = np.array([ws.partition(d) for d in batch.devices], dtype=np.int64)[batch.codes]
         pos = batch.column("position")
+        keep = None
         for p in np.unique(parts).tolist():
-            last = int(pos[parts == p][-1])  # a partition's positions increase in a batch
+            mine = parts == p
+            last = int(pos[mine][-1])  # a partition's positions increase in a batch
             if last > self.written.get(p, 0):
                 self.written[p] = last
-        self._commit_if_filed()
+            floor = self.skip.get(p)
+            if floor is not None:
+                if keep is None:
+                    keep = np.ones(len(batch), dtype=bool)
+                keep &= ~(mine & (pos <= floor))
+                if last > floor:
+                    del self.skip[p]
+        return batch if keep is None else batch.filter(keep)
+
+    def file_metadata(self) -> dict[str, str]:
+        """(group) Parquet metadata of each file: per partition, the highest position this
+        member's files hold (every row of it up to there is in a file of the directory)."""
+        filed = json.dumps({str(p): v for p, v in self.written.items()})
+        log = getattr(self.ws, "log_id", None) or ""
+        return {"iotcommute.group_filed": filed, "iotcommute.log": log}
+
+    def _filed_in_directory(self, log: str | None) -> dict[int, int]:
+        """(group) Per partition, the highest `group_filed` position of the group's files in
+        the directory written from the same log (each file's metadata read once)."""
+        import pyarrow.parquet as pq
+
+        base = self.sink.prefix.rsplit(".", 1)[0] + "."
+        best: dict[int, int] = {}
+        for entry in os.scandir(self.sink.directory):
+            name = entry.name
+            if not (name.startswith(base) and name.endswith(".parquet")):
+                continue
+            filed = self._seen_files.get(name)
+            if filed is None:
+                try:
+                    meta = pq.read_metadata(entry.path).metadata or {}
+                    raw = json.loads(meta.get(b"iotcommute.group_filed", b"{}"))
+                    filed = {int(k): int(v) for k, v in raw.items()}
+                    if not log or meta.get(b"iotcommute.log", b"").decode() != log:
+                        filed = {}  # another log's positions (or unknown): not these
+                except Exception as exc:  # not ours, or unreadable: it cannot vouch
+                    say("ingest", f"skipping {name} when reading positions: {describe(exc)}")
+                    filed = {}
+                self._seen_files[name] = filed
+            for p, v in filed.items():
+                if v > best.get(p, 0):
+                    best[p] = v
+        return best
 
     def _commit_if_filed(self) -> None:
         if self.group is not None and self.ws is not None and not self.sink.pending:
@@ -154,6 +208,13 @@ class _Ingest:
                 self._commit_if_filed()
 
     def on_assign(self, partitions: list[int], ws: Any) -> None:
+        """A partition's rows already in the directory's files (its last owner died after a
+        rename, before the commit was answered) are skipped, not written again."""
+        with self.lock:
+            filed = self._filed_in_directory(getattr(ws, "log_id", None))
+            for p in partitions:
+                if filed.get(p, 0) > 0:
+                    self.skip[p] = filed[p]
         if not self.quiet:
             say("ingest", f"group {self.group}: assigned partitions {_ints(partitions)}")
 
@@ -170,6 +231,7 @@ class _Ingest:
             for p in gone:
                 self.written.pop(p, None)
                 self.filed.pop(p, None)
+                self.skip.pop(p, None)
         if not self.quiet:
             more = f" ({dropped} buffered ticks left to their next owner)" if dropped else ""
             say("ingest", f"group {self.group}: revoked partitions {_ints(partitions)}{more}")
@@ -212,7 +274,7 @@ class _Ingest:
             say("ingest", f"gap: {gap.get('missed')} ticks after position {gap.get('from')} lost")
 
 
-def _open_sink(args: argparse.Namespace, ParquetSink: Any) -> Any:
+def _open_sink(args: argparse.Namespace, ParquetSink: Any, file_metadata: Any = None) -> Any:
     """The run's ParquetSink; a group member takes the first free prefix NAME.0, NAME.1,
     ... in DIR (each prefix is held by one sink at a time: an advisory lock)."""
     from ..exceptions import IotCommuteError
@@ -227,7 +289,13 @@ def _open_sink(args: argparse.Namespace, ParquetSink: Any) -> Any:
     base = args.group.replace("-", "_")
     for slot in range(1024):
         try:
-            return ParquetSink(args.dir, prefix=f"{base}.{slot}", ordered=False, **kw)
+            return ParquetSink(
+                args.dir,
+                prefix=f"{base}.{slot}",
+                ordered=False,
+                file_metadata=file_metadata,
+                **kw,
+            )
         except IotCommuteError:  # that prefix is another member's
             continue
     raise IotCommuteError(f"1024 members of group {args.group} already write into {args.dir}")
@@ -250,16 +318,16 @@ def run(args: argparse.Namespace) -> int:
         from ..sink.parquet import ParquetSink
     except ImportError as exc:  # pyarrow missing
         raise UsageError(f"ingest needs pyarrow: pip install 'iotcommute[arrow]' ({exc})") from None
+    ing = _Ingest(None, verbosity(args) < 0, args.group)
+    ing.wait = bool(args.wait)
     try:
-        sink = _open_sink(args, ParquetSink)
+        sink = ing.sink = _open_sink(args, ParquetSink, ing.file_metadata)
     except OSError as exc:
         say("ingest", f"cannot use {args.dir}: {exc.strerror or exc}")
         return EXIT_ERROR
     except Exception as exc:
         say("ingest", describe(exc))
         return exit_code(exc)
-    ing = _Ingest(sink, verbosity(args) < 0, args.group)
-    ing.wait = bool(args.wait)
     try:
         if args.group is None:
             ws = WebSocket(

@@ -238,6 +238,12 @@ class ClientBase(Owner):
         return self._session.position
 
     @property
+    def log_id(self) -> str | None:
+        """The identity of the server's log (``welcome.log``), None before the first
+        welcome: positions of one log mean nothing in another."""
+        return self._session.log_id
+
+    @property
     def subscription(self) -> str | list[str] | None:
         """What the client follows, as last asked ("*", device ids, or None)."""
         return self._session.subscription.public()

@@ -77,6 +77,7 @@ class ParquetSink(Sink):
         fsync: bool = True,
         all_statistics: bool = False,
         ordered: bool = True,
+        file_metadata: Callable[[], dict[str, str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pa = _require("pyarrow", "arrow")
@@ -94,6 +95,8 @@ class ParquetSink(Sink):
         self._fsync = fsync
         self.all_statistics = all_statistics
         self.ordered = ordered
+        #: called at each roll: more Parquet key-value metadata for the file
+        self.file_metadata = file_metadata
         self._clock = clock
         self._pending: list[TickBatch] = []
         self._pending_bytes = 0
@@ -244,6 +247,8 @@ class ParquetSink(Sink):
                 b"iotcommute.sink": b"parquet/1",
             }
         )
+        if self.file_metadata is not None:
+            meta.update({k.encode(): v.encode() for k, v in self.file_metadata().items()})
         table = table.replace_schema_metadata(meta)
         try:
             self._pq.write_table(
