@@ -1001,18 +1001,19 @@ class Session:
 
     def _filter_batch(self, batch: Any) -> Any:
         """Slow path: each row through the duplicate filter; a suffix of survivors stays a
-        view, any other selection is re-packed into a new batch of the same types."""
-        ticks = batch.to_dicts()
-        keep = [self._fresh(t["device"], t["position"]) for t in ticks]
-        k = keep.count(True)
+        view, any other selection is a copy of the kept rows (`TickBatch.filter`)."""
+        devices = batch.devices
+        positions = batch.column("position").tolist()
+        fresh = self._fresh
+        keep = [fresh(devices[c], p) for c, p in zip(batch.codes.tolist(), positions)]
+        n, k = len(keep), keep.count(True)
         if not k:
             return None
-        if k == len(ticks):
+        if k == n:
             return batch
-        if all(keep[len(ticks) - k :]):
-            return batch.slice_after(ticks[len(ticks) - k - 1]["position"])
-        fresh = [t for t, ok in zip(ticks, keep) if ok]
-        return _columnar().TickBatch.from_ticks(fresh, types=batch.types)
+        if all(keep[n - k :]):
+            return batch.slice_after(positions[n - k - 1])
+        return batch.filter(keep)
 
     def flush_json_run(self, run: list[dict[str, Any]]) -> None:
         """Fresh tick dicts, in order, to the batch consumers: runs of one data shape as

@@ -100,6 +100,7 @@ class ParquetSink(Sink):
         self._clock = clock
         self._pending: list[TickBatch] = []
         self._pending_bytes = 0
+        self._pending_rows = 0
         self._since: float | None = None
         self._closed = False
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -162,6 +163,7 @@ class ParquetSink(Sink):
                     return
         self._pending.append(batch)
         self._pending_bytes += batch.nbytes
+        self._pending_rows += len(batch)
         last = batch.last_position
         if high is None or (last is not None and last > high):
             self._high = last
@@ -174,7 +176,7 @@ class ParquetSink(Sink):
     @property
     def pending(self) -> int:
         """Rows accepted and not yet committed into a file."""
-        return sum(len(b) for b in self._pending)
+        return self._pending_rows
 
     def discard(self, which: Callable[[str], bool]) -> int:
         """Drop the buffered (uncommitted) rows of the devices `which(device)` is true for;
@@ -191,6 +193,7 @@ class ParquetSink(Sink):
                 kept.append(b)
         self._pending = kept
         self._pending_bytes = sum(b.nbytes for b in kept)
+        self._pending_rows -= dropped
         if not kept:
             self._since = None
         return dropped
@@ -214,6 +217,7 @@ class ParquetSink(Sink):
         self._write_file(table, first, last)
         self._pending = []
         self._pending_bytes = 0
+        self._pending_rows = 0
         self._since = None
         if self._committed is None or last > self._committed:
             self._committed = last
