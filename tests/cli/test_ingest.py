@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from iotcommute.server.registry import README_DEVICE_ID, README_DEVICE_KEY
+from tests.cli.ingestkit import stop
 
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (iotcommute[arrow])")
 
@@ -56,16 +57,6 @@ def positions(d: Path) -> list[int]:
         assert int(meta[b"iotcommute.last_position"]) == pos[-1]
         out += pos
     return out
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-        raise
 
 
 def test_ingest_sigkilled_writes_every_position_exactly_once(tmp_path: Path) -> None:

@@ -463,9 +463,8 @@ class WsDevice:
 
 
 def wait_online(server: Any, device: str) -> None:
-    deadline = time.monotonic() + 5
+    """Until the device is online (the module's pytest timeout bounds the wait)."""
     while not server.call(server.hub.online, device):
-        assert time.monotonic() < deadline, "device never came online"
         time.sleep(0.01)
 
 
@@ -551,9 +550,7 @@ def test_a_stream_closed_1008_by_logout_ends_without_reconnecting(server: Any) -
     ws.on_error = lambda e, w: errors.append(e)
     ws.connect(threaded=True)
     try:
-        deadline = time.monotonic() + 10
-        while not opened:
-            assert time.monotonic() < deadline, "the token stream did not open"
+        while not opened:  # the token stream opens (bounded by the module's pytest timeout)
             time.sleep(0.02)
         c.invalidate_session()
         assert ws.join(10), "the client went on after a 1008"
