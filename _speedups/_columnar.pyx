@@ -19,6 +19,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.mem cimport PyMem_Calloc
 from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.string cimport memcmp, memcpy
 
 import os
@@ -68,16 +69,50 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* Seeded 64-bit hash of an id's bytes (only an index: equality is checked on bytes). */
-    static inline uint64_t icc_hash(const unsigned char *p, Py_ssize_t n, uint64_t seed) {
-        uint64_t h = seed ^ (uint64_t)n;
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
-        h ^= h >> 29; h *= 0xbf58476d1ce4e5b9ULL; h ^= h >> 32;
+    /* An id's first 16 bytes as two zero-padded words, and a seeded 64-bit hash of all of
+       it (only an index: equality is checked on the bytes). `avail` is how many bytes may
+       be read from p (at least len). Word loads, not a byte loop: ids are short and every
+       id of a new table is hashed. */
+    static inline void icc_words(const unsigned char *p, Py_ssize_t len, Py_ssize_t avail,
+                                 uint64_t *w0, uint64_t *w1) {
+        uint64_t a = 0, b = 0;
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (avail >= 16) {
+            memcpy(&a, p, 8);
+            memcpy(&b, p + 8, 8);
+            if (len < 8) { a &= (((uint64_t)1) << (8 * len)) - 1; b = 0; }
+            else if (len == 8) { b = 0; }
+            else if (len < 16) { b &= (((uint64_t)1) << (8 * (len - 8))) - 1; }
+            *w0 = a; *w1 = b;
+            return;
+        }
+    #endif
+        {
+            unsigned char tmp[16] = {0};
+            memcpy(tmp, p, len < 16 ? (size_t)len : 16);
+            memcpy(&a, tmp, 8);
+            memcpy(&b, tmp + 8, 8);
+        }
+        *w0 = a; *w1 = b;
+    }
+    static inline uint64_t icc_mix(uint64_t h) {
+        h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+        h ^= h >> 33;
         return h;
     }
+    static inline uint64_t icc_hash(const unsigned char *p, Py_ssize_t len, uint64_t w0,
+                                    uint64_t w1, uint64_t seed) {
+        uint64_t h = icc_mix(w0 ^ seed) ^ icc_mix(w1 + seed + (uint64_t)len);
+        Py_ssize_t i;
+        for (i = 16; i < len; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
+        return icc_mix(h);
+    }
     """
-    uint64_t icc_hash(const unsigned char* p, Py_ssize_t n, uint64_t seed) nogil
+    void icc_words(const unsigned char* p, Py_ssize_t n, Py_ssize_t avail,
+                   uint64_t* w0, uint64_t* w1) nogil
+    uint64_t icc_hash(const unsigned char* p, Py_ssize_t n, uint64_t w0, uint64_t w1,
+                      uint64_t seed) nogil
 
 
 cdef enum:
@@ -86,15 +121,18 @@ cdef enum:
 
 
 # The intern table: device ids by their UTF-8 bytes. `stamp` is the number of the table that
-# last named the id, which finds a repeated id within one table. Used only by one parse at a
-# time (`_ids_busy`): a parse that starts while another is inside the table (a finalizer or
-# another thread getting the GIL during an allocation) takes the plain path instead.
+# last named the id, which finds a repeated id within one table. An id's first 16 bytes are
+# kept in the slot (w0, w1), so a short id is compared without leaving the table; longer ids
+# also compare the rest against `b`. Used only by one parse at a time (`_ids_busy`): a parse
+# that starts while another is inside the table (a finalizer or another thread getting the
+# GIL during an allocation) takes the plain path instead.
 cdef struct _IdSlot:
     uint64_t h
+    uint64_t w0
+    uint64_t w1
     PyObject* s        # owned str, NULL when empty
-    Py_ssize_t size
-    const char* raw    # the bytes of `b`
-    PyObject* b        # owned bytes object: the id's UTF-8, for the compare
+    PyObject* b        # owned bytes object: the id's UTF-8, for the compare past 16 bytes
+    uint32_t size
     uint32_t stamp
 
 cdef _IdSlot* _ids = <_IdSlot*>PyMem_Calloc(ID_SLOTS, sizeof(_IdSlot))
@@ -119,14 +157,15 @@ cdef void _ids_clear():
     _ids_count = 0
 
 
-cdef Py_ssize_t _read_ids(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
-                          uint32_t n_dev, list out) except -1:
+cdef tuple _read_ids(const unsigned char* p, Py_ssize_t* at, Py_ssize_t n, uint32_t n_dev):
     """The device table through the intern table: the same checks, order and messages as
-    _read_name plus the repeat check, ids shared with earlier tables."""
+    _read_name plus the repeat check, ids shared with earlier tables. Advances at[0]."""
     global _ids_count, _ids_epoch
-    cdef Py_ssize_t i, ln, k
-    cdef uint64_t h
+    cdef Py_ssize_t i, ln, k, off = at[0]
+    cdef uint64_t h, w0, w1
     cdef _IdSlot* slot
+    cdef tuple out = PyTuple_New(n_dev)  # items NULL until set: tupledealloc skips them
+    cdef object s
     if _ids_count + n_dev > ID_FILL:
         _ids_clear()
     _ids_epoch += 1
@@ -142,7 +181,8 @@ cdef Py_ssize_t _read_ids(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
             raise DecodeError(f"device {i} has an empty name")
         if off + ln > n:
             raise DecodeError("tick batch truncated in the device table")
-        h = icc_hash(p + off, ln, _ids_seed)
+        icc_words(p + off, ln, n - off, &w0, &w1)
+        h = icc_hash(p + off, ln, w0, w1, _ids_seed)
         k = <Py_ssize_t>(h & (ID_SLOTS - 1))
         while True:
             slot = &_ids[k]
@@ -156,22 +196,27 @@ cdef Py_ssize_t _read_ids(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
                 Py_INCREF_raw(<PyObject*>raw)
                 slot.s = <PyObject*>s
                 slot.b = <PyObject*>raw
-                slot.raw = PyBytes_AS_STRING(raw)
-                slot.size = ln
+                slot.w0 = w0
+                slot.w1 = w1
+                slot.size = <uint32_t>ln
                 slot.h = h
                 slot.stamp = _ids_epoch
                 _ids_count += 1
-                out.append(s)
                 break
-            if slot.h == h and slot.size == ln and memcmp(slot.raw, p + off, ln) == 0:
+            if (slot.h == h and slot.size == <uint32_t>ln and slot.w0 == w0 and slot.w1 == w1
+                    and (ln <= 16 or memcmp(PyBytes_AS_STRING(<object>slot.b) + 16,
+                                            p + off + 16, ln - 16) == 0)):
                 if slot.stamp == _ids_epoch:
                     raise DecodeError(f"device {i} repeats an earlier device id")
                 slot.stamp = _ids_epoch
-                out.append(<object>slot.s)
+                s = <object>slot.s
                 break
             k = (k + 1) & (ID_SLOTS - 1)
+        Py_INCREF_raw(<PyObject*>s)
+        PyTuple_SET_ITEM(out, i, s)
         off += ln
-    return off
+    at[0] = off
+    return out
 
 
 cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
@@ -241,14 +286,14 @@ def parse_columns(bytes buf not None, make_layout):
         devices = _dev_ids
         off += PyBytes_GET_SIZE(_dev_raw)
     else:
-        ids = []
         if not _ids_busy:
             _ids_busy = True
             try:
-                off = _read_ids(p, off, n, n_dev, ids)
+                devices = _read_ids(p, &off, n, n_dev)
             finally:
                 _ids_busy = False
         else:
+            ids = []
             seen = set()
             for i in range(n_dev):
                 off = _read_name(p, off, n, "device", i, ids)
@@ -256,7 +301,7 @@ def parse_columns(bytes buf not None, make_layout):
                 if s in seen:
                     raise DecodeError(f"device {i} repeats an earlier device id")
                 seen.add(s)
-        devices = tuple(ids)
+            devices = tuple(ids)
         _dev_raw = PyBytes_FromStringAndSize(<const char*>p + C_HEADER, off - C_HEADER)
         _dev_n = n_dev
         _dev_ids = devices

@@ -216,6 +216,59 @@ def test_sequences_sharing_tables(plan: list[tuple[int, int, int]]) -> None:
         check(bytes(lie))
 
 
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 40), st.sampled_from(["", "é", "z"])),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_device_ids_around_the_intern_table_word_boundaries(
+    plan: list[tuple[int, int, str]], table_at_the_end: bool
+) -> None:
+    """The compiled intern table keeps an id's first 16 bytes in its slot and compares the
+    rest: ids of 1 to 40+ bytes sharing long prefixes (equal up to, across and past 16
+    bytes), repeated ids, and a device table that ends the frame (no bytes after the last
+    id to read ahead into) must parse exactly as the twin parses them."""
+    prefixes = ["", "p" * 8, "q" * 16]
+    devs = [prefixes[a] + "x" * k + tail or "y" for a, k, tail in plan]
+    if table_at_the_end:  # no fields, no rows: the last id's bytes are the frame's last
+        head = struct.pack("<4sBBHHI", b"\xc1TKB", 1, 0, len(devs), 0, 0)
+        raw = head + b"".join(bytes([len(x.encode())]) + x.encode() for x in devs)
+        check(raw)
+        return
+    ticks = [
+        {"device": d, "position": i + 1, "ts": 0.5, "data": {"v": 1.0}}
+        for i, d in enumerate(dict.fromkeys(devs))
+    ]
+    raw = _ticks_py.encode_batch(ticks)
+    check(raw)
+    # the same ids, one of them written twice into the table (must be refused as a repeat)
+    if len(ticks) >= 1:
+        first = ticks[0]["device"].encode()
+        n_dev = struct.unpack_from("<H", raw, 6)[0]
+        dup = bytearray(raw[:14]) + bytes([len(first)]) + first + raw[14:]
+        dup[6:8] = struct.pack("<H", n_dev + 1)
+        check(bytes(dup))
+
+
+def test_long_ids_that_differ_only_past_their_first_16_bytes() -> None:
+    """Two ids equal in length and in their first 16 bytes are two devices; the same id
+    twice in a table is a repeat (each as the twin says)."""
+    a, b = "q" * 16 + "ab", "q" * 16 + "ac"
+    ticks = [
+        {"device": d, "position": i + 1, "ts": 0.5, "data": {"v": 1.0}}
+        for i, d in enumerate([a, b, a, b])
+    ]
+    got = check(_ticks_py.encode_batch(ticks))
+    assert got[0] == "ok" and got[1] == (a, b) and got[5] == [0, 1, 0, 1]
+    head = struct.pack("<4sBBHHI", b"\xc1TKB", 1, 0, 2, 0, 0)
+    twice = head + (bytes([18]) + a.encode()) * 2
+    assert check(twice)[:2] == ("err", "device 1 repeats an earlier device id")
+
+
 def test_the_compiled_parser_is_in_use_unless_disabled() -> None:
     if os.environ.get("IOTCOMMUTE_NO_EXTENSIONS"):
         assert COMPILED is None and not columnar.SPEEDUPS
