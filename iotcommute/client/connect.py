@@ -91,7 +91,7 @@ class _ConnectReply(asyncio.Protocol):
 
 
 async def open_stream(
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.BaseProtocol],
     target: Target,
     ssl: ssl_module.SSLContext | None,
     proxy: str | None,
@@ -134,7 +134,7 @@ async def open_stream(
 
 async def _via_proxy(
     loop: asyncio.AbstractEventLoop,
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.BaseProtocol],
     target: Target,
     ssl: ssl_module.SSLContext | None,
     proxy: str,

@@ -39,17 +39,23 @@ _OPEN = State.OPEN
 _now = time.monotonic
 
 
-class _Stream(asyncio.Protocol):
-    """Thin asyncio Protocol: forwards everything to the engine (one call per read)."""
+class _Stream(asyncio.BufferedProtocol):
+    """Thin asyncio BufferedProtocol: reads land in the frame reader's own memory (one copy
+    of each payload byte from the socket to the message, none for a big binary frame read
+    straight into place); everything else is forwarded to the engine, one call per read."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, ws: ClientProtocol) -> None:
         self.engine = engine
+        self._get_buffer = ws.get_buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.engine.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.engine.feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.engine.feed_read(nbytes)
 
     def eof_received(self) -> bool | None:
         self.engine.feed(b"")
@@ -182,12 +188,24 @@ class Engine:
         self.write_session()
 
     def feed(self, data: bytes) -> None:
-        """The receive path: bytes -> frames (core) -> deliveries (session) -> writes."""
+        """Bytes from the network (``b""``: EOF) through the core, then `_received`."""
         ws = self.ws
         if ws is None:
             return
         ws.receive_data(data)
-        self.bytes_in += len(data)
+        self._received(ws, len(data))
+
+    def feed_read(self, nbytes: int) -> None:
+        """A read of ``nbytes`` into the core's `get_buffer` view (the receive path)."""
+        ws = self.ws
+        if ws is None:
+            return
+        ws.buffer_updated(nbytes)
+        self._received(ws, nbytes)
+
+    def _received(self, ws: ClientProtocol, nbytes: int) -> None:
+        """After the core took a read: frames -> deliveries (session) -> writes."""
+        self.bytes_in += nbytes
         self.last_rx = _now()
         events = ws.events_received()
         if events:
@@ -326,7 +344,7 @@ class Engine:
         self._opened, self._closed = loop.create_future(), loop.create_future()
         self.out.reading_paused = False
         self.transport = await open_stream(
-            lambda: _Stream(self), self.target, self._ssl, opts.proxy, opts.open_timeout
+            lambda: _Stream(self, ws), self.target, self._ssl, opts.proxy, opts.open_timeout
         )
         ws.send_request()
         self.write(ws.data_to_send())

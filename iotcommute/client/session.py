@@ -87,8 +87,9 @@ Resolver = Callable[[Any, BaseException | None], None]
 #: read keeps ~1000 fresh dicts alive; 32 stays in cache and still amortises the call)
 JSON_TICKS_CHUNK = 32
 
-_TICK = '{"type":"tick"'
 _CONTROL = '{"type":"'
+#: 1 a tick, 2 a control message, 0 other text: by the envelope prefix (compiled when built)
+text_kind = payload.text_kind
 _BATCH_MAGIC = b"\xc1TKB"
 _FIELD_SIZES = {1: 8, 2: 8, 3: 4, 4: 1, 5: 4}
 
@@ -661,7 +662,8 @@ class Session:
                             continue
             elif t is str:
                 n += 1
-                if ev.startswith(_TICK):
+                kind = text_kind(ev)
+                if kind == 1:  # a tick
                     if not self._check:
                         latest = ev
                     else:
@@ -670,7 +672,7 @@ class Session:
                             if not self._fresh(_tick_device(ev), pos):
                                 continue
                             self._check = self._slow
-                elif ev.startswith(_CONTROL):
+                elif kind == 2:  # a control message
                     try:
                         on_message(ev, owner)
                     except Exception as exc:
@@ -708,7 +710,7 @@ class Session:
                     on_message(ev, owner)
                 except Exception as exc:
                     self._callback_failed("on_message", exc)
-                if ev.startswith(_CONTROL) and not ev.startswith(_TICK):
+                if text_kind(ev) == 2:  # a control message
                     self._control_text(ev)
             else:
                 other += 1
@@ -819,7 +821,7 @@ class Session:
                 except Exception as exc:
                     self._callback_failed("on_message", exc)
             if t is str:
-                if ev.startswith(_TICK):
+                if text_kind(ev) == 1:  # a tick
                     try:
                         msg = loads(ev)
                         pos = msg["position"]
@@ -929,7 +931,7 @@ class Session:
             if t is str or t is bytes:
                 n += 1
                 self.callback("on_message", on_message, ev)
-                if t is str and ev.startswith(_TICK):
+                if t is str and text_kind(ev) == 1:  # a tick
                     msg = self._json_tick(ev)
                     if msg is not None and self._fresh(msg.get("device"), msg["position"]):
                         run.append(msg)

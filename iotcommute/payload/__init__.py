@@ -32,25 +32,44 @@ __all__ = [
     "encode_batches",
     "is_batch",
     "loads",
+    "text_kind",
 ]
 
 #: the tick codec module in use (the compiled one, or its pure twin), as frames.frames_impl
 ticks_impl: ModuleType = _ticks_py
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._ticks_py import decode_batch, decode_batch_rows, encode_batch, is_batch
+    from ._ticks_py import (
+        decode_batch,
+        decode_batch_rows,
+        encode_batch,
+        is_batch,
+        text_kind,
+    )
 
     SPEEDUPS = False
 else:
     try:
         from . import _ticks
-        from ._ticks import decode_batch, decode_batch_rows, encode_batch, is_batch
+        from ._ticks import (
+            decode_batch,
+            decode_batch_rows,
+            encode_batch,
+            is_batch,
+            text_kind,
+        )
 
         ticks_impl = _ticks
         SPEEDUPS = True
     except ImportError:  # pragma: no cover - depends on the build
         warn_fallback("tick codec")
-        from ._ticks_py import decode_batch, decode_batch_rows, encode_batch, is_batch
+        from ._ticks_py import (
+            decode_batch,
+            decode_batch_rows,
+            encode_batch,
+            is_batch,
+            text_kind,
+        )
 
         SPEEDUPS = False
 

@@ -30,6 +30,7 @@ __all__ = [
     "decode_batch_rows",
     "encode_batch",
     "is_batch",
+    "text_kind",
 ]
 
 #: 0xC1 can never start (or appear in) valid UTF-8, so a batch is never mistaken for text.
@@ -76,6 +77,19 @@ def _row_struct(letters: str) -> struct.Struct:
 def is_batch(buf: bytes | bytearray | memoryview) -> bool:
     """True if `buf` starts with the tick-batch magic (any version)."""
     return bytes(buf[:4]) == MAGIC
+
+
+_CONTROL_PREFIX = '{"type":"'
+_TICK_PREFIX = '{"type":"tick"'
+
+
+def text_kind(text: str) -> int:
+    """What a text message is by its envelope prefix alone (docs/protocol.md §4: every
+    server message starts exactly with ``{"type":"<name>"``): 1 a tick, 2 another IOT
+    commute message, 0 anything else (application text, which is never parsed)."""
+    if not text.startswith(_CONTROL_PREFIX):
+        return 0
+    return 1 if text.startswith(_TICK_PREFIX) else 2
 
 
 def _read_name(mv: memoryview, off: int, n: int, what: str, i: int) -> tuple[str, int]:

@@ -763,3 +763,49 @@ def test_decode_reentered_from_finalizers_during_a_decode() -> None:
     assert during[1] > 0, "no finalizer ran inside a decode: the test tests nothing"
     for name, raw, got in inner:
         assert got[0] == "ok" and same(got, outcome(getattr(P, name), raw))
+
+
+# --- text_kind: the envelope check of raw text ---------------------------------------------------
+
+ENVELOPE_PIECES = [
+    '{"type":"',
+    "tick",
+    '"',
+    "ticks",
+    "error",
+    "{",
+    '"type"',
+    ":",
+    " ",
+    "é",
+    "😀",
+    "\x00",
+]
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.sampled_from(ENVELOPE_PIECES), st.text(max_size=3)), max_size=6))
+def test_text_kind_agrees(pieces: list[str]) -> None:
+    """Compiled and pure text_kind give the same kind for text of any character width,
+    mostly made of the envelope's own pieces (the prefixes they must tell apart)."""
+    text = "".join(pieces)
+    got = assert_agree("text_kind", text)
+    want = 0 if not text.startswith('{"type":"') else 1 if text.startswith('{"type":"tick"') else 2
+    assert got == ("ok", want)
+
+
+def test_text_kind_on_the_protocol_messages() -> None:
+    """Every server message form of docs/protocol.md: ticks are 1, the rest 2; application
+    text (any JSON without the exact envelope, or none) is 0."""
+    for text, want in [
+        ('{"type":"tick","device":"d","position":1,"ts":0.5,"data":{}}', 1),
+        ('{"type":"welcome","version":1}', 2),
+        ('{"type":"error","code":"input"}', 2),
+        ('{"type":"ticker"}', 2),
+        ('{"type": "tick"}', 0),
+        ('{ "type":"tick"}', 0),
+        ('{"kind":"tick"}', 0),
+        ("hello", 0),
+        ("", 0),
+    ]:
+        assert assert_agree("text_kind", text) == ("ok", want), text
