@@ -275,12 +275,21 @@ def _text_error(text: str) -> DecodeError:
     return DecodeError("text message without a type")
 
 
+_columnar_module: Any = None
+
+
 def _columnar() -> Any:
     """payload.columnar, imported on first use: it needs numpy, which a client that never
-    asks for batches should not pay for at import."""
-    from ..payload import columnar
+    asks for batches should not pay for at import. Kept once imported: a ``from`` import
+    in a function goes through importlib's fromlist handling on every call (once per read
+    on the batch path)."""
+    global _columnar_module
+    mod = _columnar_module
+    if mod is None:
+        from ..payload import columnar as mod
 
-    return columnar
+        _columnar_module = mod
+    return mod
 
 
 def _shape(tick: dict[str, Any]) -> Any:
@@ -930,7 +939,8 @@ class Session:
             t = type(ev)
             if t is str or t is bytes:
                 n += 1
-                self.callback("on_message", on_message, ev)
+                if on_message is not None:
+                    self.callback("on_message", on_message, ev)
                 if t is str and text_kind(ev) == 1:  # a tick
                     msg = self._json_tick(ev)
                     if msg is not None and self._fresh(msg.get("device"), msg["position"]):
