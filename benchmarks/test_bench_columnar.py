@@ -1,12 +1,12 @@
 """Columnar ingestion speed: tick-batch frames into TickBatches, into Arrow, into Parquet.
 
-Frames are in memory (no network): this is the decoding ceiling, not an end-to-end figure.
-Into Arrow: `to_arrow()` per batch has a fixed cost per column, `batches_to_arrow` gathers
-many batches at once.
-Sizes come from ``bench_scale`` (a smoke run by default; ``pytest --benchmark`` for numbers).
-Ticks/s are in each benchmark's extra_info (``ticks_per_s``, best round):
+In process (section ``columnar``, frames in memory, one core): decoding frames into
+TickBatches, Arrow conversions, the Parquet sink. End to end (section ``columnar-e2e``): the
+firehose's batch frames over loopback into iotcommute.WebSocket, next to the raw-bytes
+ceiling of the same stream. Every case runs in timed rounds (benchmarks/rounds.py) and its
+ticks/s go into the run's summary with their median and spread:
 
-    pytest benchmarks/test_bench_columnar.py --benchmark --benchmark-columns=min,median
+    pytest benchmarks/test_bench_columnar.py --benchmark
 
 Shapes: ``5f-10dev`` is test_bench_payload's telemetry (5 fields, 10 devices interleaved, a
 device table that repeats from frame to frame); ``11f-firehose`` is the recv benchmark's tick
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from benchmarks import firehose
+from benchmarks.rounds import measure
 from iotcommute.payload import _ticks_py, columnar
 from iotcommute.payload.columnar import TickBatch
 
@@ -61,10 +62,8 @@ def frames(shape: str, per_frame: int, n_frames: int) -> list[bytes]:
     ]
 
 
-def record(benchmark: Any, ticks: int, per_frame: int) -> None:
-    best = benchmark.stats.stats.min
-    benchmark.extra_info["ticks_per_frame"] = per_frame
-    benchmark.extra_info["ticks_per_s"] = round(ticks / best) if best else None
+def _case(shape: str, per_frame: int) -> str:
+    return f"{shape} @{per_frame}"
 
 
 @pytest.mark.parametrize("touch", ["batch", "columns"])
@@ -100,13 +99,17 @@ def test_decode_to_tickbatch(
             for name in names:
                 b.column(name)
 
-    benchmark.pedantic(
+    measure(
+        benchmark,
+        bench_scale,
         run_batches if touch == "batch" else run_columns,
-        rounds=bench_scale.rounds,
-        warmup_rounds=int(bench_scale.full),
-        iterations=1,
+        n_frames * per_frame,
+        micro=True,
+        section="columnar",
+        case=_case(shape, per_frame),
+        subject=f"iotcommute-decode{'-pure' if parse is columnar._parse_py else ''}"
+        f"{'+columns' if touch == 'columns' else ''}",
     )
-    record(benchmark, n_frames * per_frame, per_frame)
 
 
 @pytest.mark.parametrize("per_frame", [100, 1000, 10_000])
@@ -126,10 +129,16 @@ def test_to_arrow(
         for b in batches:
             b.to_arrow()
 
-    benchmark.pedantic(
-        run, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
+    measure(
+        benchmark,
+        bench_scale,
+        run,
+        n_frames * per_frame,
+        micro=True,
+        section="columnar",
+        case=_case(shape, per_frame),
+        subject="iotcommute-to_arrow",
     )
-    record(benchmark, n_frames * per_frame, per_frame)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -142,14 +151,16 @@ def test_batches_to_arrow(benchmark: Any, bench_scale: firehose.BenchScale, shap
     batches = [columnar.decode_batch_columns(f) for f in frames(shape, per_frame, n_frames)]
     assert columnar.batches_to_arrow(batches).num_rows == n_frames * per_frame
 
-    benchmark.pedantic(
-        columnar.batches_to_arrow,
-        args=(batches,),
-        rounds=bench_scale.rounds,
-        warmup_rounds=int(bench_scale.full),
-        iterations=1,
+    measure(
+        benchmark,
+        bench_scale,
+        lambda: columnar.batches_to_arrow(batches),
+        n_frames * per_frame,
+        micro=True,
+        section="columnar",
+        case=_case(shape, per_frame),
+        subject="iotcommute-batches_to_arrow",
     )
-    record(benchmark, n_frames * per_frame, per_frame)
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
@@ -179,14 +190,24 @@ def test_parquet_sink(
         sink.close()
         assert sink.last_committed() == batches[-1].last_position
 
+    def once() -> None:
+        run()
+        shutil.rmtree(dirs.pop(), ignore_errors=True)  # the files: disk stays bounded
+
     try:
-        benchmark.pedantic(
-            run, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
+        measure(
+            benchmark,
+            bench_scale,
+            once,
+            n_frames * per_frame,
+            micro=True,
+            section="columnar",
+            case=_case(shape, per_frame),
+            subject=f"iotcommute-ParquetSink-{compression}",
         )
     finally:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
-    record(benchmark, n_frames * per_frame, per_frame)
 
 
 # --- end to end over a loopback socket -----------------------------------------------------------
@@ -202,6 +223,14 @@ def test_parquet_sink(
 #   arrow  on_batch, batches gathered into Arrow tables 64 frames at a time (batches_to_arrow)
 
 E2E_MODES = ["raw", "dicts", "rows", "batch", "arrow"]
+#: the summary's subject per mode; the raw ceiling is the reference every ratio is taken to
+E2E_SUBJECTS = {
+    "raw": "raw-bytes ceiling",
+    "dicts": "iotcommute-dicts",
+    "rows": "iotcommute-rows",
+    "batch": "iotcommute-TickBatch",
+    "arrow": "iotcommute-Arrow",
+}
 
 
 def _e2e_round(url: str, mode: str, per_frame: int, expected: int) -> int:
@@ -286,8 +315,12 @@ def test_e2e_websocket(
         assert got == expected, (mode, got, expected)
 
     benchmark.group = f"e2e {case_name}: {case.description}"
-    benchmark.extra_info.update(section="columnar-e2e", case=case_name, mode=mode)
-    benchmark.pedantic(
-        one_round, rounds=bench_scale.rounds, warmup_rounds=int(bench_scale.full), iterations=1
+    measure(
+        benchmark,
+        bench_scale,
+        one_round,
+        expected,
+        section="columnar-e2e",
+        case=f"{case_name} ({per_frame} ticks a frame)",
+        subject=E2E_SUBJECTS[mode],
     )
-    record(benchmark, expected, per_frame)

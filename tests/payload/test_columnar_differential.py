@@ -239,15 +239,16 @@ def test_device_ids_around_the_intern_table_word_boundaries(
         raw = head + b"".join(bytes([len(x.encode())]) + x.encode() for x in devs)
         check(raw)
         return
+    distinct = list(dict.fromkeys(devs))
     ticks = [
         {"device": d, "position": i + 1, "ts": 0.5, "data": {"v": 1.0}}
-        for i, d in enumerate(dict.fromkeys(devs))
+        for i, d in enumerate(distinct)
     ]
     raw = _ticks_py.encode_batch(ticks)
     check(raw)
     # the same ids, one of them written twice into the table (must be refused as a repeat)
-    if len(ticks) >= 1:
-        first = ticks[0]["device"].encode()
+    if distinct:
+        first = distinct[0].encode()
         n_dev = struct.unpack_from("<H", raw, 6)[0]
         dup = bytearray(raw[:14]) + bytes([len(first)]) + first + raw[14:]
         dup[6:8] = struct.pack("<H", n_dev + 1)
