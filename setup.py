@@ -43,6 +43,7 @@ PYX_PACKAGE = {
     "_mask": "iotcommute.protocol",
     "_ticks": "iotcommute.payload",
     "_columnar": "iotcommute.payload",
+    "_deliver": "iotcommute.payload",
 }
 
 

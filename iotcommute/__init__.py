@@ -34,7 +34,8 @@ _LAZY = {
 
 
 def _speedups() -> bool:
-    """True when the compiled frame reader, masking and tick codec are all in use."""
+    """True when the compiled frame reader, masking, tick codec and raw delivery loop are
+    all in use."""
     from . import payload
     from .protocol import frames
 

@@ -90,6 +90,10 @@ JSON_TICKS_CHUNK = 32
 _CONTROL = '{"type":"'
 #: 1 a tick, 2 a control message, 0 other text: by the envelope prefix (compiled when built)
 text_kind = payload.text_kind
+#: the raw consumer's hot loop (payload.deliver_data: compiled when built)
+deliver_data = payload.deliver_data
+#: a stop cell that is never set: the untracked raw loop hands nothing back to be checked
+_NEVER: list[bool] = [False]
 _BATCH_MAGIC = b"\xc1TKB"
 _FIELD_SIZES = {1: 8, 2: 8, 3: 4, 4: 1, 5: 4}
 
@@ -363,6 +367,8 @@ class Session:
         # windows, exclusions or a group: the per-record filter (_fresh) is needed
         self._slow = self.group is not None
         self._layout: tuple[bytes, bytes, int, int] | None = None  # of the last raw batch
+        #: _check's cell (a list, so the compiled raw loop sees it change between callbacks)
+        self._stop: list[bool] = [True]
         self._check = True  # raw consumer: read each message's position (repeats possible)
         self._tracking = self.anchored
 
@@ -421,6 +427,15 @@ class Session:
             "unacked_publishes": len(self.unacked),
             "offline_queued": len(self.offline),
         }
+
+    @property
+    def _check(self) -> bool:
+        """Raw consumer: read each message's position (a repeat is possible)."""
+        return self._stop[0]
+
+    @_check.setter
+    def _check(self, value: bool) -> None:
+        self._stop[0] = value
 
     # ------------------------------------------------------------------ lifecycle events
     def opened(self) -> None:
@@ -658,7 +673,21 @@ class Session:
             return
         n = 0
         latest: Any = None  # the last tick/batch passed on whose position is not read yet
-        for ev in events:
+        stop = self._stop  # _check's cell: set, the compiled run hands each message back
+        failed = self._callback_failed
+        i, k = 0, len(events)
+        while i < k:
+            if not stop[0]:
+                # not checking positions: the run of data messages goes by in one call
+                j, last = deliver_data(events, i, on_message, owner, failed, stop)
+                n += j - i
+                if last is not None:
+                    latest = last
+                if j >= k:
+                    break
+                i = j  # a control message or event, or data now to be checked one by one
+            ev = events[i]
+            i += 1
             t = type(ev)
             if t is bytes:
                 n += 1
@@ -685,7 +714,7 @@ class Session:
                     try:
                         on_message(ev, owner)
                     except Exception as exc:
-                        self._callback_failed("on_message", exc)
+                        failed("on_message", exc)
                     self._raw_position(latest)
                     latest = None
                     self._control_text(ev)
@@ -698,7 +727,7 @@ class Session:
             try:
                 on_message(ev, owner)
             except Exception as exc:
-                self._callback_failed("on_message", exc)
+                failed("on_message", exc)
         self._raw_position(latest)
         self.messages_in += n
 
@@ -706,25 +735,26 @@ class Session:
         """Raw consumer with no subscription (the application's own messages): no position
         to keep; only control messages (commands, acks, ...) are looked at."""
         owner = self.owner
-        other = 0
-        for ev in events:
-            t = type(ev)
-            if t is bytes:
+        failed = self._callback_failed
+        n = 0
+        i, k = 0, len(events)
+        while i < k:
+            j, _ = deliver_data(events, i, on_message, owner, failed, _NEVER)
+            n += j - i
+            if j >= k:
+                break
+            ev = events[j]
+            i = j + 1
+            if type(ev) is str:  # a control message (deliver_data passes other text on)
+                n += 1
                 try:
                     on_message(ev, owner)
                 except Exception as exc:
-                    self._callback_failed("on_message", exc)
-            elif t is str:
-                try:
-                    on_message(ev, owner)
-                except Exception as exc:
-                    self._callback_failed("on_message", exc)
-                if text_kind(ev) == 2:  # a control message
-                    self._control_text(ev)
+                    failed("on_message", exc)
+                self._control_text(ev)
             else:
-                other += 1
                 self.on_event(ev)
-        self.messages_in += len(events) - other
+        self.messages_in += n
 
     def _raw_position(self, latest: Any) -> None:
         """Move the cursor to the position of the last data message passed on raw."""

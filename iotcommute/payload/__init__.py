@@ -26,6 +26,7 @@ __all__ = [
     "SPEEDUPS",
     "decode_batch",
     "decode_batch_rows",
+    "deliver_data",
     "dumps",
     "dumps_int64",
     "encode_batch",
@@ -48,6 +49,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     )
 
     SPEEDUPS = False
+    from ._deliver_py import deliver_data
 else:
     try:
         from . import _ticks
@@ -70,6 +72,14 @@ else:
             is_batch,
             text_kind,
         )
+
+        SPEEDUPS = False
+    # the raw consumer's delivery loop (it calls text_kind above: imported after it)
+    try:
+        from ._deliver import deliver_data
+    except ImportError:  # pragma: no cover - depends on the build
+        warn_fallback("raw delivery loop")
+        from ._deliver_py import deliver_data
 
         SPEEDUPS = False
 

@@ -344,3 +344,28 @@ def test_a_checkpoint_of_another_log_reads_the_new_log_from_its_start(tmp_path: 
     assert [g.get("reason") for g in rec.gaps] == ["log_reset"]
     (tmp_path / "old.txt").write_text("7\n")  # a checkpoint written before log ids
     assert Checkpoint(tmp_path / "old.txt").load() == (7, None)
+
+
+@pytest.mark.parametrize("form", ["json", "binary"])
+def test_a_raw_callback_that_unsubscribes_filters_the_rest_of_its_read(form: str) -> None:
+    """on_message unsubscribes a device in the middle of a read: that device's data later
+    in the same read is not passed on (the compiled run of data messages hands the rest of
+    the read back to be checked one by one), the other device's is, in order."""
+    rec = Recorder()
+    s = Session(rec)
+    got: list[Any] = []
+
+    def on_message(m: Any, w: Any) -> None:
+        got.append(m)
+        if len(got) == 1:
+            s.unsubscribe(["a"])
+
+    (sub,) = connect(s)
+    make = (lambda p, d: tick(p, d)) if form == "json" else (lambda p, d: batch([(p, d)]))
+    s.receive([subscribed(sub["id"], 0), make(1, "b")])  # past the first data: no checks
+    rec.on_message = on_message
+    read: list[Any] = [make(2, "a"), make(3, "b"), make(4, "a"), make(5, "b")]
+    want = [read[0], read[1], read[3]]
+    s.receive(read)
+    assert got == want
+    assert s.position == 5
