@@ -12,25 +12,26 @@ __all__ = ["deliver_data"]
 
 
 def deliver_data(list events not None, Py_ssize_t start, object on_message, object owner,
-                 object failed, list stop not None):
+                 object failed, list stop):
     cdef object latest = None
     cdef Py_ssize_t i = start
     cdef object ev
     cdef object kind
+    cdef bint track = stop is not None
     if start < 0:
         raise ValueError("start must be >= 0")
-    if PyList_GET_SIZE(stop) != 1:
+    if track and PyList_GET_SIZE(stop) != 1:
         raise ValueError("stop must be a one-element list")
     while i < PyList_GET_SIZE(events):  # re-read: a callback could change the list
         ev = <object>PyList_GET_ITEM(events, i)
         if type(ev) is bytes:
-            if PyBytes_GET_SIZE(ev) and <unsigned char>PyBytes_AS_STRING(ev)[0] == 0xC1:
+            if track and PyBytes_GET_SIZE(ev) and <unsigned char>PyBytes_AS_STRING(ev)[0] == 0xC1:
                 latest = ev
         elif type(ev) is str:
             kind = text_kind(ev)
             if kind == 2:
                 break
-            if kind == 1:
+            if kind == 1 and track:
                 latest = ev
         else:
             break
@@ -39,6 +40,6 @@ def deliver_data(list events not None, Py_ssize_t start, object on_message, obje
             on_message(ev, owner)
         except Exception as exc:
             failed("on_message", exc)
-        if PyList_GET_SIZE(stop) == 0 or stop[0]:
+        if track and (PyList_GET_SIZE(stop) == 0 or stop[0]):
             break
     return i, latest

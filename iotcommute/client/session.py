@@ -92,8 +92,6 @@ _CONTROL = '{"type":"'
 text_kind = payload.text_kind
 #: the raw consumer's hot loop (payload.deliver_data: compiled when built)
 deliver_data = payload.deliver_data
-#: a stop cell that is never set: the untracked raw loop hands nothing back to be checked
-_NEVER: list[bool] = [False]
 _BATCH_MAGIC = b"\xc1TKB"
 _FIELD_SIZES = {1: 8, 2: 8, 3: 4, 4: 1, 5: 4}
 
@@ -739,7 +737,7 @@ class Session:
         n = 0
         i, k = 0, len(events)
         while i < k:
-            j, _ = deliver_data(events, i, on_message, owner, failed, _NEVER)
+            j, _ = deliver_data(events, i, on_message, owner, failed, None)
             n += j - i
             if j >= k:
                 break

@@ -8,5 +8,5 @@ def deliver_data(
     on_message: Callable[[Any, Any], Any],
     owner: Any,
     failed: Callable[[str, Exception], Any],
-    stop: list[bool],
+    stop: list[bool] | None,
 ) -> tuple[int, Any]: ...

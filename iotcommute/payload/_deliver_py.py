@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import text_kind
+from ._ticks_py import _CONTROL_PREFIX, _TICK_PREFIX
 
 __all__ = ["deliver_data"]
 
@@ -24,7 +24,7 @@ def deliver_data(
     on_message: Callable[[Any, Any], Any],
     owner: Any,
     failed: Callable[[str, Exception], Any],
-    stop: list[bool],
+    stop: list[bool] | None,
 ) -> tuple[int, Any]:
     """Pass ``events[start:]`` to ``on_message(ev, owner)`` while they are data messages:
     ``bytes``, or text that is not a control message (`payload.text_kind` 0 or 1). A callback
@@ -33,24 +33,40 @@ def deliver_data(
 
     Returns (index of the first event not passed on, or ``len(events)``; the last tick or
     tick batch passed on, for the cursor: a text tick, or bytes opening with the batch
-    magic's first byte 0xC1, or None)."""
+    magic's first byte 0xC1, or None). ``stop=None``: a consumer without a cursor (nothing
+    stops the run but a control message or an event, and no last tick is kept)."""
     if start < 0:
         raise ValueError("start must be >= 0")
-    if len(stop) != 1:
+    if stop is not None and len(stop) != 1:
         raise ValueError("stop must be a one-element list")
-    latest = None
+    # for loops over the list (sliced when the run starts late): cheaper than indexing;
+    # text_kind inline: a call per message is most of this loop's cost in pure Python
+    run = events[start:] if start else events
     i = start
-    while i < len(events):  # re-read: a callback could change the list
-        ev = events[i]
+    if stop is None:
+        for ev in run:
+            t = type(ev)
+            if t is str:
+                if ev.startswith(_CONTROL_PREFIX) and not ev.startswith(_TICK_PREFIX):
+                    break  # a control message
+            elif t is not bytes:
+                break
+            i += 1
+            try:
+                on_message(ev, owner)
+            except Exception as exc:
+                failed("on_message", exc)
+        return i, None
+    latest = None
+    for ev in run:
         t = type(ev)
         if t is bytes:
             if ev and ev[0] == 0xC1:
                 latest = ev
         elif t is str:
-            kind = text_kind(ev)
-            if kind == 2:
-                break
-            if kind == 1:
+            if ev.startswith(_CONTROL_PREFIX):
+                if not ev.startswith(_TICK_PREFIX):
+                    break  # a control message
                 latest = ev
         else:
             break
@@ -59,6 +75,6 @@ def deliver_data(
             on_message(ev, owner)
         except Exception as exc:
             failed("on_message", exc)
-        if not stop or stop[0]:
+        if stop[0]:
             break
     return i, latest

@@ -51,16 +51,21 @@ MESSAGES = st.one_of(
 
 
 def run(
-    mod: Any, events: list[Any], start: int, raise_on: set[int], stop_after: int | None
+    mod: Any,
+    events: list[Any],
+    start: int,
+    raise_on: set[int],
+    stop_after: int | None,
+    tracked: bool = True,
 ) -> tuple[int, Any, list[tuple[Any, bool]], list[tuple[str, str]]]:
     calls: list[tuple[Any, bool]] = []
     failures: list[tuple[str, str]] = []
-    stop = [False]
+    stop = [False] if tracked else None
     owner = object()
 
     def on_message(msg: Any, ws: Any) -> None:
         calls.append((msg, ws is owner))
-        if stop_after is not None and len(calls) >= stop_after:
+        if stop is not None and stop_after is not None and len(calls) >= stop_after:
             stop[0] = True
         if len(calls) in raise_on:
             raise ValueError(f"callback {len(calls)}")
@@ -79,14 +84,16 @@ def run(
     st.integers(0, 13),
     st.sets(st.integers(1, 12), max_size=3),
     st.one_of(st.none(), st.integers(1, 12)),
+    st.booleans(),
 )
 def test_twins_agree(
-    events: list[Any], start: int, raise_on: set[int], stop_after: int | None
+    events: list[Any], start: int, raise_on: set[int], stop_after: int | None, tracked: bool
 ) -> None:
+    """With a stop cell (a consumer with a cursor) and without (stop=None)."""
     assert C is not None
     start = min(start, len(events))
-    got_c = run(C, events, start, raise_on, stop_after)
-    got_p = run(_deliver_py, events, start, raise_on, stop_after)
+    got_c = run(C, events, start, raise_on, stop_after, tracked)
+    got_p = run(_deliver_py, events, start, raise_on, stop_after, tracked)
     assert got_c == got_p
 
 
@@ -115,3 +122,6 @@ def test_what_stops_the_run(mod: Any) -> None:
         mod.deliver_data([b"x"], -1, print, None, print, [False])
     with pytest.raises(ValueError):
         mod.deliver_data([b"x"], 0, print, None, print, [])
+    # without a stop cell: no last tick is kept, only a control message or an event stops
+    end, latest, calls, _ = run(mod, events, 0, set(), 1, tracked=False)
+    assert (end, latest, len(calls)) == (4, None, 4)
