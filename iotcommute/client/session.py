@@ -87,7 +87,6 @@ Resolver = Callable[[Any, BaseException | None], None]
 #: read keeps ~1000 fresh dicts alive; 32 stays in cache and still amortises the call)
 JSON_TICKS_CHUNK = 32
 
-_CONTROL = '{"type":"'
 #: 1 a tick, 2 a control message, 0 other text: by the envelope prefix (compiled when built)
 text_kind = payload.text_kind
 #: the raw consumer's hot loop (payload.deliver_data: compiled when built)
@@ -1001,7 +1000,7 @@ class Session:
 
     def _control_or_error(self, ev: str) -> None:
         """A text message that is not a tick: a control message, else reported."""
-        if ev.startswith(_CONTROL):
+        if text_kind(ev) == 2:
             self._control_text(ev)
         else:
             self._report(_text_error(ev))
