@@ -62,8 +62,26 @@ def frames(shape: str, per_frame: int, n_frames: int) -> list[bytes]:
     ]
 
 
-def _case(shape: str, per_frame: int) -> str:
-    return f"{shape} @{per_frame}"
+def _measure(
+    benchmark: Any,
+    bench_scale: firehose.BenchScale,
+    once: Callable[[], Any],
+    ticks: int,
+    shape: str,
+    per_frame: int,
+    subject: str,
+) -> None:
+    """Timed rounds of an in-process case (section ``columnar``, case ``shape @per_frame``)."""
+    measure(
+        benchmark,
+        bench_scale,
+        once,
+        ticks,
+        micro=True,
+        section="columnar",
+        case=f"{shape} @{per_frame}",
+        subject=subject,
+    )
 
 
 @pytest.mark.parametrize("touch", ["batch", "columns"])
@@ -99,16 +117,16 @@ def test_decode_to_tickbatch(
             for name in names:
                 b.column(name)
 
-    measure(
+    kind = "-pure" if parse is columnar._parse_py else ""
+    kind += "+columns" if touch == "columns" else ""
+    _measure(
         benchmark,
         bench_scale,
         run_batches if touch == "batch" else run_columns,
         n_frames * per_frame,
-        micro=True,
-        section="columnar",
-        case=_case(shape, per_frame),
-        subject=f"iotcommute-decode{'-pure' if parse is columnar._parse_py else ''}"
-        f"{'+columns' if touch == 'columns' else ''}",
+        shape,
+        per_frame,
+        f"iotcommute-decode{kind}",
     )
 
 
@@ -129,15 +147,8 @@ def test_to_arrow(
         for b in batches:
             b.to_arrow()
 
-    measure(
-        benchmark,
-        bench_scale,
-        run,
-        n_frames * per_frame,
-        micro=True,
-        section="columnar",
-        case=_case(shape, per_frame),
-        subject="iotcommute-to_arrow",
+    _measure(
+        benchmark, bench_scale, run, n_frames * per_frame, shape, per_frame, "iotcommute-to_arrow"
     )
 
 
@@ -151,15 +162,14 @@ def test_batches_to_arrow(benchmark: Any, bench_scale: firehose.BenchScale, shap
     batches = [columnar.decode_batch_columns(f) for f in frames(shape, per_frame, n_frames)]
     assert columnar.batches_to_arrow(batches).num_rows == n_frames * per_frame
 
-    measure(
+    _measure(
         benchmark,
         bench_scale,
         lambda: columnar.batches_to_arrow(batches),
         n_frames * per_frame,
-        micro=True,
-        section="columnar",
-        case=_case(shape, per_frame),
-        subject="iotcommute-batches_to_arrow",
+        shape,
+        per_frame,
+        "iotcommute-batches_to_arrow",
     )
 
 
@@ -195,15 +205,14 @@ def test_parquet_sink(
         shutil.rmtree(dirs.pop(), ignore_errors=True)  # the files: disk stays bounded
 
     try:
-        measure(
+        _measure(
             benchmark,
             bench_scale,
             once,
             n_frames * per_frame,
-            micro=True,
-            section="columnar",
-            case=_case(shape, per_frame),
-            subject=f"iotcommute-ParquetSink-{compression}",
+            shape,
+            per_frame,
+            f"iotcommute-ParquetSink-{compression}",
         )
     finally:
         for d in dirs:
