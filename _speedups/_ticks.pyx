@@ -48,6 +48,7 @@ import os
 from collections.abc import Mapping
 
 from iotcommute.exceptions import DecodeError, InputError
+from iotcommute.payload._ticks_py import loads_json as _json_twin
 
 cdef extern from *:
     """
@@ -1091,3 +1092,402 @@ def text_kind(str text not None):
         if PyUnicode_READ(kind, data, i) != <Py_UCS4>_TICK_ENVELOPE[i]:
             return 2
     return 1
+
+
+# --------------------------------------------------------------------------- JSON ticks
+# loads_json: orjson.loads's result for every input (the twin's loads_json), read here for
+# the common shape of a tick message. The subset: an ASCII `str`; objects, arrays,
+# true/false/null; strings without escapes; integers of up to 18 digits; decimals whose
+# significant digits fit in 53 bits with a decimal exponent within +-22 (Clinger's fast
+# path: one IEEE multiplication or division of two exact doubles, so correctly rounded, as
+# orjson's). Anything else (bytes, non-ASCII text, escapes, longer numbers, deep nesting,
+# malformed input) goes to the twin whole: its errors are the twin's own.
+# Why (callgrind, a 256-byte tick): orjson took ~10.3 k instructions, ~11 k of the ~15 k a
+# tick cost through AsyncWebSocket. Most of that is building the dicts; here an object's
+# items are gathered first, and a run of objects with the same keys (every tick, and its
+# data) starts from a copy of a key template with the values stored directly, as the batch
+# decoder does; keys and short strings come from a cache keyed by their bytes.
+
+cdef extern from *:
+    """
+    #include <float.h>
+    #include <string.h>
+    /* Clinger's fast path needs doubles evaluated as doubles (not x87 extended). */
+    #if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    #define ICJ_FAST_FLOATS 1
+    #else
+    #define ICJ_FAST_FLOATS 0
+    #endif
+    /* A dict made at its final size; the private constructor exists in 3.8-3.13 and is
+       what Cython uses for dict displays. */
+    #if PY_VERSION_HEX < 0x030E0000 && !defined(PYPY_VERSION)
+    #define ICJ_NewPresized(n) _PyDict_NewPresized(n)
+    #else
+    #define ICJ_NewPresized(n) PyDict_New()
+    #endif
+    #define ICJ_MUL 0x100000001B3ULL
+    #define ICJ_ONES 0x0101010101010101ULL
+    #define ICJ_HIGH 0x8080808080808080ULL
+    static const double icj_pow10[23] = {
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+        1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+    /* The index of the closing quote of the string whose first character is s[i], or -1
+       when it holds an escape or a control character or has no end. *hash gets a hash of
+       its characters. ASCII input (every byte below 0x80), so a byte is "interesting"
+       when it is below 0x20 or equals '"' or '\\'; eight are tested at once where the
+       compiler gives us count-trailing-zeros on a little-endian machine. */
+    static inline Py_ssize_t icj_string_end(const unsigned char *s, Py_ssize_t i,
+                                            Py_ssize_t n, uint64_t *hash) {
+        uint64_t h = 0xCBF29CE484222325ULL, t = 0;
+        int shift = 0;
+    #if PY_LITTLE_ENDIAN && (defined(__GNUC__) || defined(__clang__))
+        while (i + 8 <= n) {
+            uint64_t w, q, b, m;
+            memcpy(&w, s + i, 8);
+            q = w ^ (ICJ_ONES * 0x22);
+            b = w ^ (ICJ_ONES * 0x5C);
+            m = ((w - ICJ_ONES * 0x20) | (q - ICJ_ONES) | (b - ICJ_ONES)) & ICJ_HIGH;
+            if (m) {
+                int k = __builtin_ctzll(m) >> 3;  /* the first flagged byte is exact */
+                i += k;
+                if (s[i] != 0x22) return -1;
+                if (k) h = (h ^ (w & ((1ULL << (8 * k)) - 1))) * ICJ_MUL;
+                *hash = h;
+                return i;
+            }
+            h = (h ^ w) * ICJ_MUL;
+            i += 8;
+        }
+    #endif
+        for (; i < n; i++) {  /* the same hash, a byte at a time */
+            unsigned char c = s[i];
+            if (c == 0x22) {
+                if (shift) h = (h ^ t) * ICJ_MUL;
+                *hash = h;
+                return i;
+            }
+            if (c == 0x5C || c < 0x20) return -1;
+            t |= (uint64_t)c << shift;
+            shift += 8;
+            if (shift == 64) { h = (h ^ t) * ICJ_MUL; t = 0; shift = 0; }
+        }
+        return -1;
+    }
+
+    /* The JSON number at s[i]: 1 an integer of up to 18 digits (*iv), 2 a decimal taken by
+       Clinger's fast path (*dv), 0 anything else (the twin reads it); *end is the index
+       after it. JSON's grammar: -?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    static inline int icj_number(const unsigned char *s, Py_ssize_t i, Py_ssize_t n,
+                                 Py_ssize_t *end, long long *iv, double *dv) {
+        int neg = 0, digits = 0, frac = 0, e = 0, eneg = 0, edigits = 0, is_float = 0, p;
+        uint64_t w = 0;
+        double d;
+        if (s[i] == '-') { neg = 1; if (++i >= n) return 0; }
+        if (s[i] == '0') {
+            if (++i < n && s[i] >= '0' && s[i] <= '9') return 0;
+        } else if (s[i] >= '1' && s[i] <= '9') {
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                if (digits == 19) return 0;
+                w = w * 10 + (uint64_t)(s[i] - '0');
+                digits++; i++;
+            }
+        } else {
+            return 0;
+        }
+        if (i < n && s[i] == '.') {
+            is_float = 1;
+            if (++i >= n || s[i] < '0' || s[i] > '9') return 0;
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                if (digits == 19) return 0;
+                w = w * 10 + (uint64_t)(s[i] - '0');
+                if (w) digits++;  /* leading zeros are not significant */
+                frac++; i++;
+            }
+        }
+        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+            is_float = 1;
+            i++;
+            if (i < n && (s[i] == '+' || s[i] == '-')) { eneg = s[i] == '-'; i++; }
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                if (edigits == 4) return 0;
+                e = e * 10 + (s[i] - '0');
+                edigits++; i++;
+            }
+            if (!edigits) return 0;
+        }
+        *end = i;
+        if (!is_float) {
+            if (digits > 18) return 0;
+            *iv = neg ? -(long long)w : (long long)w;
+            return 1;
+        }
+        if (!ICJ_FAST_FLOATS) return 0;
+        if (w == 0) { *dv = neg ? -0.0 : 0.0; return 2; }
+        p = (eneg ? -e : e) - frac;
+        if (w > 9007199254740992ULL || p < -22 || p > 22) return 0;
+        d = (double)w;  /* exact: w <= 2**53 */
+        d = p < 0 ? d / icj_pow10[-p] : d * icj_pow10[p];  /* one correctly rounded op */
+        *dv = neg ? -d : d;
+        return 2;
+    }
+    """
+    Py_ssize_t icj_string_end(const unsigned char *s, Py_ssize_t i, Py_ssize_t n,
+                              uint64_t *hash) nogil
+    int icj_number(const unsigned char *s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t *end,
+                   long long *iv, double *dv) nogil
+    object ICJ_NewPresized(Py_ssize_t n)
+    PyObject* ICJ_NewPresized_raw "ICJ_NewPresized"(Py_ssize_t n) except NULL
+
+
+DEF J_MAX_ITEMS = 64         # wider objects go to the twin
+DEF J_MAX_DEPTH = 32         # deeper documents go to the twin (no deep C recursion)
+DEF J_STR_SLOTS = 1024       # the string cache: a power of two
+DEF J_STR_MAX = 32           # strings up to this many characters are cached
+DEF J_SHAPE_SLOTS = 64       # the key-template cache: a power of two
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    object PyLong_FromLongLong(long long v)
+    object PyFloat_FromDouble(double v)
+    int PyDict_SetItem(object d, object k, object v) except -1
+
+cdef struct _Reader:
+    const unsigned char *s
+    Py_ssize_t i
+    Py_ssize_t n
+    bint out                 # the input left the subset: the twin decides
+
+# One str per slot, replaced on a miss (str is immutable: a cached one is as good as new).
+# The list owns them; _str_slots mirrors it for the C-level compare.
+cdef list _str_cache = [None] * J_STR_SLOTS
+cdef PyObject *_str_slots[J_STR_SLOTS]
+
+# Key templates (dict.fromkeys of an object's keys, owned), found by the keys' identities.
+cdef struct _Shape:
+    Py_ssize_t n
+    uint64_t sig
+    PyObject *tpl
+cdef _Shape _shapes[J_SHAPE_SLOTS]
+
+
+cdef inline void _j_ws(_Reader *r) noexcept nogil:
+    cdef unsigned char c
+    while r.i < r.n:
+        c = r.s[r.i]
+        if c == 32 or c == 10 or c == 13 or c == 9:
+            r.i += 1
+        else:
+            return
+
+
+cdef object _j_string(_Reader *r):
+    """The string starting after its opening quote; r.i ends after the closing quote."""
+    cdef Py_ssize_t start = r.i
+    cdef uint64_t h = 0
+    cdef Py_ssize_t end = icj_string_end(r.s, start, r.n, &h)
+    cdef Py_ssize_t length = end - start
+    cdef Py_ssize_t slot
+    cdef PyObject *hit
+    cdef object out
+    if end < 0:
+        r.out = True
+        return None
+    r.i = end + 1
+    if length <= J_STR_MAX:
+        h ^= h >> 29
+        slot = <Py_ssize_t>((h ^ <uint64_t>length) & (J_STR_SLOTS - 1))
+        hit = _str_slots[slot]
+        if (hit != NULL and PyUnicode_GET_LENGTH(<object>hit) == length
+                and memcmp(PyUnicode_DATA(<object>hit), r.s + start, length) == 0):
+            return <object>hit
+        out = PyUnicode_New(length, 127)
+        memcpy(PyUnicode_DATA(out), r.s + start, length)
+        _str_cache[slot] = out
+        _str_slots[slot] = <PyObject *>out
+        return out
+    out = PyUnicode_New(length, 127)
+    memcpy(PyUnicode_DATA(out), r.s + start, length)
+    return out
+
+
+cdef object _j_dict(PyObject **keys, PyObject **vals, Py_ssize_t n, bint containers):
+    """The dict of n items, taking the references in vals (set to NULL as taken)."""
+    cdef uint64_t sig = <uint64_t>n * 0x9E3779B97F4A7C15ULL
+    cdef Py_ssize_t j
+    cdef _Shape *shape
+    cdef PyObject *d
+    cdef ict_entry *e
+    cdef object out
+    for j in range(n):
+        sig = (sig ^ <uint64_t><size_t>keys[j]) * 0xff51afd7ed558ccdULL
+    sig ^= sig >> 32
+    shape = &_shapes[sig & (J_SHAPE_SLOTS - 1)]
+    if _DIRECT and shape.tpl != NULL and shape.n == n and shape.sig == sig:
+        d = PyDict_Copy_raw(shape.tpl)
+        out = <object>d
+        Py_DECREF_raw(d)  # `out` holds it
+        e = ict_entries(d, n)
+        if e != NULL:
+            for j in range(n):
+                if e[j].key != keys[j]:
+                    e = NULL
+                    break
+        if e != NULL:
+            if containers and not PyObject_GC_IsTracked_raw(d):
+                PyObject_GC_Track_raw(d)  # what PyDict_SetItem does for a container value
+            for j in range(n):
+                ict_put(d, e + j, keys[j], vals[j], 0)
+                vals[j] = NULL
+            return out
+    out = ICJ_NewPresized(n)
+    for j in range(n):
+        PyDict_SetItem(out, <object>keys[j], <object>vals[j])
+    if _DIRECT and n and len(out) == n:  # distinct keys: remember them as a template
+        tpl = dict.fromkeys([<object>keys[j] for j in range(n)])
+        Py_INCREF_raw(<PyObject *>tpl)
+        Py_XDECREF_raw(shape.tpl)
+        shape.tpl = <PyObject *>tpl
+        shape.n = n
+        shape.sig = sig
+    return out
+
+
+cdef object _j_object(_Reader *r, int depth):
+    """The object after its opening brace: its items gathered first, then one dict."""
+    cdef PyObject *keys[J_MAX_ITEMS]
+    cdef PyObject *vals[J_MAX_ITEMS]
+    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t j
+    cdef bint containers = False
+    cdef unsigned char c
+    cdef object key
+    cdef object item
+    _j_ws(r)
+    if r.i < r.n and r.s[r.i] == 125:  # '}'
+        r.i += 1
+        return {}
+    try:
+        while True:
+            if r.i >= r.n or r.s[r.i] != 34 or count == J_MAX_ITEMS:
+                r.out = True
+                return None
+            r.i += 1
+            key = _j_string(r)
+            if r.out:
+                return None
+            _j_ws(r)
+            if r.i >= r.n or r.s[r.i] != 58:  # ':'
+                r.out = True
+                return None
+            r.i += 1
+            _j_ws(r)
+            item = _j_value(r, depth + 1)
+            if r.out:
+                return None
+            if type(item) is dict or type(item) is list:
+                containers = True
+            keys[count] = ict_newref(<PyObject *>key)
+            vals[count] = ict_newref(<PyObject *>item)
+            count += 1
+            _j_ws(r)
+            if r.i >= r.n:
+                r.out = True
+                return None
+            c = r.s[r.i]
+            r.i += 1
+            if c == 125:  # '}'
+                return _j_dict(keys, vals, count, containers)
+            if c != 44:  # ','
+                r.out = True
+                return None
+            _j_ws(r)
+    finally:
+        for j in range(count):
+            Py_DECREF_raw(keys[j])
+            Py_XDECREF_raw(vals[j])
+
+
+cdef object _j_value(_Reader *r, int depth):
+    """One value at r.i; None with r.out set when the input leaves the subset."""
+    cdef unsigned char c
+    cdef object out
+    cdef object item
+    cdef int kind
+    cdef long long iv = 0
+    cdef double dv = 0
+    if r.i >= r.n:
+        r.out = True
+        return None
+    c = r.s[r.i]
+    if c == 34:  # '"'
+        r.i += 1
+        return _j_string(r)
+    if c == 45 or 48 <= c <= 57:
+        kind = icj_number(r.s, r.i, r.n, &r.i, &iv, &dv)
+        if kind == 1:
+            return PyLong_FromLongLong(iv)
+        if kind == 2:
+            return PyFloat_FromDouble(dv)
+        r.out = True
+        return None
+    if c == 123 or c == 91:
+        if depth >= J_MAX_DEPTH:
+            r.out = True
+            return None
+        r.i += 1
+        if c == 123:
+            return _j_object(r, depth)
+        out = []
+        _j_ws(r)
+        if r.i < r.n and r.s[r.i] == 93:  # ']'
+            r.i += 1
+            return out
+        while True:
+            item = _j_value(r, depth + 1)
+            if r.out:
+                return None
+            out.append(item)
+            _j_ws(r)
+            if r.i >= r.n:
+                r.out = True
+                return None
+            c = r.s[r.i]
+            r.i += 1
+            if c == 93:
+                return out
+            if c != 44:
+                r.out = True
+                return None
+            _j_ws(r)
+    if c == 116 and r.n - r.i >= 4 and memcmp(r.s + r.i, b"true", 4) == 0:
+        r.i += 4
+        return True
+    if c == 102 and r.n - r.i >= 5 and memcmp(r.s + r.i, b"false", 5) == 0:
+        r.i += 5
+        return False
+    if c == 110 and r.n - r.i >= 4 and memcmp(r.s + r.i, b"null", 4) == 0:
+        r.i += 4
+        return None
+    r.out = True
+    return None
+
+
+def loads_json(doc):
+    """Parse one JSON document: the twin's result (and errors) for every input."""
+    cdef _Reader r
+    cdef object out
+    if type(doc) is not str or not PyUnicode_IS_COMPACT_ASCII(doc):
+        return _json_twin(doc)
+    r.s = <const unsigned char *>PyUnicode_DATA(doc)
+    r.n = PyUnicode_GET_LENGTH(doc)
+    r.i = 0
+    r.out = False
+    _j_ws(&r)
+    out = _j_value(&r, 0)
+    if not r.out:
+        _j_ws(&r)
+        if r.i == r.n:
+            return out
+    return _json_twin(doc)

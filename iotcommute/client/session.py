@@ -52,13 +52,8 @@ from ..exceptions import (
 )
 from .group import GroupState
 
-_fast_loads: Callable[[Any], Any]
-try:
-    import orjson
-
-    _fast_loads = orjson.loads
-except ImportError:  # pragma: no cover - orjson is a dependency on CPython
-    _fast_loads = payload.loads
+#: orjson.loads's results and errors (json.loads's without orjson); callers catch Exception
+_fast_loads: Callable[[Any], Any] = payload.loads_json
 
 __all__ = [
     "JSON_TICKS_CHUNK",

@@ -1,4 +1,4 @@
-"""Pure-Python tick-batch codec: the fallback twin of `_speedups/_ticks.pyx`.
+"""Pure-Python tick codecs: the fallback twin of `_speedups/_ticks.pyx`.
 
 The wire format (v1) is specified in docs/protocol-binary.md. Both implementations must give
 the same ticks for a valid batch and the same error (class, message, position) for an invalid
@@ -18,6 +18,15 @@ from typing import Any
 
 from ..exceptions import DecodeError, InputError
 
+#: JSON reading for the client's hot paths (a tick message, a control message): orjson's
+#: results and errors, json's without orjson. The compiled twin reads the common tick shape
+#: itself with the same results. `payload.loads` wraps the errors into DecodeError.
+loads_json: Any
+try:
+    from orjson import loads as loads_json
+except ImportError:  # pragma: no cover - orjson ships wheels for every CPython we support
+    from json import loads as loads_json
+
 __all__ = [
     "FIELD_TYPES",
     "HEADER_SIZE",
@@ -30,6 +39,7 @@ __all__ = [
     "decode_batch_rows",
     "encode_batch",
     "is_batch",
+    "loads_json",
     "text_kind",
 ]
 
