@@ -1270,6 +1270,10 @@ cdef struct _Shape:
     uint64_t sig
     PyObject *tpl
 cdef _Shape _shapes[J_SHAPE_SLOTS]
+# Per depth, the slot of the template the last object there used (-1: none yet).
+cdef Py_ssize_t _predict[J_MAX_DEPTH + 1]
+for _depth in range(J_MAX_DEPTH + 1):
+    _predict[_depth] = -1
 
 
 cdef inline void _j_ws(_Reader *r) noexcept nogil:
@@ -1312,34 +1316,46 @@ cdef object _j_string(_Reader *r):
     return out
 
 
-cdef object _j_dict(PyObject **keys, PyObject **vals, Py_ssize_t n, bint containers):
-    """The dict of n items, taking the references in vals (set to NULL as taken)."""
+cdef object _j_fill(PyObject *tpl, PyObject **keys, PyObject **vals, Py_ssize_t n,
+                    bint containers):
+    """A copy of template tpl with vals stored into its entries (taking the references,
+    set to NULL as taken), or None when its keys are not keys[:n]."""
+    cdef Py_ssize_t j
+    cdef PyObject *d = PyDict_Copy_raw(tpl)
+    cdef object out = <object>d
+    Py_DECREF_raw(d)  # `out` holds it
+    cdef ict_entry *e = ict_entries(d, n)
+    if e == NULL:
+        return None
+    for j in range(n):
+        if e[j].key != keys[j]:
+            return None
+    if containers and not PyObject_GC_IsTracked_raw(d):
+        PyObject_GC_Track_raw(d)  # what PyDict_SetItem does for a container value
+    for j in range(n):
+        ict_put(d, e + j, keys[j], vals[j], 0)
+        vals[j] = NULL
+    return out
+
+
+cdef object _j_dict(PyObject **keys, PyObject **vals, Py_ssize_t n, bint containers,
+                    int depth):
+    """The dict of n items, taking the references in vals (set to NULL as taken); the
+    template of its keys becomes the prediction for the next object at this depth."""
     cdef uint64_t sig = <uint64_t>n * 0x9E3779B97F4A7C15ULL
     cdef Py_ssize_t j
+    cdef Py_ssize_t slot
     cdef _Shape *shape
-    cdef PyObject *d
-    cdef ict_entry *e
     cdef object out
     for j in range(n):
         sig = (sig ^ <uint64_t><size_t>keys[j]) * 0xff51afd7ed558ccdULL
     sig ^= sig >> 32
-    shape = &_shapes[sig & (J_SHAPE_SLOTS - 1)]
+    slot = <Py_ssize_t>(sig & (J_SHAPE_SLOTS - 1))
+    shape = &_shapes[slot]
     if _DIRECT and shape.tpl != NULL and shape.n == n and shape.sig == sig:
-        d = PyDict_Copy_raw(shape.tpl)
-        out = <object>d
-        Py_DECREF_raw(d)  # `out` holds it
-        e = ict_entries(d, n)
-        if e != NULL:
-            for j in range(n):
-                if e[j].key != keys[j]:
-                    e = NULL
-                    break
-        if e != NULL:
-            if containers and not PyObject_GC_IsTracked_raw(d):
-                PyObject_GC_Track_raw(d)  # what PyDict_SetItem does for a container value
-            for j in range(n):
-                ict_put(d, e + j, keys[j], vals[j], 0)
-                vals[j] = NULL
+        out = _j_fill(shape.tpl, keys, vals, n, containers)
+        if out is not None:
+            _predict[depth] = slot
             return out
     out = ICJ_NewPresized(n)
     for j in range(n):
@@ -1351,11 +1367,17 @@ cdef object _j_dict(PyObject **keys, PyObject **vals, Py_ssize_t n, bint contain
         shape.tpl = <PyObject *>tpl
         shape.n = n
         shape.sig = sig
+        _predict[depth] = slot
     return out
 
 
 cdef object _j_object(_Reader *r, int depth):
-    """The object after its opening brace: its items gathered first, then one dict."""
+    """The object after its opening brace: its items gathered first, then one dict.
+
+    Objects at one depth mostly repeat the keys of the previous one (every tick; its
+    data). So the keys are first compared, byte for byte, with those of the template
+    that depth used last: on a full match the dict is that template's copy, and no key
+    was scanned, hashed or looked up. The first difference falls back to reading keys."""
     cdef PyObject *keys[J_MAX_ITEMS]
     cdef PyObject *vals[J_MAX_ITEMS]
     cdef Py_ssize_t count = 0
@@ -1364,19 +1386,43 @@ cdef object _j_object(_Reader *r, int depth):
     cdef unsigned char c
     cdef object key
     cdef object item
+    cdef object out
+    cdef PyObject *ptpl = NULL  # the predicted template, owned while in use
+    cdef ict_entry *pe = NULL
+    cdef Py_ssize_t pn = 0
+    cdef Py_ssize_t klen
+    cdef PyObject *pk
+    cdef Py_ssize_t slot = _predict[depth]
     _j_ws(r)
     if r.i < r.n and r.s[r.i] == 125:  # '}'
         r.i += 1
         return {}
+    if _DIRECT and slot >= 0 and _shapes[slot].tpl != NULL:
+        ptpl = _shapes[slot].tpl
+        Py_INCREF_raw(ptpl)  # a nested object may replace the slot's template
+        pn = _shapes[slot].n
+        pe = ict_entries(ptpl, pn)
     try:
         while True:
             if r.i >= r.n or r.s[r.i] != 34 or count == J_MAX_ITEMS:
                 r.out = True
                 return None
             r.i += 1
-            key = _j_string(r)
-            if r.out:
-                return None
+            key = None
+            if pe != NULL:
+                if count < pn:
+                    pk = pe[count].key
+                    klen = PyUnicode_GET_LENGTH(<object>pk)
+                    if (r.i + klen < r.n and r.s[r.i + klen] == 34
+                            and memcmp(r.s + r.i, PyUnicode_DATA(<object>pk), klen) == 0):
+                        key = <object>pk  # its bytes, then its closing quote
+                        r.i += klen + 1
+                if key is None:
+                    pe = NULL
+            if key is None:
+                key = _j_string(r)
+                if r.out:
+                    return None
             _j_ws(r)
             if r.i >= r.n or r.s[r.i] != 58:  # ':'
                 r.out = True
@@ -1398,7 +1444,11 @@ cdef object _j_object(_Reader *r, int depth):
             c = r.s[r.i]
             r.i += 1
             if c == 125:  # '}'
-                return _j_dict(keys, vals, count, containers)
+                if pe != NULL and count == pn:
+                    out = _j_fill(ptpl, keys, vals, count, containers)
+                    if out is not None:
+                        return out
+                return _j_dict(keys, vals, count, containers, depth)
             if c != 44:  # ','
                 r.out = True
                 return None
@@ -1407,6 +1457,7 @@ cdef object _j_object(_Reader *r, int depth):
         for j in range(count):
             Py_DECREF_raw(keys[j])
             Py_XDECREF_raw(vals[j])
+        Py_XDECREF_raw(ptpl)
 
 
 cdef object _j_value(_Reader *r, int depth):
