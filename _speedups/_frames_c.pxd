@@ -115,7 +115,8 @@ cdef class FrameReader:
 
     @cython.locals(p="const unsigned char *", avail=Py_ssize_t,
                    start=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, b0="unsigned char",
-                   b1="unsigned char", opcode=int, events=list, max_size=Py_ssize_t)
+                   b1="unsigned char", events=list, max_size=Py_ssize_t, frag=int,
+                   limit=Py_ssize_t)
     cdef Py_ssize_t _parse(self, bytes buf, Py_ssize_t pos, Py_ssize_t n) except -1
 
     @cython.locals(opcode=int)

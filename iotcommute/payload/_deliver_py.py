@@ -47,7 +47,8 @@ def deliver_data(
         for ev in run:
             t = type(ev)
             if t is str:
-                if ev.startswith(_CONTROL_PREFIX) and not ev.startswith(_TICK_PREFIX):
+                head = ev[:14]  # slices compared: cheaper than two str.startswith calls
+                if head != _TICK_PREFIX and head[:9] == _CONTROL_PREFIX:
                     break  # a control message
             elif t is not bytes:
                 break
@@ -64,10 +65,11 @@ def deliver_data(
             if ev and ev[0] == 0xC1:
                 latest = ev
         elif t is str:
-            if ev.startswith(_CONTROL_PREFIX):
-                if not ev.startswith(_TICK_PREFIX):
-                    break  # a control message
+            head = ev[:14]
+            if head == _TICK_PREFIX:
                 latest = ev
+            elif head[:9] == _CONTROL_PREFIX:
+                break  # a control message
         else:
             break
         i += 1

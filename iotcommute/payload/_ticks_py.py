@@ -97,9 +97,11 @@ def text_kind(text: str) -> int:
     """What a text message is by its envelope prefix alone (docs/protocol.md §4: every
     server message starts exactly with ``{"type":"<name>"``): 1 a tick, 2 another IOT
     commute message, 0 anything else (application text, which is never parsed)."""
-    if not text.startswith(_CONTROL_PREFIX):
-        return 0
-    return 1 if text.startswith(_TICK_PREFIX) else 2
+    # slices compared: str.startswith parses its arguments on every call (~3x the cost)
+    head = text[:14]
+    if head == _TICK_PREFIX:
+        return 1
+    return 2 if head[:9] == _CONTROL_PREFIX else 0
 
 
 def _read_name(mv: memoryview, off: int, n: int, what: str, i: int) -> tuple[str, int]:

@@ -253,6 +253,9 @@ class FrameReader:
         p = buf
         events = self.events
         max_size = self.max_size
+        # Read once: only the slow path (_frame) changes them, and refreshes these.
+        frag = self._frag_op
+        limit = max_size - self._frag_wire  # the longest data frame that still fits
         while True:
             avail = n - pos
             if avail < 2:
@@ -261,12 +264,11 @@ class FrameReader:
                 return n
             b0 = p[pos]
             b1 = p[pos + 1]
-            opcode = b0 & 0x0F
             length = b1 & 0x7F
             if b1 & 0x80:
                 self._fail(ProtocolError("masked frame from server"))
                 return pos
-            if (b0 != 0x82 and b0 != 0x81) or self._frag_op != 0:
+            if (b0 != 0x82 and b0 != 0x81) or frag != 0:
                 # Anything but an unfragmented, uncompressed data frame: slow-path checks.
                 if not self._check_header(b0, b1):
                     return pos
@@ -287,7 +289,7 @@ class FrameReader:
                     return pos
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 start = pos + 10
-            if opcode < 8 and length > max_size - self._frag_wire:
+            if length > limit and (b0 & 0x0F) < 8:
                 # Wire-length check before buffering the payload (inflated size is checked too);
                 # written as a subtraction so a 63-bit length cannot overflow a C integer.
                 self._fail(MessageTooBigError(f"message over {max_size} bytes"))
@@ -305,8 +307,11 @@ class FrameReader:
                 except UnicodeDecodeError:
                     self._fail(InvalidUTF8Error("invalid UTF-8 in text message"))
                     return pos
-            elif not self._frame(b0, buf, start, end):
-                return pos
+            else:
+                if not self._frame(b0, buf, start, end):
+                    return pos
+                frag = self._frag_op
+                limit = max_size - self._frag_wire
             pos = end
 
     def _begin(self, b0: int, length: int, buf: bytes, start: int, n: int) -> None:
