@@ -1321,10 +1321,12 @@ cdef object _j_fill(PyObject *tpl, PyObject **keys, PyObject **vals, Py_ssize_t 
     """A copy of template tpl with vals stored into its entries (taking the references,
     set to NULL as taken), or None when its keys are not keys[:n]."""
     cdef Py_ssize_t j
+    cdef object keep = <object>tpl  # a collection the copy triggers could run a parse
     cdef PyObject *d = PyDict_Copy_raw(tpl)
     cdef object out = <object>d
     Py_DECREF_raw(d)  # `out` holds it
     cdef ict_entry *e = ict_entries(d, n)
+    cdef PyObject *old
     if e == NULL:
         return None
     for j in range(n):
@@ -1332,9 +1334,11 @@ cdef object _j_fill(PyObject *tpl, PyObject **keys, PyObject **vals, Py_ssize_t 
             return None
     if containers and not PyObject_GC_IsTracked_raw(d):
         PyObject_GC_Track_raw(d)  # what PyDict_SetItem does for a container value
-    for j in range(n):
-        ict_put(d, e + j, keys[j], vals[j], 0)
+    for j in range(n):  # every entry is its key's live entry (checked above): store
+        old = e[j].value
+        e[j].value = vals[j]
         vals[j] = NULL
+        Py_XDECREF_raw(old)  # the template's None
     return out
 
 
