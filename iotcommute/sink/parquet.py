@@ -55,8 +55,9 @@ class ParquetSink(Sink):
     (TickBatch.to_arrow's schema), zstd-compressed by default, with dictionary pages for the
     device ids, delta-encoded positions, BYTE_STREAM_SPLIT float columns when compressed
     (ts and the float readings) and min/max statistics for device, position and ts
-    (`all_statistics=True` for every column). When batches of different field tables meet in one roll the file has the
-    union of their columns (missing values null, clashing types promoted).
+    (`all_statistics=True` for every column). When batches of different field tables meet
+    in one roll the file has the union of their columns (missing values null, clashing types
+    promoted).
 
     ``ordered=False`` is for a consumer-group member, whose partitions each replay from the
     group's committed position: the sink then drops nothing by position (the group filters
