@@ -220,7 +220,9 @@ class Engine:
             if self.commits is not None:
                 self.commits.after_read()
             self.write_session()
-        self.write(ws.data_to_send())
+        out = ws.data_to_send()
+        if out:  # most reads answer nothing: no call into the writer
+            self.write(out)
 
     def _event(self, ev: Any) -> None:
         t = type(ev)
