@@ -1286,6 +1286,26 @@ cdef inline void _j_ws(_Reader *r) noexcept nogil:
             return
 
 
+cdef inline bint _j_after_item(_Reader *r, unsigned char close) noexcept nogil:
+    """After an item of an object or array: True at its closing bracket `close`; False
+    after a comma (whitespace skipped on both sides), or with r.out set on anything else.
+    r.i ends past what was read."""
+    cdef unsigned char c
+    _j_ws(r)
+    if r.i >= r.n:
+        r.out = True
+        return False
+    c = r.s[r.i]
+    r.i += 1
+    if c == close:
+        return True
+    if c != 44:  # ','
+        r.out = True
+        return False
+    _j_ws(r)
+    return False
+
+
 cdef object _j_string(_Reader *r):
     """The string starting after its opening quote; r.i ends after the closing quote."""
     cdef Py_ssize_t start = r.i
@@ -1387,7 +1407,6 @@ cdef object _j_object(_Reader *r, int depth):
     cdef Py_ssize_t count = 0
     cdef Py_ssize_t j
     cdef bint containers = False
-    cdef unsigned char c
     cdef object key
     cdef object item
     cdef object out
@@ -1441,22 +1460,14 @@ cdef object _j_object(_Reader *r, int depth):
             keys[count] = ict_newref(<PyObject *>key)
             vals[count] = ict_newref(<PyObject *>item)
             count += 1
-            _j_ws(r)
-            if r.i >= r.n:
-                r.out = True
-                return None
-            c = r.s[r.i]
-            r.i += 1
-            if c == 125:  # '}'
+            if _j_after_item(r, 125):  # '}'
                 if pe != NULL and count == pn:
                     out = _j_fill(ptpl, keys, vals, count, containers)
                     if out is not None:
                         return out
                 return _j_dict(keys, vals, count, containers, depth)
-            if c != 44:  # ','
-                r.out = True
+            if r.out:
                 return None
-            _j_ws(r)
     finally:
         for j in range(count):
             Py_DECREF_raw(keys[j])
@@ -1504,18 +1515,10 @@ cdef object _j_value(_Reader *r, int depth):
             if r.out:
                 return None
             out.append(item)
-            _j_ws(r)
-            if r.i >= r.n:
-                r.out = True
-                return None
-            c = r.s[r.i]
-            r.i += 1
-            if c == 93:
+            if _j_after_item(r, 93):  # ']'
                 return out
-            if c != 44:
-                r.out = True
+            if r.out:
                 return None
-            _j_ws(r)
     if c == 116 and r.n - r.i >= 4 and memcmp(r.s + r.i, b"true", 4) == 0:
         r.i += 4
         return True
