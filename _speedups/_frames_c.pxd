@@ -42,6 +42,13 @@ cdef extern from *:
     static PyObject *iotc_acc_ascii(PyObject *acc, Py_ssize_t n) {
         return PyUnicode_DecodeASCII(PyByteArray_AS_STRING(acc), n, NULL);
     }
+    /* The 64-bit big-endian length of a frame header (RFC 6455 5.2), read in place. */
+    static Py_ssize_t iotc_be63(const unsigned char *p) {
+        uint64_t v = 0;
+        int i;
+        for (i = 0; i < 8; i++) v = (v << 8) | p[i];
+        return (Py_ssize_t)v;  /* the caller rejected a set top bit: fits */
+    }
     /* All bytes below 0x80, eight at a time. */
     static int iotc_ascii_run(const unsigned char *p, Py_ssize_t n) {
         uint64_t w, acc = 0;
@@ -60,6 +67,7 @@ cdef extern from *:
     object _acc_bytes "iotc_acc_bytes"(object acc, Py_ssize_t n)
     object _acc_ascii "iotc_acc_ascii"(object acc, Py_ssize_t n)
     bint _ascii_run "iotc_ascii_run"(const unsigned char *p, Py_ssize_t n)
+    Py_ssize_t _be63 "iotc_be63"(const unsigned char *p)
 cdef object CloseReceived, Ping, Pong
 cdef object InvalidUTF8Error, MessageTooBigError, ProtocolError
 

@@ -46,16 +46,13 @@ class _Stream(asyncio.BufferedProtocol):
 
     def __init__(self, engine: Engine, ws: ClientProtocol) -> None:
         self.engine = engine
-        self._get_buffer = ws.get_buffer
+        # The read path is bound straight to the core and the engine: no Python frame of
+        # this class per read (uvloop and asyncio's SSL layer look both up as attributes).
+        self.get_buffer = ws.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = engine.feed_read  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.engine.transport = transport  # type: ignore[assignment]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.engine.feed_read(nbytes)
 
     def eof_received(self) -> bool | None:
         self.engine.feed(b"")

@@ -648,21 +648,22 @@ class Session:
             and owner.on_tick_rows is None
             and self.sink is None
         ):
-            self._receive_raw(events, owner.on_message or _ignore)
+            if self._tracking:
+                self._receive_raw(events, owner.on_message or _ignore)
+            else:
+                self._receive_untracked(events, owner.on_message or _ignore)
         else:
             self._receive_ticks(events)
         if not self.hold_commit:
             self.committed = self.position
 
     def _receive_raw(self, events: list[Any], on_message: Callable[..., Any]) -> None:
-        """No tick consumer: data goes to on_message untouched; only control messages are
-        parsed. Positions are read by bytes: message by message only while a repeat is
-        possible (the first data after a (re)subscription, or a replay window), else once
-        per read, from the read's last tick or batch (the stream only goes forward)."""
+        """No tick consumer, a subscription to track: data goes to on_message untouched;
+        only control messages are parsed. Positions are read by bytes: message by message
+        only while a repeat is possible (the first data after a (re)subscription, or a
+        replay window), else once per read, from the read's last tick or batch (the stream
+        only goes forward)."""
         owner = self.owner
-        if not self._tracking:
-            self._receive_untracked(events, on_message)
-            return
         n = 0
         latest: Any = None  # the last tick/batch passed on whose position is not read yet
         stop = self._stop  # _check's cell: set, the compiled run hands each message back

@@ -287,7 +287,10 @@ class FrameReader:
                 if p[pos + 2] & 0x80:
                     self._fail(ProtocolError("frame length has the most significant bit set"))
                     return pos
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if _COMPILED:  # read in place: no slice and int object per big frame
+                    length = _be63(p + pos + 2)  # type: ignore[name-defined,operator]  # noqa: F821
+                else:
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 start = pos + 10
             if length > limit and (b0 & 0x0F) < 8:
                 # Wire-length check before buffering the payload (inflated size is checked too);
