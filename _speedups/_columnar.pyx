@@ -101,10 +101,21 @@ cdef extern from *:
         h ^= h >> 33;
         return h;
     }
+    /* A seeded hash of the id: its first 16 bytes folded by one 64x64->128 multiply of the
+       two seeded words (high half xor low half), the rest of a longer id mixed in after.
+       Two secret seeds keep either factor from being steered to zero. Without a 128-bit
+       type each word goes through the murmur finaliser instead. */
     static inline uint64_t icc_hash(const unsigned char *p, Py_ssize_t len, uint64_t w0,
-                                    uint64_t w1, uint64_t seed) {
-        uint64_t h = icc_mix(w0 ^ seed) ^ icc_mix(w1 + seed + (uint64_t)len);
+                                    uint64_t w1, uint64_t seed, uint64_t seed2) {
+        uint64_t h;
         Py_ssize_t i;
+    #if defined(__SIZEOF_INT128__)
+        __uint128_t m = (__uint128_t)(w0 ^ seed) * (__uint128_t)(w1 ^ seed2 ^ (uint64_t)len);
+        h = (uint64_t)m ^ (uint64_t)(m >> 64);
+    #else
+        h = icc_mix(w0 ^ seed) ^ icc_mix(w1 + seed2 + (uint64_t)len);
+    #endif
+        if (len <= 16) return h;
         for (i = 16; i < len; i++) { h ^= p[i]; h *= 0x100000001b3ULL; }
         return icc_mix(h);
     }
@@ -112,7 +123,7 @@ cdef extern from *:
     void icc_words(const unsigned char* p, Py_ssize_t n, Py_ssize_t avail,
                    uint64_t* w0, uint64_t* w1) nogil
     uint64_t icc_hash(const unsigned char* p, Py_ssize_t n, uint64_t w0, uint64_t w1,
-                      uint64_t seed) nogil
+                      uint64_t seed, uint64_t seed2) nogil
 
 
 cdef enum:
@@ -142,6 +153,7 @@ cdef Py_ssize_t _ids_count = 0
 cdef uint32_t _ids_epoch = 0
 cdef bint _ids_busy = False
 cdef uint64_t _ids_seed = int.from_bytes(os.urandom(8), "little")
+cdef uint64_t _ids_seed2 = int.from_bytes(os.urandom(8), "little")
 
 
 cdef void _ids_clear():
@@ -182,7 +194,7 @@ cdef tuple _read_ids(const unsigned char* p, Py_ssize_t* at, Py_ssize_t n, uint3
         if off + ln > n:
             raise DecodeError("tick batch truncated in the device table")
         icc_words(p + off, ln, n - off, &w0, &w1)
-        h = icc_hash(p + off, ln, w0, w1, _ids_seed)
+        h = icc_hash(p + off, ln, w0, w1, _ids_seed, _ids_seed2)
         k = <Py_ssize_t>(h & (ID_SLOTS - 1))
         while True:
             slot = &_ids[k]
@@ -350,11 +362,25 @@ def parse_columns(bytes buf not None, make_layout):
         _fld_factory = make_layout
         _fld_codes = codes_b
 
-    # rows: device index, then each bool byte; positions from 2**63 after all of them
+    # rows: device index, then each bool byte; positions from 2**63 after all of them.
+    # A branch-free pass first (the highest index, the OR of the bool bytes and of the
+    # positions' top bytes); only a frame that fails it is walked again for its first fault.
     cdef const unsigned char* r = p + off
     cdef Py_ssize_t big = -1
     cdef uint16_t idx
     cdef uint8_t b
+    cdef uint16_t top = 0
+    cdef uint8_t bools = 0, high = 0
+    for i in range(n_ticks):
+        idx = icc_ld16(r)
+        top = idx if idx > top else top
+        high |= r[9]
+        for j in range(n_bool):
+            bools |= r[bool_off[j]]
+        r += row_size
+    if (n_ticks == 0 or top < n_dev) and bools <= 1 and not (high & 0x80):
+        return devices, layout, off, n_ticks
+    r = p + off
     for i in range(n_ticks):
         idx = icc_ld16(r)
         if idx >= n_dev:
