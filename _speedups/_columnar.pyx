@@ -137,14 +137,84 @@ cdef enum:
 # also compare the rest against `b`. Used only by one parse at a time (`_ids_busy`): a parse
 # that starts while another is inside the table (a finalizer or another thread getting the
 # GIL during an allocation) takes the plain path instead.
-cdef struct _IdSlot:
-    uint64_t h
-    uint64_t w0
-    uint64_t w1
-    PyObject* s        # owned str, NULL when empty
-    PyObject* b        # owned bytes object: the id's UTF-8, for the compare past 16 bytes
-    uint32_t size
-    uint32_t stamp
+#
+# The run over a table's known ids is one C loop (icc_ids_run: no Python API but a refcount
+# and a tuple store per id); it hands back to _read_ids at a new id or a fault, which raise,
+# allocate and insert as Python code may.
+cdef extern from *:
+    """
+    typedef struct {
+        uint64_t h, w0, w1;
+        PyObject *s;      /* owned str, NULL when empty */
+        PyObject *b;      /* owned bytes: the id's UTF-8, for the compare past 16 bytes */
+        uint32_t size, stamp;
+    } icc_slot;
+    enum { ICC_DONE = 0, ICC_TRUNCATED = 1, ICC_EMPTY = 2, ICC_REPEAT = 3, ICC_NEW = 4 };
+    /* Ids *ip.. of the table whose id *ip starts (its length byte) at *at: each one found is
+       stamped and stored in out. Stops at the end (ICC_DONE), at a fault (its code), or at an
+       id not in the table (ICC_NEW: its empty slot, hash and words in k, h, w0, w1). On
+       return *ip and *at name the id stopped at. */
+    static int icc_ids_run(const unsigned char *p, Py_ssize_t n, Py_ssize_t *at,
+                           Py_ssize_t *ip, Py_ssize_t n_dev, icc_slot *ids, Py_ssize_t mask,
+                           uint32_t epoch, uint64_t seed, uint64_t seed2, PyObject *out,
+                           Py_ssize_t *k_out, uint64_t *h_out, uint64_t *w0_out,
+                           uint64_t *w1_out) {
+        Py_ssize_t off = *at, i = *ip, ln, k;
+        uint64_t h, w0, w1;
+        icc_slot *slot;
+        int why = ICC_DONE;
+        for (; i < n_dev; i++) {
+            if (off >= n) { why = ICC_TRUNCATED; break; }
+            ln = p[off];
+            if (ln == 0) { why = ICC_EMPTY; break; }
+            if (off + 1 + ln > n) { why = ICC_TRUNCATED; break; }
+            icc_words(p + off + 1, ln, n - off - 1, &w0, &w1);
+            h = icc_hash(p + off + 1, ln, w0, w1, seed, seed2);
+            k = (Py_ssize_t)(h & (uint64_t)mask);
+            for (;;) {
+                slot = &ids[k];
+                if (slot->s == NULL) {
+                    *k_out = k; *h_out = h; *w0_out = w0; *w1_out = w1;
+                    why = ICC_NEW;
+                    break;
+                }
+                if (slot->h == h && slot->size == (uint32_t)ln && slot->w0 == w0 &&
+                    slot->w1 == w1 && (ln <= 16 || memcmp(PyBytes_AS_STRING(slot->b) + 16,
+                                                          p + off + 1 + 16,
+                                                          (size_t)(ln - 16)) == 0))
+                    break;
+                k = (k + 1) & mask;
+            }
+            if (why == ICC_NEW) break;
+            if (slot->stamp == epoch) { why = ICC_REPEAT; break; }
+            slot->stamp = epoch;
+            Py_INCREF(slot->s);
+            PyTuple_SET_ITEM(out, i, slot->s);
+            off += 1 + ln;
+        }
+        *at = off;
+        *ip = i;
+        return why;
+    }
+    """
+    ctypedef struct _IdSlot "icc_slot":
+        uint64_t h
+        uint64_t w0
+        uint64_t w1
+        PyObject* s
+        PyObject* b
+        uint32_t size
+        uint32_t stamp
+    enum:
+        ICC_DONE
+        ICC_TRUNCATED
+        ICC_EMPTY
+        ICC_REPEAT
+        ICC_NEW
+    int icc_ids_run(const unsigned char* p, Py_ssize_t n, Py_ssize_t* at, Py_ssize_t* ip,
+                    Py_ssize_t n_dev, _IdSlot* ids, Py_ssize_t mask, uint32_t epoch,
+                    uint64_t seed, uint64_t seed2, object out, Py_ssize_t* k_out,
+                    uint64_t* h_out, uint64_t* w0_out, uint64_t* w1_out)
 
 cdef _IdSlot* _ids = <_IdSlot*>PyMem_Calloc(ID_SLOTS, sizeof(_IdSlot))
 if _ids == NULL:
@@ -173,62 +243,51 @@ cdef tuple _read_ids(const unsigned char* p, Py_ssize_t* at, Py_ssize_t n, uint3
     """The device table through the intern table: the same checks, order and messages as
     _read_name plus the repeat check, ids shared with earlier tables. Advances at[0]."""
     global _ids_count, _ids_epoch
-    cdef Py_ssize_t i, ln, k, off = at[0]
+    cdef Py_ssize_t i = 0, ln, k
     cdef uint64_t h, w0, w1
     cdef _IdSlot* slot
     cdef tuple out = PyTuple_New(n_dev)  # items NULL until set: tupledealloc skips them
     cdef object s
+    cdef int why
     if _ids_count + n_dev > ID_FILL:
         _ids_clear()
     _ids_epoch += 1
     if _ids_epoch == 0:  # wrapped: old stamps could look current
         _ids_clear()
         _ids_epoch = 1
-    for i in range(n_dev):
-        if off >= n:
+    while True:
+        why = icc_ids_run(p, n, at, &i, n_dev, _ids, ID_SLOTS - 1, _ids_epoch, _ids_seed,
+                          _ids_seed2, out, &k, &h, &w0, &w1)
+        if why == ICC_DONE:
+            return out
+        if why == ICC_TRUNCATED:
             raise DecodeError("tick batch truncated in the device table")
-        ln = p[off]
-        off += 1
-        if ln == 0:
+        if why == ICC_EMPTY:
             raise DecodeError(f"device {i} has an empty name")
-        if off + ln > n:
-            raise DecodeError("tick batch truncated in the device table")
-        icc_words(p + off, ln, n - off, &w0, &w1)
-        h = icc_hash(p + off, ln, w0, w1, _ids_seed, _ids_seed2)
-        k = <Py_ssize_t>(h & (ID_SLOTS - 1))
-        while True:
-            slot = &_ids[k]
-            if slot.s == NULL:
-                try:
-                    s = PyUnicode_DecodeUTF8(<const char*>p + off, ln, "strict")
-                except UnicodeDecodeError:
-                    raise DecodeError(f"device {i} is not valid UTF-8") from None
-                raw = PyBytes_FromStringAndSize(<const char*>p + off, ln)
-                Py_INCREF_raw(<PyObject*>s)
-                Py_INCREF_raw(<PyObject*>raw)
-                slot.s = <PyObject*>s
-                slot.b = <PyObject*>raw
-                slot.w0 = w0
-                slot.w1 = w1
-                slot.size = <uint32_t>ln
-                slot.h = h
-                slot.stamp = _ids_epoch
-                _ids_count += 1
-                break
-            if (slot.h == h and slot.size == <uint32_t>ln and slot.w0 == w0 and slot.w1 == w1
-                    and (ln <= 16 or memcmp(PyBytes_AS_STRING(<object>slot.b) + 16,
-                                            p + off + 16, ln - 16) == 0)):
-                if slot.stamp == _ids_epoch:
-                    raise DecodeError(f"device {i} repeats an earlier device id")
-                slot.stamp = _ids_epoch
-                s = <object>slot.s
-                break
-            k = (k + 1) & (ID_SLOTS - 1)
+        if why == ICC_REPEAT:
+            raise DecodeError(f"device {i} repeats an earlier device id")
+        # ICC_NEW: decode and insert it (allocations: Python may run here)
+        ln = p[at[0]]
+        try:
+            s = PyUnicode_DecodeUTF8(<const char*>p + at[0] + 1, ln, "strict")
+        except UnicodeDecodeError:
+            raise DecodeError(f"device {i} is not valid UTF-8") from None
+        raw = PyBytes_FromStringAndSize(<const char*>p + at[0] + 1, ln)
+        slot = &_ids[k]
+        Py_INCREF_raw(<PyObject*>s)
+        Py_INCREF_raw(<PyObject*>raw)
+        slot.s = <PyObject*>s
+        slot.b = <PyObject*>raw
+        slot.w0 = w0
+        slot.w1 = w1
+        slot.size = <uint32_t>ln
+        slot.h = h
+        slot.stamp = _ids_epoch
+        _ids_count += 1
         Py_INCREF_raw(<PyObject*>s)
         PyTuple_SET_ITEM(out, i, s)
-        off += ln
-    at[0] = off
-    return out
+        at[0] += 1 + ln
+        i += 1
 
 
 cdef inline Py_ssize_t _read_name(const unsigned char* p, Py_ssize_t off, Py_ssize_t n,
@@ -371,13 +430,22 @@ def parse_columns(bytes buf not None, make_layout):
     cdef uint8_t b
     cdef uint16_t top = 0
     cdef uint8_t bools = 0, high = 0
-    for i in range(n_ticks):
-        idx = icc_ld16(r)
-        top = idx if idx > top else top
-        high |= r[9]
-        for j in range(n_bool):
-            bools |= r[bool_off[j]]
-        r += row_size
+    cdef Py_ssize_t b0 = bool_off[0] if n_bool else 0
+    if n_bool <= 1:  # the common shapes: no loop over bool fields per row
+        for i in range(n_ticks):
+            idx = icc_ld16(r)
+            top = idx if idx > top else top
+            high |= r[9]
+            bools |= r[b0] if n_bool else 0
+            r += row_size
+    else:
+        for i in range(n_ticks):
+            idx = icc_ld16(r)
+            top = idx if idx > top else top
+            high |= r[9]
+            for j in range(n_bool):
+                bools |= r[bool_off[j]]
+            r += row_size
     if (n_ticks == 0 or top < n_dev) and bools <= 1 and not (high & 0x80):
         return devices, layout, off, n_ticks
     r = p + off
