@@ -39,8 +39,13 @@ cdef extern from *:
     static PyObject *iotc_acc_bytes(PyObject *acc, Py_ssize_t n) {
         return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(acc), n);
     }
+    /* The buffer holds only bytes already checked below 0x80 (each text fragment is checked
+       as it arrives): the str is made by one copy, without a second check. */
     static PyObject *iotc_acc_ascii(PyObject *acc, Py_ssize_t n) {
-        return PyUnicode_DecodeASCII(PyByteArray_AS_STRING(acc), n, NULL);
+        PyObject *s = PyUnicode_New(n, 127);
+        if (s != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(s), PyByteArray_AS_STRING(acc), (size_t)n);
+        return s;
     }
     /* The 64-bit big-endian length of a frame header (RFC 6455 5.2), read in place. */
     static Py_ssize_t iotc_be63(const unsigned char *p) {
