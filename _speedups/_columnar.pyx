@@ -422,29 +422,24 @@ def parse_columns(bytes buf not None, make_layout):
         _fld_codes = codes_b
 
     # rows: device index, then each bool byte; positions from 2**63 after all of them.
-    # A branch-free pass first (the highest index, the OR of the bool bytes and of the
-    # positions' top bytes); only a frame that fails it is walked again for its first fault.
+    # Branch-free passes first (the highest index and the OR of the positions' top bytes,
+    # then per bool field the OR of its bytes); only a frame that fails them is walked again
+    # for its first fault.
     cdef const unsigned char* r = p + off
     cdef Py_ssize_t big = -1
     cdef uint16_t idx
     cdef uint8_t b
     cdef uint16_t top = 0
     cdef uint8_t bools = 0, high = 0
-    cdef Py_ssize_t b0 = bool_off[0] if n_bool else 0
-    if n_bool <= 1:  # the common shapes: no loop over bool fields per row
+    for i in range(n_ticks):
+        idx = icc_ld16(r)
+        top = idx if idx > top else top
+        high |= r[9]
+        r += row_size
+    for j in range(n_bool):
+        r = p + off + bool_off[j]
         for i in range(n_ticks):
-            idx = icc_ld16(r)
-            top = idx if idx > top else top
-            high |= r[9]
-            bools |= r[b0] if n_bool else 0
-            r += row_size
-    else:
-        for i in range(n_ticks):
-            idx = icc_ld16(r)
-            top = idx if idx > top else top
-            high |= r[9]
-            for j in range(n_bool):
-                bools |= r[bool_off[j]]
+            bools |= r[0]
             r += row_size
     if (n_ticks == 0 or top < n_dev) and bools <= 1 and not (high & 0x80):
         return devices, layout, off, n_ticks
