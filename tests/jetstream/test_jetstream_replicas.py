@@ -21,7 +21,7 @@ def test_leader_killed_mid_stream(nats_cluster: NatsCluster) -> None:
     from iotcommute.server.cluster import SharedLog
     from iotcommute.server.store.jetstream import JetStreamStore
 
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 60  # the whole run, the leader's failover included
     n = 600
 
     async def main() -> dict[str, Any]:
@@ -77,7 +77,7 @@ def test_leader_killed_mid_stream(nats_cluster: NatsCluster) -> None:
         await reader.close()
         return {"acked": acked, "got": got, "entries": entries, "refused": refused, "k": killed}
 
-    out = asyncio.run(asyncio.wait_for(main(), 75))
+    out = asyncio.run(asyncio.wait_for(main(), deadline - time.monotonic()))
     acked, got, entries = out["acked"], out["got"], out["entries"]
     assert len(acked) == n
     # nothing lost, nothing twice: one stored record per publish id, at the acked position
@@ -85,5 +85,4 @@ def test_leader_killed_mid_stream(nats_cluster: NatsCluster) -> None:
     assert {e.pid: e.offset for e in entries} == acked
     # the reader (another connection) saw the whole stream, in order
     assert [r.position for r in got] == [e.offset for e in entries]
-    assert time.monotonic() - t0 < 60
     print(f"leader {out['k']} killed; {out['refused']} appends refused and re-sent")
