@@ -6,7 +6,7 @@ with the type checks in C and the callback called without an interpreter loop ar
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
-from iotcommute.payload import text_kind
+from iotcommute.payload._ticks cimport text_kind_c
 
 __all__ = ["deliver_data"]
 
@@ -16,7 +16,7 @@ def deliver_data(list events not None, Py_ssize_t start, object on_message, obje
     cdef object latest = None
     cdef Py_ssize_t i = start
     cdef object ev
-    cdef object kind
+    cdef int kind
     cdef bint track = stop is not None
     if start < 0:
         raise ValueError("start must be >= 0")
@@ -28,7 +28,7 @@ def deliver_data(list events not None, Py_ssize_t start, object on_message, obje
             if track and PyBytes_GET_SIZE(ev) and <unsigned char>PyBytes_AS_STRING(ev)[0] == 0xC1:
                 latest = ev
         elif type(ev) is str:
-            kind = text_kind(ev)
+            kind = text_kind_c(<str>ev)
             if kind == 2:
                 break
             if kind == 1 and track:

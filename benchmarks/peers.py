@@ -3,7 +3,8 @@
 Every subject implements three operations against the firehose process (firehose.py):
 
 * ``recv(url, counter, compressed)``  receive until ``counter`` has seen every item;
-  each message goes to ``counter.feed`` (which decodes ticks to dicts);
+  each message goes to ``counter.feed`` or, for the callback subjects, to the same work as
+  one callback (``counter.callback``; ticks are decoded to dicts);
 * ``send(url, n, text, batched)``     publish ``n`` masked text frames into the sink and
   wait for its ``done``: one socket write per frame, or (``batched``) the frames of a
   burst gathered into ~64 KiB writes, for the subjects that can (``send_modes``);
@@ -96,6 +97,44 @@ class Counter:
 
         self.feed: Callable[[Any], bool] = feed
 
+    def callback(self, finish: Callable[[], None]) -> Callable[[Any], None]:
+        """``feed`` as a one-argument callback that calls ``finish()`` once the count is
+        reached: the consumer of the callback subjects (picows, wsproto, the core). Its body
+        is the one the public APIs' ``on_message`` runs (``_recv_callback``): one Python call
+        a message for every subject, whatever its API shape."""
+        expected = self.expected
+        if self.case.kind == "ticks-json":
+            loads = _loader(self.decoder)
+
+            def on_json(msg: Any) -> None:
+                self.last = loads(msg)
+                self.count += 1
+                if self.count >= expected:
+                    finish()
+
+            return on_json
+        if self.case.kind == "ticks-batch":
+            from iotcommute import payload
+
+            decode = payload.decode_batch
+
+            def on_batch(msg: Any) -> None:
+                ticks = decode(msg)
+                self.last = ticks[-1]
+                self.count += len(ticks)
+                if self.count >= expected:
+                    finish()
+
+            return on_batch
+
+        def on_message(msg: Any) -> None:
+            self.last = msg
+            self.count += 1
+            if self.count >= expected:
+                finish()
+
+        return on_message
+
     @property
     def done(self) -> bool:
         return self.count >= self.expected
@@ -157,13 +196,12 @@ Opener = Callable[[str, OnMessage, bool], Awaitable[CallbackConn]]
 async def cb_recv(opener: Opener, url: str, counter: Counter, compressed: bool) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    feed = counter.feed
 
-    def on_message(msg: Any) -> None:
-        if feed(msg) and not done.done():
+    def finish() -> None:
+        if not done.done():
             done.set_result(None)
 
-    conn = await opener(url, on_message, compressed)
+    conn = await opener(url, counter.callback(finish), compressed)
     await asyncio.wait([done, conn.closed], return_when=asyncio.FIRST_COMPLETED)
     conn.close()
     await conn.closed

@@ -80,7 +80,7 @@ else:
         )
 
         SPEEDUPS = False
-    # the raw consumer's delivery loop (it calls text_kind above: imported after it)
+    # the raw consumer's delivery loop (the compiled one cimports _ticks' text_kind_c)
     try:
         from ._deliver import deliver_data
     except ImportError:  # pragma: no cover - depends on the build
