@@ -490,6 +490,28 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def pin_cpus(server_pid: int) -> None:
+    """``IOTCOMMUTE_BENCH_PIN``: where the firehose and this (client) process run.
+
+    ``split`` puts the server on the first CPU and the client on the last, ``same`` both on
+    the last; unset, the scheduler places them. On loopback the placement decides what the
+    "raw-bytes ceiling" is: with a core each, the server's kernel send runs beside the
+    client, so the ceiling is the client's receive copy alone (see docs/columnar.md).
+    """
+    mode = os.environ.get("IOTCOMMUTE_BENCH_PIN", "")
+    if not mode or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "split" and len(cpus) > 1:
+        os.sched_setaffinity(server_pid, {cpus[0]})
+        os.sched_setaffinity(0, {cpus[-1]})
+    elif mode == "same":
+        os.sched_setaffinity(server_pid, {cpus[-1]})
+        os.sched_setaffinity(0, {cpus[-1]})
+    else:
+        raise ValueError(f"IOTCOMMUTE_BENCH_PIN={mode!r}: use split or same")
+
+
 class FirehoseProcess:
     """Starts the server in a child process; ``url(path)`` builds ws:// URLs to it."""
 
@@ -507,6 +529,7 @@ class FirehoseProcess:
             self.close()
             raise RuntimeError(f"firehose did not start: {line!r}")
         self.port = int(line[1])
+        pin_cpus(self.proc.pid)
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
