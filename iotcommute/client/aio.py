@@ -6,7 +6,8 @@
 
 Ticks go into a bounded queue: above `max_queue` the socket stops being read (TCP
 backpressure reaches the server; the keep-alive knows the silence is ours) and resumes below
-`max_queue // 4`. Ticks are queued for `async for` unless a tick callback is set and no
+`max_queue // 4`; the queue can overshoot by the ticks of one read (at most 512 KiB of
+wire bytes). Ticks are queued for `async for` unless a tick callback is set and no
 iteration has started (a callback-only user never drains the queue); iterate=False turns
 the queue off. With a checkpoint, only what the iterator handed out is checkpointed.
 """
