@@ -493,13 +493,19 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def pin_cpus(server_pid: int) -> None:
     """``IOTCOMMUTE_BENCH_PIN``: where the firehose and this (client) process run.
 
-    ``split`` puts the server on the first CPU and the client on the last, ``same`` both on
-    the last; unset, the scheduler places them. On loopback the placement decides what the
-    "raw-bytes ceiling" is: with a core each, the server's kernel send runs beside the
-    client, so the ceiling is the client's receive copy alone (see docs/columnar.md).
+    ``split`` (the default) puts the server on the first CPU and the client on the last,
+    ``same`` both on the last, ``none`` leaves them to the scheduler. Split by default:
+    left to the scheduler, the two processes sometimes share a core for a while, and a
+    subject measured then loses up to half its rate (picows on bin32: 2.46 M and 1.13 M
+    messages/s in two unpinned runs, 3.64 M and 3.48 M in two split ones). On loopback the
+    placement also decides what the "raw-bytes ceiling" is: with a core each, the server's
+    kernel send runs beside the client, so the ceiling is the client's receive copy alone
+    (see docs/columnar.md).
     """
-    mode = os.environ.get("IOTCOMMUTE_BENCH_PIN", "")
-    if not mode or not hasattr(os, "sched_setaffinity"):
+    mode = os.environ.get("IOTCOMMUTE_BENCH_PIN", "split")
+    if mode not in ("split", "same", "none"):
+        raise ValueError(f"IOTCOMMUTE_BENCH_PIN={mode!r}: use split, same or none")
+    if mode == "none" or not hasattr(os, "sched_setaffinity"):
         return
     cpus = sorted(os.sched_getaffinity(0))
     if mode == "split" and len(cpus) > 1:
@@ -508,8 +514,6 @@ def pin_cpus(server_pid: int) -> None:
     elif mode == "same":
         os.sched_setaffinity(server_pid, {cpus[-1]})
         os.sched_setaffinity(0, {cpus[-1]})
-    else:
-        raise ValueError(f"IOTCOMMUTE_BENCH_PIN={mode!r}: use split or same")
 
 
 class FirehoseProcess:
