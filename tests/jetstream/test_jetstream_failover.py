@@ -37,7 +37,7 @@ async def until(pred: Any, timeout: float = 20.0) -> None:
 
 @pytest.mark.timeout(120)
 def test_group_failover_nothing_lost(nats_server: NatsServer) -> None:
-    t_start = time.monotonic()
+    deadline = time.monotonic() + 60  # the whole failover, start-up included
     procs = [
         ServerProc(nats_server.url, "--partitions", str(PARTITIONS), "--group-session-timeout", "2")
         for _ in range(3)
@@ -46,11 +46,11 @@ def test_group_failover_nothing_lost(nats_server: NatsServer) -> None:
         for p in procs:
             p.start()
         urls = [p.ws_url for p in procs]
-        asyncio.run(asyncio.wait_for(scenario(nats_server, procs, urls), 90))
+        left = deadline - time.monotonic()
+        asyncio.run(asyncio.wait_for(scenario(nats_server, procs, urls), left))
     finally:
         for p in procs:
             p.stop()
-    assert time.monotonic() - t_start < 60
 
 
 async def scenario(nats: NatsServer, procs: list[ServerProc], urls: list[str]) -> None:
