@@ -12,6 +12,7 @@ of the same length for every subject.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,23 +40,39 @@ def calibrate(scale: BenchScale, once: Callable[[], Any], round_s: float) -> int
     return max(1, min(MAX_REPS, math.ceil(round_s / elapsed)))
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, all its threads included."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def measure(
     benchmark: Any,
     scale: BenchScale,
     once: Callable[[], T],
     items: int,
     micro: bool = False,
+    cpu: bool = False,
     **info: Any,
 ) -> T:
     """Time ``scale.rounds`` rounds of ``reps`` calls of ``once`` (``items`` items each);
-    ``micro``: an in-process benchmark, rounds of ``MICRO`` x ``round_s``."""
+    ``micro``: an in-process benchmark, rounds of ``MICRO`` x ``round_s``. ``cpu``: also
+    record each round's CPU time of this process (``extra_info["cpu_s"]``), for a subject
+    that runs in it: where the firehose is what limits the rate (big frames), the rates of
+    all fast clients meet and their CPU per message is what still tells them apart."""
     reps = calibrate(scale, once, scale.round_s * (MICRO if micro else 1.0))
     box: list[T] = []
+    cpu_s: list[float] = []
 
     def one_round() -> None:
+        c0 = _cpu_s() if cpu else 0.0
         for _ in range(reps):
             box[:] = [once()]
+        if cpu:
+            cpu_s.append(_cpu_s() - c0)
 
     benchmark.extra_info.update(info, items=items * reps, reps=reps)
+    if cpu:
+        benchmark.extra_info["cpu_s"] = cpu_s  # filled by the rounds below
     benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=0, iterations=1)
     return box[0]

@@ -98,6 +98,7 @@ class Cell:
     subject: str
     items: float
     times: tuple[float, ...]
+    cpu: tuple[float, ...] = ()  # CPU seconds of each round, for subjects in this process
 
     @property
     def rates(self) -> list[float]:
@@ -115,6 +116,11 @@ class Cell:
     def hi(self) -> float:
         return self.rates[-1]
 
+    @property
+    def cpu_us(self) -> list[float]:
+        """CPU microseconds per item of each round, sorted (empty: not measured)."""
+        return sorted(1e6 * c / self.items for c in self.cpu)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "section": self.section,
@@ -122,11 +128,15 @@ class Cell:
             "subject": self.subject,
             "items": self.items,
             "times": list(self.times),
+            "cpu": list(self.cpu),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Cell:
-        return cls(d["section"], d["case"], d["subject"], d["items"], tuple(d["times"]))
+        return cls(
+            d["section"], d["case"], d["subject"], d["items"], tuple(d["times"]),
+            tuple(d.get("cpu", ())),
+        )  # fmt: skip
 
 
 def cells_from_metas(metas: list[Any]) -> list[Cell]:
@@ -143,6 +153,7 @@ def cells_from_metas(metas: list[Any]) -> list[Cell]:
                 str(info["subject"]),
                 float(info["items"]),
                 tuple(float(t) for t in stats),
+                tuple(float(c) for c in info.get("cpu_s", ())),
             )
         )
     return out
@@ -163,6 +174,22 @@ def best_peer(cols: dict[str, Cell]) -> Cell | None:
     return max(peers, key=lambda c: c.median) if peers else None
 
 
+def leanest_peer(cols: dict[str, Cell]) -> Cell | None:
+    """The peer library with the least CPU per item (median), among those measured."""
+    peers = [c for s, c in cols.items() if not is_ours(s) and c.cpu]
+    return min(peers, key=lambda c: statistics.median(c.cpu_us)) if peers else None
+
+
+def _cpu_ratio(c: Cell, peer: Cell) -> tuple[float, float, float]:
+    """Our CPU per item over the peer's: median, and the conservative spread."""
+    ours, theirs = c.cpu_us, peer.cpu_us
+    return (
+        statistics.median(ours) / statistics.median(theirs),
+        ours[0] / theirs[-1],
+        ours[-1] / theirs[0],
+    )
+
+
 def figures(cells: list[Cell]) -> list[Figure]:
     """Every rate and ratio the tables state, keyed for comparison between runs."""
     out = []
@@ -180,6 +207,15 @@ def figures(cells: list[Cell]) -> list[Figure]:
                             c.hi / best.lo,
                         )
                     )
+                if c.cpu:
+                    us = c.cpu_us
+                    out.append(Figure(f"{section}|{case}|{subject}|cpu", statistics.median(us),
+                                      us[0], us[-1]))  # fmt: skip
+            lean = leanest_peer(cols)
+            for subject, c in cols.items():
+                if lean is not None and is_ours(subject) and c.cpu:
+                    key = f"{section}|{case}|{subject}|cpu ratio"
+                    out.append(Figure(key, *_cpu_ratio(c, lean)))
     return out
 
 
@@ -262,6 +298,58 @@ def ratio_table(
     return out
 
 
+def cpu_table(cases: dict[str, dict[str, Cell]], keep: set[str] | None = None) -> list[str]:
+    """CPU per message of the client process, where it was measured (subjects that run in
+    the benchmark's process), with our ratio to the peer that used the least."""
+    measured = {case: {s: c for s, c in cols.items() if c.cpu} for case, cols in cases.items()}
+    measured = {case: cols for case, cols in measured.items() if cols}
+    if not measured:
+        return []
+    order: list[str] = []
+    for cols in measured.values():
+        order += [s for s in cols if s not in order and is_ours(s)]
+    out = [
+        "### Client CPU per message (receive; user + system time of the client's process, "
+        "the firehose's not included)",
+        "",
+        "| case | leanest peer | " + " | ".join(order) + " |",
+        "|---|---|" + "---|" * len(order),
+    ]
+
+    def us(c: Cell) -> str:
+        v = c.cpu_us
+        return f"{statistics.median(v):.2f} µs [{v[0]:.2f}\u2013{v[-1]:.2f}]"
+
+    for case, cols in measured.items():
+        lean = leanest_peer(cols)
+        lean_cell = "-"
+        if lean is not None:
+            shown = _shown(keep, f"{lean.section}|{case}|{lean.subject}|cpu")
+            lean_cell = f"{lean.subject} {us(lean) if shown else NOT_REPRODUCED}"
+        row = []
+        for s in order:
+            c = cols.get(s)
+            if c is None:
+                row.append("-")
+                continue
+            key = f"{c.section}|{case}|{s}|"
+            cell = us(c) if _shown(keep, key + "cpu") else NOT_REPRODUCED
+            if lean is not None:
+                if _shown(keep, key + "cpu ratio"):
+                    m, lo, hi = _cpu_ratio(c, lean)
+                    cell += f" **{m:.2f}x** [{lo:.2f}\u2013{hi:.2f}]"
+                else:
+                    cell += f" ratio {NOT_REPRODUCED}"
+            row.append(cell)
+        out.append(f"| {case} | {lean_cell} | " + " | ".join(row) + " |")
+    out += [
+        "",
+        "**Nx** here is our CPU per message over the leanest peer's (below 1: less CPU).",
+        "",
+    ]
+    return out
+
+
 def fallback_table(
     sections: dict[str, dict[str, dict[str, Cell]]], keep: set[str] | None = None
 ) -> list[str]:
@@ -328,6 +416,8 @@ def build(
     for section in sections:
         if section not in TITLES:
             lines += ratio_table(section, sections[section], keep)
+    if "recv" in sections:
+        lines += cpu_table(sections["recv"], keep)
     lines += fallback_table(sections, keep)
 
     lat = [r for r in records if r.get("section") == "latency"]

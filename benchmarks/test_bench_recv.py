@@ -83,6 +83,7 @@ def test_recv(
         bench_scale,
         one_stream,
         case.expected(n),
+        cpu=not isinstance(subject, peers.InWorker),  # a worker's CPU is not this process's
         section="recv",
         case=case_name,
         subject=subject_name,
