@@ -318,9 +318,18 @@ cdef inline bint _repeats(const unsigned char* p, Py_ssize_t off, Py_ssize_t n, 
     return off + ln <= n and memcmp(p + off, PyBytes_AS_STRING(raw), ln) == 0
 
 
+cdef inline tuple _parsed(tuple devices, object layout, const unsigned char* p, Py_ssize_t off,
+                          Py_ssize_t n_ticks, Py_ssize_t row_size):
+    if n_ticks == 0:
+        return (devices, layout, off, 0, None, None)
+    return (devices, layout, off, n_ticks, icc_ld64(p + off + 2),
+            icc_ld64(p + off + (n_ticks - 1) * row_size + 2))
+
+
 def parse_columns(bytes buf not None, make_layout):
     """Checks 1-9 of docs/protocol-binary.md and the int64 position check; returns
-    (device table, make_layout(type codes, field names), offset of the rows, rows)."""
+    (device table, make_layout(type codes, field names), offset of the rows, rows, first
+    position, last position); the positions are None when there are no rows."""
     global _dev_raw, _dev_n, _dev_ids, _fld_raw, _fld_n, _fld_layout, _fld_factory, _fld_codes
     global _ids_busy
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
@@ -442,7 +451,7 @@ def parse_columns(bytes buf not None, make_layout):
             bools |= r[0]
             r += row_size
     if (n_ticks == 0 or top < n_dev) and bools <= 1 and not (high & 0x80):
-        return devices, layout, off, n_ticks
+        return _parsed(devices, layout, p, off, n_ticks, row_size)
     r = p + off
     for i in range(n_ticks):
         idx = icc_ld16(r)
@@ -468,7 +477,7 @@ def parse_columns(bytes buf not None, make_layout):
             f"tick at position {pos}: positions from 2**63 do not fit the int64 position column",
             position=pos,
         )
-    return devices, layout, off, n_ticks
+    return _parsed(devices, layout, p, off, n_ticks, row_size)
 
 
 cdef object _out(object alloc, Py_ssize_t size, unsigned char** ptr):

@@ -204,11 +204,13 @@ class TickBatch:
     Rows keep frame order, which for server batches is increasing position.
     """
 
-    __slots__ = ("_buf", "_devices", "_layout", "_n", "_off", "_rows")
+    __slots__ = ("_buf", "_devices", "_first", "_last", "_layout", "_n", "_off", "_rows")
 
     _buf: bytes
     _off: int
     _n: int
+    _first: int | None
+    _last: int | None
     _devices: tuple[str, ...]
     _layout: _Layout
     _rows: npt.NDArray[np.void] | None
@@ -218,12 +220,23 @@ class TickBatch:
 
     @classmethod
     def _make(
-        cls, buf: bytes, off: int, n: int, devices: tuple[str, ...], layout: _Layout
+        cls,
+        buf: bytes,
+        off: int,
+        n: int,
+        devices: tuple[str, ...],
+        layout: _Layout,
+        first: int | None,
+        last: int | None,
     ) -> TickBatch:
+        """`first` and `last`: the first and last row's positions (None without rows), read
+        by the parse, so a consumer's per-frame duplicate check reads no bytes again."""
         self = object.__new__(cls)
         self._buf = buf
         self._off = off
         self._n = n
+        self._first = first
+        self._last = last
         self._devices = devices
         self._layout = layout
         self._rows = None
@@ -282,17 +295,12 @@ class TickBatch:
     @property
     def first_position(self) -> int | None:
         """Position of the first row, None for an empty batch."""
-        if not self._n:
-            return None
-        return int(_POS.unpack_from(self._buf, self._off + 2)[0])
+        return self._first
 
     @property
     def last_position(self) -> int | None:
         """Position of the last row, None for an empty batch."""
-        if not self._n:
-            return None
-        off = self._off + (self._n - 1) * self._layout.row_size + 2
-        return int(_POS.unpack_from(self._buf, off)[0])
+        return self._last
 
     def __repr__(self) -> str:
         if not self._n:
@@ -421,22 +429,27 @@ class TickBatch:
         """The rows after `position` (rows at or below it sliced off, without copying): for
         dropping duplicates after a resume. Positions must increase within the batch, as in
         every server batch; the result shares this batch's bytes."""
-        n = self._n
-        if not n:
+        n, first, last = self._n, self._first, self._last
+        if first is None or last is None or first > position:
             return self
-        first = self.first_position
-        assert first is not None
-        if first > position:
-            return self
-        last = self.last_position
-        assert last is not None
         if last <= position:
             k = n
         else:
             k = int(np.searchsorted(self._view()["p"], position, side="right"))
+        rest = n - k
         return TickBatch._make(
-            self._buf, self._off + k * self._layout.row_size, n - k, self._devices, self._layout
+            self._buf,
+            self._off + k * self._layout.row_size,
+            rest,
+            self._devices,
+            self._layout,
+            self._row_position(k) if rest else None,
+            last if rest else None,
         )
+
+    def _row_position(self, i: int) -> int:
+        """The position of row `i` (read from the frame)."""
+        return int(_POS.unpack_from(self._buf, self._off + i * self._layout.row_size + 2)[0])
 
     def filter(self, mask: npt.ArrayLike) -> TickBatch:
         """The rows where `mask` (one bool per row) is true, in order, as a new batch that
@@ -447,8 +460,9 @@ class TickBatch:
         k = int(keep.sum())
         if k == self._n:
             return self
-        rows = self._view()[keep].tobytes()
-        return TickBatch._make(rows, 0, k, self._devices, self._layout)
+        kept = self._view()[keep]
+        ends = (int(kept["p"][0]), int(kept["p"][-1])) if k else (None, None)
+        return TickBatch._make(kept.tobytes(), 0, k, self._devices, self._layout, *ends)
 
     def _row_bytes(self) -> memoryview:
         """The wire rows this batch covers (for sinks that concatenate batches)."""
@@ -457,18 +471,15 @@ class TickBatch:
 
 # --- decoding ----------------------------------------------------------------------------------
 
-Parse = Callable[
-    [bytes, Callable[[bytes, tuple[str, ...]], Any]],
-    tuple[tuple[str, ...], Any, int, int],
-]
+Parsed = tuple[tuple[str, ...], Any, int, int, int | None, int | None]
+Parse = Callable[[bytes, Callable[[bytes, tuple[str, ...]], Any]], Parsed]
 
 
-def _parse_py(
-    buf: bytes, make_layout: Callable[[bytes, tuple[str, ...]], Any]
-) -> tuple[tuple[str, ...], Any, int, int]:
+def _parse_py(buf: bytes, make_layout: Callable[[bytes, tuple[str, ...]], Any]) -> Parsed:
     """Pure twin of `_columnar.parse_columns`: checks 1-9 of the spec (by _ticks_py's own
     table parser, so the messages are decode_batch's), then the int64 position check, and
-    returns (device table, layout, offset of the rows, number of rows)."""
+    returns (device table, layout, offset of the rows, number of rows, first and last
+    position: None without rows)."""
     _mv, n, devices, names, _bools, row, off = _ticks_py._parse(buf)
     codes = bytes(_LETTER_CODE[c] for c in row.format[4:])
     layout = make_layout(codes, tuple(names))
@@ -495,7 +506,8 @@ def _parse_py(
         neg = view["p"] < 0
         if neg.any():
             _too_big(int(view["p"][int(neg.argmax())]) & 0xFFFFFFFFFFFFFFFF)
-    return tuple(devices), layout, off, n
+        return tuple(devices), layout, off, n, int(view["p"][0]), int(view["p"][-1])
+    return tuple(devices), layout, off, n, None, None
 
 
 def _too_big(pos: int) -> None:
@@ -569,8 +581,8 @@ else:
 def _decode_with(parse: Parse, buf: bytes | bytearray | memoryview) -> TickBatch:
     if type(buf) is not bytes:
         buf = bytes(buf)  # the one copy: never alias a buffer the caller may reuse
-    devices, layout, off, n = parse(buf, _layout)
-    return TickBatch._make(buf, off, n, devices, layout)
+    devices, layout, off, n, first, last = parse(buf, _layout)
+    return TickBatch._make(buf, off, n, devices, layout, first, last)
 
 
 def decode_batch_columns(buf: bytes | bytearray | memoryview) -> TickBatch:
@@ -581,8 +593,8 @@ def decode_batch_columns(buf: bytes | bytearray | memoryview) -> TickBatch:
     kept by reference; anything else is copied once."""
     if type(buf) is not bytes:
         buf = bytes(buf)
-    devices, layout, off, n = _parse(buf, _layout)
-    return TickBatch._make(buf, off, n, devices, layout)
+    devices, layout, off, n, first, last = _parse(buf, _layout)
+    return TickBatch._make(buf, off, n, devices, layout, first, last)
 
 
 # --- many batches at once -----------------------------------------------------------------------

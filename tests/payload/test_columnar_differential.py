@@ -51,6 +51,8 @@ def outcome(parse: Any, buf: bytes) -> tuple[Any, ...]:
         len(b),
         b.codes.tolist(),
         b.to_dicts(),
+        b.first_position,
+        b.last_position,
     )
 
 
@@ -65,6 +67,9 @@ def check(buf: bytes) -> tuple[Any, ...]:
     except DecodeError as exc:
         assert got_p == ("err", exc.message, exc.position)
         return got_p
+    if got_p[0] == "ok":  # the positions the parse read are the rows' first and last
+        ends = (want[0]["position"], want[-1]["position"]) if want else (None, None)
+        assert got_p[-2:] == ends, (got_p[-2:], ends)
     if got_p[0] == "err":
         big = [t["position"] for t in want if t["position"] >= 2**63]
         assert big and got_p[2] == big[0] and "2**63" in got_p[1], got_p

@@ -320,7 +320,10 @@ def test_tickbatch_filter_copies_the_kept_rows() -> None:
     assert same is b
     kept = b.filter([True, False, True, False, True])
     assert kept["position"].tolist() == [1, 3, 5] and kept.devices == b.devices
+    assert (kept.first_position, kept.last_position) == (1, 5)
+    assert b.filter([False, True, True, True, False]).last_position == 4
     assert kept.to_dicts() == [b.to_dicts()[i] for i in (0, 2, 4)]
-    assert len(b.filter([False] * 5)) == 0
+    none = b.filter([False] * 5)
+    assert len(none) == 0 and none.first_position is None and none.last_position is None
     with pytest.raises(ValueError):
         b.filter([True])
