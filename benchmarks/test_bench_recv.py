@@ -8,7 +8,9 @@ cases with ``on_ticks`` (one call per network read with the list of new ticks).
 decoded to dicts (peers with orjson, iotcommute with its own decoding).
 
 A round repeats the stream (a new connection each time) for about ``round_s`` seconds
-(benchmarks/rounds.py), so every subject's rounds last the same.
+(benchmarks/rounds.py), so every subject's rounds last the same. A subject whose stream of
+the case's length ends within ``rounds.STEADY_STREAM_S`` gets a longer one
+(``rounds.steady_n``): a short stream is mostly connection set-up and TCP's ramp-up.
 
 Every round asserts the delivered count, so the smoke run (plain ``pytest``) checks each
 subject end to end over a real loopback socket.
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 from benchmarks import firehose, peers
-from benchmarks.rounds import measure
+from benchmarks.rounds import measure, steady_n
 
 
 def _params() -> list[Any]:
@@ -67,21 +69,24 @@ def test_recv(
     case = firehose.CASES[case_name]
     subject = peers.SUBJECTS[subject_name]
     skip_unless_runnable(subject, case)
-    n = bench_scale.n(case.base_n)
-    firehose_server.prepare(case_name, n)
-    url = firehose_server.url(f"/recv/{case_name}/{n}")
 
-    def one_stream() -> peers.Counter:
+    def stream(n: int) -> peers.Counter:
         counter = peers.Counter(case, n, decoder)
-        subject.recv(url, counter, case.compressed)
+        subject.recv(firehose_server.url(f"/recv/{case_name}/{n}"), counter, case.compressed)
         assert counter.count == counter.expected, (subject_name, counter.count, counter.expected)
         return counter
 
+    held = case.kind.startswith("ticks")  # the firehose holds every distinct message
+    one = len(firehose.encode_message(case, firehose.case_messages(case, 1)[0]))
+    base = bench_scale.n(case.base_n)
+    firehose_server.prepare(case_name, base)  # tick cases: built once per length, cached
+    n = steady_n(bench_scale, stream, base, one if held else None)
+    firehose_server.prepare(case_name, n)
     benchmark.group = f"recv {case_name}: {case.description}"
     counter = measure(
         benchmark,
         bench_scale,
-        one_stream,
+        lambda: stream(n),
         case.expected(n),
         cpu=not isinstance(subject, peers.InWorker),  # a worker's CPU is not this process's
         section="recv",
