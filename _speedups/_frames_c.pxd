@@ -6,7 +6,7 @@ cdef int OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
 cdef Py_ssize_t DEFAULT_MAX_SIZE, DEFAULT_MAX_FRAGMENTS
 cdef bytes _DEFLATE_TAIL
 cdef object _Utf8Decoder
-cdef Py_ssize_t _PREALLOC_MAX, _READ_SIZE, _DIRECT_MIN, _ACC_KEEP
+cdef Py_ssize_t _PREALLOC_MAX, _READ_SIZE, _READ_SIZE_BIG, _BIG_MESSAGE, _DIRECT_MIN, _ACC_KEEP
 cdef bint _COMPILED
 
 # Compiled-only helpers, used under `if _COMPILED:` in the .py (the fallback never runs them).
@@ -127,9 +127,11 @@ cdef class FrameReader:
     cdef object _rbuf
     cdef object _rview
     cdef bint _rdirect
+    cdef Py_ssize_t _rsize
 
     cpdef object get_buffer(self, Py_ssize_t sizehint=*)
 
+    @cython.locals(k=Py_ssize_t)
     cpdef void buffer_updated(self, Py_ssize_t nbytes) except *
 
     @cython.locals(buf=bytes)

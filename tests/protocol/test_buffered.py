@@ -133,6 +133,25 @@ def test_compiled_reads_big_binary_frames_in_place() -> None:
     assert r.events == [payload, b"xyz"]
 
 
+def test_compiled_read_size_follows_the_message_size() -> None:
+    """Compiled: after a read of big messages (2 KiB or more on average) the next read may
+    fill 256 KiB of the buffer, after a read of small ones 512 KiB (see _READ_SIZE_BIG)."""
+    mod = compiled("iotcommute.protocol._frames_c")
+    if mod is None:
+        pytest.skip("compiled frame reader not built")
+    r = mod.FrameReader(max_size=2**26)
+    assert len(r.get_buffer(-1)) == 512 * 1024
+    for size, count, then in ((4096, 50, 256), (100, 1000, 512), (2100, 60, 256)):
+        data = (_hdr(0x82, size) + bytes(size)) * count
+        view = r.get_buffer(-1)
+        view[: len(data)] = data
+        del view
+        r.buffer_updated(len(data))
+        assert len(r.events) == count and all(len(m) == size for m in r.events)
+        r.events = []
+        assert len(r.get_buffer(-1)) == then * 1024, (size, then)
+
+
 def test_client_protocol_buffered_through_the_handshake() -> None:
     p = ClientProtocol("example.test", "/x", compression=False)
     p.send_request()
