@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,18 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+async def until(pred: Callable[[], object], timeout: float | None = 20.0) -> None:
+    """Until ``pred()`` holds, polled every 50 ms. A wait past ``timeout`` seconds raises
+    TimeoutError, so a hang fails at the bound (nothing is timed after the fact); None: no
+    bound of its own, the test's pytest timeout bounds it."""
+
+    async def poll() -> None:
+        while not pred():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 def device_headers(i: int, role: str = "device") -> dict[str, str]:

@@ -15,24 +15,16 @@ import asyncio
 import json
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 
 from iotcommute.partition import partition
-from tests.jetstream.jsprocs import GroupMember, Publisher, ServerProc, device_headers
+from tests.jetstream.jsprocs import GroupMember, Publisher, ServerProc, device_headers, until
 from tests.jetstream.natsfixture import NatsServer, nats_server
 
 __all__ = ["nats_server"]
 
 PARTITIONS = 4
-
-
-async def until(pred: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(120)

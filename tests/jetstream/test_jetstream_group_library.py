@@ -22,12 +22,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from iotcommute.partition import partition
-from tests.jetstream.jsprocs import ROOT, Publisher, ServerProc
+from tests.jetstream.jsprocs import ROOT, Publisher, ServerProc, until
 from tests.jetstream.natsfixture import NatsServer, nats_server
 
 __all__ = ["nats_server"]
@@ -73,12 +72,6 @@ def read_member(path: Path) -> list[tuple[str, float, list[int]]]:
 
 def processed(out: Path) -> dict[str, list[tuple[str, float, list[int]]]]:
     return {p.stem: read_member(p) for p in sorted(out.glob("*.log"))}
-
-
-async def until(pred: Any) -> None:
-    """Until pred() holds; the test's pytest timeout bounds the wait (no timed assertion)."""
-    while not pred():
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(120)
@@ -136,18 +129,18 @@ async def stream(
                     own.difference_update(r)
         return sum(len(s) for s in got.values())
 
-    await until(lambda: owners() == PARTITIONS)
+    await until(lambda: owners() == PARTITIONS, None)
     pubs = [Publisher(i + 1, urls, 150) for i in range(6)]
     tasks = [asyncio.get_running_loop().create_task(p.run()) for p in pubs]
 
     def acked() -> int:
         return sum(len(p.acked) for p in pubs)
 
-    await until(lambda: acked() >= 250)
+    await until(lambda: acked() >= 250, None)
     servers[1].kill()  # m2's server process: m2 is cut off, its partitions expire
     procs[1].kill()  # m3's process vanishes (no close, no last commit)
     kill_at = {"m3": procs[1].killed_at}
-    await until(lambda: acked() >= 500)
+    await until(lambda: acked() >= 500, None)
     procs.append(await asyncio.to_thread(MemberProc, out, m4=urls[0]))
     await asyncio.gather(*tasks)
     assert any(p.reconnects for p in pubs)  # the kill hit publishers mid-stream

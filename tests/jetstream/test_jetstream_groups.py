@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.jetstream.jsprocs import (
     publish_all,
     recv_json,
     recv_type,
+    until,
 )
 from tests.jetstream.natsfixture import NatsServer, nats_server
 
@@ -64,13 +64,6 @@ def servers(nats_server: NatsServer) -> Iterator[list[ServerProc]]:
             p.stop()
 
 
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(120)
 def test_static_partitions_and_group_rebalance(servers: list[ServerProc]) -> None:
     a, b = servers
@@ -95,25 +88,25 @@ def test_static_partitions_and_group_rebalance(servers: list[ServerProc]) -> Non
 
         hdr = device_headers(21, role="client")
         m1 = await GroupMember("m1", a.ws_url, "ingest", hdr).start()
-        await until(lambda: m1.owned == {0, 1, 2, 3})
-        await until(lambda: len(m1.processed) == 80)
-        await until(lambda: all(m1.committed.get(p, 0) > 0 for p in m1.done))
+        await until(lambda: m1.owned == {0, 1, 2, 3}, 15)
+        await until(lambda: len(m1.processed) == 80, 15)
+        await until(lambda: all(m1.committed.get(p, 0) > 0 for p in m1.done), 15)
         m2 = await GroupMember("m2", b.ws_url, "ingest", hdr).start()
-        await until(lambda: len(m2.owned) == 2 and len(m1.owned) == 2)
+        await until(lambda: len(m2.owned) == 2 and len(m1.owned) == 2, 15)
         assert m1.owned.isdisjoint(m2.owned)
         # m2 starts its partitions from m1's commits: nothing old is delivered again
         assert m2.processed == []
         for i, (ws, _) in enumerate(devs):
             await publish_all(ws, f"e{i}", 5)
-        await until(lambda: len(m1.processed) + len(m2.processed) == 120)
+        await until(lambda: len(m1.processed) + len(m2.processed) == 120, 15)
         assert all(p in m2.owned for p, _ in m2.processed)
         # a member that leaves hands its partitions over at once, from its commits
-        await until(lambda: all(m2.committed.get(p, 0) >= m2.done[p] for p in m2.owned))
+        await until(lambda: all(m2.committed.get(p, 0) >= m2.done[p] for p in m2.owned), 15)
         await m2.close()
         await until(lambda: m1.owned == {0, 1, 2, 3}, 10)
         for i, (ws, _) in enumerate(devs):
             await publish_all(ws, f"f{i}", 2)
-        await until(lambda: len(m1.processed) + len(m2.processed) == 136)
+        await until(lambda: len(m1.processed) + len(m2.processed) == 136, 15)
         every = sorted(pos for _, pos in m1.processed + m2.processed)
         assert every == list(range(1, 137))  # each record processed exactly once
         # a commit is refused only for a partition that was just revoked (it raced the revoke)
@@ -135,23 +128,25 @@ def test_group_goes_on_after_the_engine_restarts(nats_server: NatsServer) -> Non
     srv = ServerProc(nats_server.url, "--partitions", "2", "--group-session-timeout", "2").start()
 
     async def publish_retrying(ws: Any, pid: str) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            await ws.send(json.dumps({"type": "publish", "id": pid, "data": {"x": 1}}))
-            m = await recv_json(ws)
-            if m["type"] == "published":
-                return
-            assert m["code"] == "unavailable" and time.monotonic() < deadline
-            await asyncio.sleep(0.3)
+        async def retry() -> None:
+            while True:
+                await ws.send(json.dumps({"type": "publish", "id": pid, "data": {"x": 1}}))
+                m = await recv_json(ws)
+                if m["type"] == "published":
+                    return
+                assert m["code"] == "unavailable", m
+                await asyncio.sleep(0.3)
+
+        await asyncio.wait_for(retry(), 30)  # accepted again within 30 s, or TimeoutError
 
     async def main() -> None:
         dev, _ = await connect(srv.ws_url, device_headers(1))
         m1 = await GroupMember("m1", srv.ws_url, "g", device_headers(22, role="client")).start()
         m1.commit_every = 5
-        await until(lambda: m1.owned == {0, 1})
+        await until(lambda: m1.owned == {0, 1}, 15)
         for k in range(10):
             await publish_retrying(dev, f"a{k}")
-        await until(lambda: len(m1.processed) == 10)
+        await until(lambda: len(m1.processed) == 10, 15)
         nats_server.kill()
         await asyncio.sleep(0.5)
         nats_server.start()
