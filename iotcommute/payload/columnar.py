@@ -35,7 +35,6 @@ pyarrow, pandas and polars are imported only inside their conversions (extras
 from __future__ import annotations
 
 import importlib
-import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
@@ -71,7 +70,6 @@ _CODE_TYPES: dict[int, tuple[str, str]] = {
 _LETTER_CODE = {"d": 1, "q": 2, "i": 3, "B": 4, "f": 5}
 _SIZES = {1: 8, 2: 8, 3: 4, 4: 1, 5: 4}
 _RESERVED = ("device", "position", "ts")
-_POS = struct.Struct("<q")
 ROW_PREFIX = 18
 
 
@@ -432,24 +430,16 @@ class TickBatch:
         n, first, last = self._n, self._first, self._last
         if first is None or last is None or first > position:
             return self
+        row = self._layout.row_size
         if last <= position:
-            k = n
-        else:
-            k = int(np.searchsorted(self._view()["p"], position, side="right"))
-        rest = n - k
+            return TickBatch._make(
+                self._buf, self._off + n * row, 0, self._devices, self._layout, None, None
+            )
+        p = self._view()["p"]
+        k = int(np.searchsorted(p, position, side="right"))
         return TickBatch._make(
-            self._buf,
-            self._off + k * self._layout.row_size,
-            rest,
-            self._devices,
-            self._layout,
-            self._row_position(k) if rest else None,
-            last if rest else None,
+            self._buf, self._off + k * row, n - k, self._devices, self._layout, int(p[k]), last
         )
-
-    def _row_position(self, i: int) -> int:
-        """The position of row `i` (read from the frame)."""
-        return int(_POS.unpack_from(self._buf, self._off + i * self._layout.row_size + 2)[0])
 
     def filter(self, mask: npt.ArrayLike) -> TickBatch:
         """The rows where `mask` (one bool per row) is true, in order, as a new batch that
